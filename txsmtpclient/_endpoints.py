@@ -1,0 +1,91 @@
+"""
+Turning what a caller calls a host into a Twisted client endpoint.
+
+Accepted: an :class:`IStreamClientEndpoint` as it is; a Twisted endpoint
+description (``"tcp:mail.example.com:587"``, ``"tls:..."``, ``"unix:/path"``);
+a host name or address with an optional ``":port"`` suffix (smtplib's rule);
+an IPv6 literal, bracketed or bare.  Host names are resolved by
+:class:`HostnameEndpoint`, which never blocks the reactor.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+
+from txsmtpclient.commands import check_argument
+
+__all__ = ["resolve_endpoint"]
+
+_BUILTIN_TYPES = frozenset({"tcp", "tcp6", "ssl", "tls", "unix"})
+
+
+@cache
+def _plugin_types() -> frozenset[str]:
+    """
+    Endpoint types that plugins add (looked up once: scanning plugins is slow).
+    """
+    from twisted.internet.interfaces import IStreamClientEndpointStringParserWithReactor
+    from twisted.plugin import getPlugins
+
+    return frozenset(
+        parser.prefix.lower()
+        for parser in getPlugins(IStreamClientEndpointStringParserWithReactor)
+    )
+
+
+def _is_description(host: str) -> bool:
+    prefix = host.split(":", 1)[0].lower()
+    return prefix in _BUILTIN_TYPES or (prefix.isidentifier() and prefix in _plugin_types())
+
+
+def resolve_endpoint(
+    reactor: Any,
+    host: str | IStreamClientEndpoint,
+    port: int | None,
+    default_port: int,
+    connect_timeout: float | None,
+    tls: IOpenSSLClientConnectionCreator | None = None,
+) -> tuple[IStreamClientEndpoint, str]:
+    """
+    Build the endpoint to connect to.
+
+    :param host: an endpoint, an endpoint description, ``"host"``,
+        ``"host:port"`` or an IPv6 literal.
+    :param port: the port, when ``host`` names a host; overrides a suffix.
+    :param default_port: used when neither gives a port.
+    :param connect_timeout: seconds for the TCP connection.
+    :param tls: wrap a host/port endpoint in TLS with these options
+        (implicit TLS, port 465).
+    :returns: the endpoint and the host name to show and to verify
+        certificates against (``""`` for endpoints given as objects).
+    :raises SMTPArgumentError: for control characters in ``host``.
+    :raises ValueError: for a port out of range or a bad description.
+    :raises TypeError: for a ``host`` of another type.
+    """
+    if IStreamClientEndpoint.providedBy(host):
+        return host, ""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be str or an IStreamClientEndpoint, not {type(host).__name__}")
+    check_argument(host, "host")
+    if port is None and host.count(":") == 1:
+        name, _, suffix = host.partition(":")
+        if suffix.isdigit():
+            host, port = name, int(suffix)
+    if ":" in host and _is_description(host):
+        return clientFromString(reactor, host), host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if port is None:
+        port = default_port
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"port must be an int from 1 to 65535, not {port!r}")
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        reactor, host, port, timeout=connect_timeout if connect_timeout is not None else 30
+    )
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    return endpoint, host

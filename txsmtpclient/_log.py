@@ -1,0 +1,85 @@
+"""
+The one place the SMTP transcript is logged.
+
+At debug level 1 every command sent and every reply received is emitted as
+a :mod:`twisted.logger` event in the ``txsmtpclient`` namespace; at level 2
+each also carries a timestamp, as smtplib's ``set_debuglevel(2)`` prints one.
+AUTH payloads and credentials never reach an event: callers pass what may be
+shown through :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from twisted.logger import Logger
+
+from txsmtpclient.reply import Reply
+
+__all__ = ["REDACTED", "Transcript", "redact"]
+
+REDACTED = b"<redacted>"
+
+_SECRET_VERBS = (b"AUTH ",)
+
+
+def redact(line: bytes) -> bytes:
+    """
+    What may be logged of a command line: ``AUTH <mechanism>`` keeps its
+    mechanism name and loses any initial response; anything else is shown
+    as it is.
+    """
+    if line[:5].upper() in _SECRET_VERBS:
+        parts = line.split(b" ", 2)
+        if len(parts) > 2:
+            return b" ".join(parts[:2]) + b" " + REDACTED + b"\r\n"
+    return line
+
+
+class Transcript:
+    """
+    Logs one connection's dialogue when its debug level asks for it.
+
+    :ivar level: 0 (silent), 1 (commands and replies) or 2 (with timestamps).
+    """
+
+    log = Logger(namespace="txsmtpclient")
+
+    __slots__ = ("level",)
+
+    def __init__(self, level: int = 0) -> None:
+        self.level = level
+
+    def _stamp(self) -> str:
+        return datetime.datetime.now().time().isoformat() + " " if self.level > 1 else ""
+
+    def sent(self, data: bytes) -> None:
+        """
+        Log bytes written to the server (already redacted by the caller).
+        """
+        if self.level:
+            self.log.info(
+                "{timestamp}send: {data!r}", timestamp=self._stamp(), data=data, direction="send"
+            )
+
+    def received(self, reply: Reply) -> None:
+        """
+        Log one complete reply from the server.
+        """
+        if self.level:
+            self.log.info(
+                "{timestamp}reply: {code} {message!r}",
+                timestamp=self._stamp(),
+                code=reply.code,
+                message=reply.message,
+                direction="reply",
+            )
+
+    def note(self, text: str) -> None:
+        """
+        Log a connection event (connected, closed, TLS started).
+        """
+        if self.level:
+            self.log.info(
+                "{timestamp}{text}", timestamp=self._stamp(), text=text, direction="note"
+            )

@@ -1,0 +1,674 @@
+"""
+:class:`SMTP`: smtplib's SMTP object for Twisted.
+
+Every method that talks to the server returns a Deferred.  Calls need not
+wait for each other: each is queued and runs when the one before it has
+finished, so ``s = SMTP("localhost"); s.sendmail(f, t, m); d = s.quit()``
+works as the blocking original does.  A call that fails does not stop the
+queue; a later call that needs what failed (a connection, say) fails with an
+error naming the earlier cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ClassVar, TypeVar, cast
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.interfaces import IReactorThreads, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from txsmtpclient._endpoints import resolve_endpoint
+from txsmtpclient._log import Transcript
+from txsmtpclient.commands import (
+    DataEncoder,
+    check_argument,
+    check_options,
+    encode_command,
+    message_bytes,
+    quote_address,
+)
+from txsmtpclient.errors import (
+    SMTPConnectError,
+    SMTPDataError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+from txsmtpclient.extensions import Extensions
+from txsmtpclient.protocol import DEFAULT_TIMEOUTS, SMTPClientProtocol, Timeouts
+from txsmtpclient.reply import Reply
+from txsmtpclient.transaction import Envelope, judge_recipients, plan_transaction, sender_error
+
+__all__ = ["SMTP"]
+
+T = TypeVar("T")
+
+SMTP_PORT = 25
+
+# The local host's name is looked up once per process, in a thread.
+_fqdn: str | None = None
+
+
+async def _local_fqdn(reactor: Any) -> str:
+    global _fqdn
+    if _fqdn is None:
+        if IReactorThreads.providedBy(reactor):
+            _fqdn = await deferToThreadPool(reactor, reactor.getThreadPool(), socket.getfqdn)
+        else:
+            _fqdn = ""
+    return _fqdn
+
+
+async def _gather(deferreds: Sequence[Deferred[Reply]]) -> list[Reply]:
+    """
+    Await every Deferred, so that none is left with an unhandled failure;
+    raise the first failure after all have fired.
+    """
+    replies: list[Reply] = []
+    first: BaseException | None = None
+    for d in deferreds:
+        try:
+            replies.append(await d)
+        except BaseException as e:  # re-raised below, after the rest
+            if first is None:
+                first = e
+    if first is not None:
+        raise first
+    return replies
+
+
+class SMTP:
+    """
+    An SMTP client session, with smtplib's methods.
+
+    :param host: when given, :meth:`connect` starts at once with ``host`` and
+        ``port``; its failure is reported by the calls queued after it.
+    :param port: the port; see :meth:`connect`.
+    :param local_hostname: the name sent with EHLO/HELO; by default the
+        local host's fully qualified name (looked up in a thread), or the
+        connection's address literal when that name has no dot.
+    :param timeout: a :class:`Timeouts` for each stage, or one number of
+        seconds for all (as smtplib's ``timeout``); defaults to RFC 5321's.
+    :param reactor: provides ``IReactorTCP`` and ``IReactorTime``; the global
+        reactor when ``None``.
+
+    :ivar esmtp_features: the extensions of the last EHLO reply.
+    :ivar does_esmtp: whether the last EHLO succeeded.
+    :ivar ehlo_resp: the message of the last EHLO reply, or ``None``.
+    :ivar helo_resp: the message of the last HELO reply, or ``None``.
+    """
+
+    default_port: ClassVar[int] = SMTP_PORT
+    #: the greeting verb; LMTP says LHLO.
+    ehlo_msg: ClassVar[str] = "EHLO"
+
+    def __init__(
+        self,
+        host: str | IStreamClientEndpoint | None = None,
+        port: int | None = None,
+        local_hostname: str | None = None,
+        timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = cast(IReactorTime, global_reactor)
+        if local_hostname is not None:
+            check_argument(local_hostname, "local_hostname")
+        self._reactor: Any = reactor
+        self.timeouts = timeout if isinstance(timeout, Timeouts) else Timeouts.every(timeout)
+        self.local_hostname = local_hostname
+        self._explicit_hostname = local_hostname is not None
+        self._transcript = Transcript()
+        self._proto: SMTPClientProtocol | None = None
+        self._connect_error: BaseException | None = None
+        self._queue: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], Deferred[Any]]] = deque()
+        self._running: Deferred[Any] | None = None
+        self._reset_session()
+        if host is not None:
+            # Nobody holds this Deferred: its failure is reported by the
+            # next call that needs the connection.
+            self.connect(host, port).addErrback(lambda _: None)
+
+    # -- the queue of calls ---------------------------------------------------
+
+    def _call(self, op: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
+        result: Deferred[T] = Deferred(self._cancel_call)
+        self._queue.append((op, result))
+        if self._running is None:
+            self._next()
+        return result
+
+    def _next(self) -> None:
+        while self._running is None and self._queue:
+            op, result = self._queue.popleft()
+            inner: Deferred[Any] = Deferred.fromCoroutine(op())
+            if not inner.called:
+                self._running = inner
+                inner.addBoth(self._finished, result)
+                return
+            inner.addBoth(self._settle, result)
+
+    def _finished(self, outcome: object, result: Deferred[Any]) -> None:
+        self._running = None
+        self._settle(outcome, result)
+        self._next()
+
+    @staticmethod
+    def _settle(outcome: object, result: Deferred[Any]) -> None:
+        if result.called:  # cancelled while running
+            if isinstance(outcome, Failure):
+                outcome.trap(CancelledError, SMTPException)
+            return
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    def _cancel_call(self, result: Deferred[Any]) -> None:
+        # A call still queued is just dropped: nothing was sent for it.  A
+        # running one is cancelled, which aborts the connection.
+        for entry in self._queue:
+            if entry[1] is result:
+                self._queue.remove(entry)
+                return
+        if self._running is not None:
+            self._running.cancel()
+
+    # -- state ------------------------------------------------------------------
+
+    def _reset_session(self) -> None:
+        self.helo_resp: bytes | None = None
+        self.ehlo_resp: bytes | None = None
+        self.esmtp_features: Extensions = Extensions()
+        self.does_esmtp = False
+
+    def _connection(self) -> SMTPClientProtocol:
+        """
+        The live connection.
+
+        :raises SMTPServerDisconnected: naming why there is none.
+        """
+        proto = self._proto
+        if proto is None:
+            if self._connect_error is not None:
+                raise SMTPServerDisconnected(
+                    f"not connected: connect() failed: {self._connect_error}"
+                )
+            raise SMTPServerDisconnected("not connected: call connect() first")
+        if not proto.usable:
+            raise SMTPServerDisconnected(f"the connection was lost earlier: {proto.failure}")
+        return proto
+
+    @property
+    def sock(self) -> SMTPClientProtocol | None:
+        """
+        The connection's protocol while connected (smtplib's ``sock`` is
+        not ``None`` while connected).
+        """
+        return self._proto if self._proto is not None and self._proto.usable else None
+
+    def set_debuglevel(self, debuglevel: int) -> None:
+        """
+        Set the debug level: 1 logs every command and reply through
+        :mod:`twisted.logger` (namespace ``txsmtpclient``), 2 adds
+        timestamps.  Credentials and AUTH payloads are never logged.
+        """
+        self._transcript.level = int(debuglevel)
+
+    def has_option(self, name: str) -> bool:
+        """
+        Whether the server advertised the extension ``name`` in its last
+        EHLO reply; case is ignored.
+        """
+        return self.esmtp_features.has(name)
+
+    has_extn = has_option
+
+    # -- connecting ---------------------------------------------------------------
+
+    def _tls_for_endpoint(self, host: str) -> Any:
+        """
+        TLS options for host/port endpoints; implicit TLS subclasses return
+        them.
+        """
+        return None
+
+    def _new_protocol(self) -> SMTPClientProtocol:
+        return SMTPClientProtocol(
+            clock=self._reactor, timeouts=self.timeouts, transcript=self._transcript
+        )
+
+    def _attach_new_protocol(self) -> SMTPClientProtocol:
+        """
+        A protocol for a connection made by someone else (the factory), made
+        this session's connection.
+        """
+        self._reset_session()
+        self._connect_error = None
+        self._proto = self._new_protocol()
+        return self._proto
+
+    def connect(
+        self, host: str | IStreamClientEndpoint = "localhost", port: int | None = None
+    ) -> Deferred[Reply]:
+        """
+        Connect to a server and read its greeting.
+
+        :param host: a host name or address, with an optional ``":port"``
+            suffix; a Twisted endpoint description (``"tcp:..."``,
+            ``"tls:..."``, ``"unix:..."``); or an ``IStreamClientEndpoint``.
+        :param port: the port (25 by default).
+        :returns: a Deferred firing with the 220 greeting.
+        :raises SMTPConnectError: (through the Deferred) when the greeting is
+            not 220.
+        :raises SMTPTimeoutError: when the connection or greeting takes too
+            long; ``OSError`` subclasses when the connection is refused.
+        """
+        endpoint, name = resolve_endpoint(
+            self._reactor,
+            host,
+            port,
+            self.default_port,
+            self.timeouts.connect,
+            self._tls_for_endpoint(host) if isinstance(host, str) else None,
+        )
+        return self._call(lambda: self._connect(endpoint, name))
+
+    async def _connect(self, endpoint: IStreamClientEndpoint, name: str) -> Reply:
+        if self._proto is not None and self._proto.usable:
+            raise SMTPException("already connected: call quit() or close() first")
+        self._reset_session()
+        self._connect_error = None
+        self._proto = None
+        factory = Factory.forProtocol(self._new_protocol)  # type: ignore[arg-type]
+        factory.noisy = False
+        attempt = endpoint.connect(factory)
+        if self.timeouts.connect is not None:
+            attempt.addTimeout(self.timeouts.connect, self._reactor)
+        try:
+            proto = cast(SMTPClientProtocol, await attempt)
+        except DeferTimeoutError as e:
+            self._connect_error = SMTPTimeoutError(
+                f"connecting to {name or endpoint} took over {self.timeouts.connect:g} seconds",
+                "connect",
+            )
+            raise self._connect_error from e
+        except BaseException as e:
+            self._connect_error = e
+            raise
+        self._proto = proto
+        self._transcript.note(f"connected to {name or endpoint}")
+        self._server_name = name
+        try:
+            greeting = await proto.greeting
+        except BaseException as e:
+            self._connect_error = e
+            raise
+        if greeting.code != 220:
+            proto.close()
+            self._connect_error = SMTPConnectError(greeting.code, greeting.message)
+            raise SMTPConnectError(greeting.code, greeting.message)
+        return greeting
+
+    # -- commands ------------------------------------------------------------------
+
+    async def _command(self, line: bytes, stage: str = "command") -> Reply:
+        return await self._connection().send(line, stage)
+
+    def docmd(self, cmd: str, argstring: str = "") -> Deferred[Reply]:
+        """
+        Send one command and read its reply, for private extensions and
+        tests.  ``argstring`` is appended after a space.
+
+        :returns: a Deferred firing with the reply, whatever its code.
+        :raises SMTPArgumentError: for control characters, or non-ASCII
+            without the server's SMTPUTF8.
+        """
+        check_argument(cmd, "cmd")
+        check_argument(argstring, "argstring")
+
+        async def op() -> Reply:
+            line = encode_command(cmd, argstring, utf8=self.has_option("smtputf8"))
+            return await self._command(line)
+
+        return self._call(op)
+
+    def _hostname_argument(self, name: str | None) -> str | None:
+        return check_argument(name, "hostname") if name is not None else None
+
+    async def _hello_name(self, name: str | None) -> str:
+        if name:
+            return name
+        if self.local_hostname:
+            return self.local_hostname
+        fqdn = await _local_fqdn(self._reactor)
+        if "." not in fqdn:
+            # RFC 5321 section 4.1.4: without a real domain name, an address
+            # literal of the connection's own address.
+            proto = self._connection()
+            address = proto.transport.getHost() if proto.transport is not None else None
+            if isinstance(address, IPv4Address):
+                fqdn = f"[{address.host}]"
+            elif isinstance(address, IPv6Address):
+                fqdn = f"[IPv6:{address.host}]"
+            else:
+                fqdn = fqdn or "localhost.localdomain"
+        self.local_hostname = fqdn
+        return fqdn
+
+    def helo(self, name: str | None = None) -> Deferred[Reply]:
+        """
+        Say ``HELO``.
+
+        :param name: the name to give; :attr:`local_hostname` by default.
+        :returns: a Deferred firing with the reply, whatever its code.
+        """
+        checked = self._hostname_argument(name)
+        return self._call(lambda: self._helo(checked))
+
+    async def _helo(self, name: str | None) -> Reply:
+        line = encode_command("HELO", await self._hello_name(name))
+        reply = await self._command(line)
+        self.helo_resp = reply.message
+        return reply
+
+    def ehlo(self, name: str | None = None) -> Deferred[Reply]:
+        """
+        Say ``EHLO`` and record the extensions the server lists (see
+        :meth:`has_option` and :attr:`esmtp_features`).
+
+        :param name: the name to give; :attr:`local_hostname` by default.
+        :returns: a Deferred firing with the reply, whatever its code.
+        """
+        checked = self._hostname_argument(name)
+        return self._call(lambda: self._ehlo(checked))
+
+    async def _ehlo(self, name: str | None) -> Reply:
+        self.esmtp_features = Extensions()
+        line = encode_command(self.ehlo_msg, await self._hello_name(name))
+        reply = await self._command(line)
+        self.ehlo_resp = reply.message
+        # Features count only from a 250 (RFC 5321 section 4.1.1.1).
+        self.does_esmtp = reply.code == 250
+        if self.does_esmtp:
+            self.esmtp_features = Extensions.from_ehlo(reply.message)
+        return reply
+
+    async def _ehlo_or_helo_if_needed(self) -> None:
+        if self.helo_resp is None and self.ehlo_resp is None:
+            reply = await self._ehlo(None)
+            if not 200 <= reply.code < 300:
+                reply = await self._helo(None)
+                if not 200 <= reply.code < 300:
+                    raise SMTPHeloError(reply.code, reply.message)
+
+    def ehlo_or_helo_if_needed(self) -> Deferred[None]:
+        """
+        Say EHLO, or HELO when EHLO is refused, unless one was said already.
+
+        :raises SMTPHeloError: when the server refuses both.
+        """
+        return self._call(self._ehlo_or_helo_if_needed)
+
+    def help(self, args: str = "") -> Deferred[bytes]:
+        """
+        Ask for ``HELP``.
+
+        :returns: a Deferred firing with the reply's message, as smtplib.
+        """
+        check_argument(args, "args")
+
+        async def op() -> bytes:
+            return (await self._command(encode_command("HELP", args))).message
+
+        return self._call(op)
+
+    def rset(self) -> Deferred[Reply]:
+        """
+        Send ``RSET``: abandon the current mail transaction.
+        """
+        return self._call(lambda: self._command(b"RSET\r\n"))
+
+    def noop(self) -> Deferred[Reply]:
+        """
+        Send ``NOOP``.
+        """
+        return self._call(lambda: self._command(b"NOOP\r\n"))
+
+    def _address_command(self, verb: str, address: str) -> Deferred[Reply]:
+        check_argument(address, "address")
+        # smtplib sends the bare address, without angle brackets.
+        bare = quote_address(address)[1:-1]
+
+        async def op() -> Reply:
+            line = encode_command(verb, bare, utf8=self.has_option("smtputf8"))
+            return await self._command(line)
+
+        return self._call(op)
+
+    def verify(self, address: str) -> Deferred[Reply]:
+        """
+        Ask the server about ``address`` with ``VRFY``.
+
+        :returns: a Deferred firing with the reply (250 with the full
+            address when valid; 4xx/5xx otherwise; many servers say 252).
+        """
+        return self._address_command("VRFY", address)
+
+    vrfy = verify
+
+    def expn(self, address: str) -> Deferred[Reply]:
+        """
+        Expand a mailing list with ``EXPN``.
+        """
+        return self._address_command("EXPN", address)
+
+    def mail(self, sender: str, options: Sequence[str] = ()) -> Deferred[Reply]:
+        """
+        Send ``MAIL FROM:`` with ``options`` (sent only after a successful
+        EHLO, as smtplib).
+
+        :returns: a Deferred firing with the reply, whatever its code.
+        :raises SMTPNotSupportedError: for SMTPUTF8 or a non-ASCII address
+            when the server lacks SMTPUTF8.
+        """
+        return self._envelope_command("MAIL", "FROM:", sender, options, "mail")
+
+    def rcpt(self, recip: str, options: Sequence[str] = ()) -> Deferred[Reply]:
+        """
+        Send ``RCPT TO:`` with ``options``.
+
+        :returns: a Deferred firing with the reply, whatever its code.
+        """
+        return self._envelope_command("RCPT", "TO:", recip, options, "rcpt")
+
+    def _envelope_command(
+        self, verb: str, prefix: str, address: str, options: Sequence[str], stage: str
+    ) -> Deferred[Reply]:
+        quoted = quote_address(address)
+        checked = check_options(options, f"{verb.lower()} option")
+
+        async def op() -> Reply:
+            opts = checked if self.does_esmtp else ()
+            utf8 = not quoted.isascii() or any(o.upper() == "SMTPUTF8" for o in opts)
+            if utf8 and not self.has_option("smtputf8"):
+                from txsmtpclient.errors import SMTPNotSupportedError
+
+                raise SMTPNotSupportedError("SMTPUTF8 is not supported by the server")
+            tail = "".join(" " + o for o in opts)
+            line = encode_command(verb, f"{prefix}{quoted}{tail}", utf8=utf8)
+            return await self._command(line, stage)
+
+        return self._call(op)
+
+    def data(self, msg: str | bytes) -> Deferred[Reply]:
+        """
+        Send ``DATA`` and then the message: line endings made CRLF, lines
+        starting with "." doubled, the final ``CRLF.CRLF`` added.
+
+        :returns: a Deferred firing with the reply to the final dot,
+            whatever its code.
+        :raises SMTPDataError: when the reply to DATA is not 354.
+        """
+        body = message_bytes(msg)
+
+        async def op() -> Reply:
+            proto = self._connection()
+            reply = await proto.send(b"DATA\r\n", "data_init")
+            if reply.code != 354:
+                raise SMTPDataError(reply.code, reply.message)
+            return await self._send_body(body)
+
+        return self._call(op)
+
+    async def _send_body(self, body: bytes) -> Reply:
+        encoder = DataEncoder()
+        # One write: the final dot travels with the last body bytes.
+        return await self._connection().send(encoder.encode(body) + encoder.finish(), "data_end")
+
+    # -- sendmail ------------------------------------------------------------------
+
+    def sendmail(
+        self,
+        from_addr: str,
+        to_addrs: str | Sequence[str],
+        msg: str | bytes,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+    ) -> Deferred[dict[str, Reply]]:
+        """
+        Send one message: EHLO (or HELO) if not yet said, MAIL, one RCPT per
+        recipient, DATA.  Pipelined (RFC 2920) when the server offers it.
+        ESMTP options are passed only when their extension is advertised;
+        ``SIZE=`` is added when SIZE is, ``SMTPUTF8`` for non-ASCII
+        addresses, ``BODY=8BITMIME`` for 8-bit data.
+
+        :param from_addr: the envelope sender.
+        :param to_addrs: one address or a sequence of addresses.
+        :param msg: ``bytes``, or an ASCII ``str``.
+        :returns: a Deferred firing, when at least one recipient was
+            accepted, with ``{address: reply}`` for each refused recipient.
+        :raises SMTPArgumentError: (at once) for bad arguments.
+        :raises SMTPHeloError: when the server refuses EHLO and HELO.
+        :raises SMTPSenderRefused: when MAIL is refused.
+        :raises SMTPRecipientsRefused: when every recipient is refused.
+        :raises SMTPDataError: when the message is refused.
+        :raises SMTPNotSupportedError: for non-ASCII addresses or 8-bit data
+            the server cannot take.
+        """
+        envelope = Envelope.check(from_addr, to_addrs, mail_options, rcpt_options)
+        body = message_bytes(msg)
+        return self._call(lambda: self._sendmail(envelope, body))
+
+    async def _sendmail(self, envelope: Envelope, body: bytes) -> dict[str, Reply]:
+        await self._ehlo_or_helo_if_needed()
+        proto = self._connection()
+        encoder = DataEncoder()
+        encoded = encoder.encode(body) + encoder.finish()
+        plan = plan_transaction(
+            envelope,
+            self.esmtp_features if self.does_esmtp else None,
+            len(encoded) - 3,
+            not body.isascii(),
+        )
+        if plan.dropped:
+            self._transcript.note(
+                f"options not advertised by the server, left out: {plan.dropped}"
+            )
+        recipients = envelope.recipients
+        if self.does_esmtp and self.has_option("pipelining"):
+            stages = ["mail"] + ["rcpt"] * len(recipients) + ["data_init"]
+            replies = await _gather(
+                proto.send_pipelined(plan.mail + b"".join(plan.rcpts) + b"DATA\r\n", stages)
+            )
+            mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
+            error: SMTPException | None = sender_error(envelope.sender, mail_reply)
+            refused, all_refused = judge_recipients(recipients, rcpt_replies)
+            error = error or all_refused
+            if error is not None:
+                if data_reply.code == 354:
+                    # RFC 2920 section 3.1: DATA was accepted although the
+                    # transaction failed; end it with an empty message.
+                    await proto.send(b".\r\n", "data_end")
+                await self._reset_after_failure()
+                raise error
+        else:
+            mail_reply = await proto.send(plan.mail, "mail")
+            error = sender_error(envelope.sender, mail_reply)
+            if error is not None:
+                await self._reset_after_failure()
+                raise error
+            rcpt_replies = [await proto.send(line, "rcpt") for line in plan.rcpts]
+            refused, all_refused = judge_recipients(recipients, rcpt_replies)
+            if all_refused is not None:
+                await self._reset_after_failure()
+                raise all_refused
+            data_reply = await proto.send(b"DATA\r\n", "data_init")
+        if data_reply.code != 354:
+            await self._reset_after_failure()
+            raise SMTPDataError(data_reply.code, data_reply.message)
+        final = await proto.send(encoded, "data_end")
+        if final.code != 250:
+            await self._reset_after_failure()
+            raise SMTPDataError(final.code, final.message)
+        return refused
+
+    async def _reset_after_failure(self) -> None:
+        """
+        RSET after a refused transaction so the session serves the next;
+        a failure here must not hide the refusal being reported.
+        """
+        proto = self._proto
+        if proto is None or not proto.usable:
+            return
+        with contextlib.suppress(SMTPException):
+            await proto.send(b"RSET\r\n")
+
+    # -- ending ---------------------------------------------------------------------
+
+    def quit(self) -> Deferred[Reply]:
+        """
+        Send ``QUIT`` and close the connection.
+
+        :returns: a Deferred firing with the reply to QUIT.
+        """
+
+        async def op() -> Reply:
+            proto = self._connection()
+            try:
+                reply = await proto.send(b"QUIT\r\n", "quit")
+            finally:
+                proto.close()
+                self._reset_session()
+            await proto.closed
+            return reply
+
+        return self._call(op)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the connection without QUIT, once the calls queued before
+        this one have finished.
+
+        :returns: a Deferred firing with ``None`` once the connection is gone.
+        """
+
+        async def op() -> None:
+            proto = self._proto
+            self._reset_session()
+            if proto is not None:
+                proto.close()
+                await proto.closed
+
+        return self._call(op)

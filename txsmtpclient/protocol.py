@@ -1,0 +1,399 @@
+"""
+:class:`SMTPClientProtocol`: carries commands to the server and replies back.
+
+The protocol keeps a FIFO of waiters, one per expected reply, each with its
+own Deferred and its stage's timeout.  Lines go through
+:class:`~txsmtpclient.reply.ReplyParser`; each complete reply fires the
+oldest waiter.  It knows nothing of what the commands mean: the dialogue
+lives in :mod:`txsmtpclient.client`.
+
+Once the connection is unusable (lost, timed out, a malformed or unsolicited
+reply, a 421) every waiting Deferred fails with the same clear exception,
+and so does every later :meth:`~SMTPClientProtocol.send`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from txsmtpclient._log import REDACTED, Transcript, redact
+from txsmtpclient.errors import (
+    SMTPException,
+    SMTPProtocolError,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+from txsmtpclient.reply import (
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_REPLY_LENGTH,
+    MalformedReply,
+    Reply,
+    ReplyParser,
+)
+
+__all__ = ["DEFAULT_TIMEOUTS", "SMTPClientProtocol", "Timeouts"]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """
+    Seconds to wait at each stage; the defaults are RFC 5321 section
+    4.5.3.2's minimums.  ``None`` waits for ever.
+
+    :ivar connect: for the TCP (and implicit TLS) connection.
+    :ivar greeting: for the 220 greeting (4.5.3.2.1: 5 minutes).
+    :ivar command: for EHLO, HELO, RSET, NOOP, VRFY, AUTH, QUIT and others.
+    :ivar mail: for the reply to MAIL (4.5.3.2.2: 5 minutes).
+    :ivar rcpt: for each reply to RCPT (4.5.3.2.3: 5 minutes).
+    :ivar data_init: for the 354 reply to DATA (4.5.3.2.4: 2 minutes).
+    :ivar data_block: between writes of message data (4.5.3.2.5: 3 minutes).
+    :ivar data_end: for the reply to the final dot (4.5.3.2.6: 10 minutes).
+    """
+
+    connect: float | None = 60.0
+    greeting: float | None = 300.0
+    command: float | None = 300.0
+    mail: float | None = 300.0
+    rcpt: float | None = 300.0
+    data_init: float | None = 120.0
+    data_block: float | None = 180.0
+    data_end: float | None = 600.0
+
+    @classmethod
+    def every(cls, seconds: float | None) -> Timeouts:
+        """
+        The same timeout at every stage, as smtplib's single ``timeout``.
+        """
+        return cls(**{f.name: seconds for f in fields(cls)})
+
+    def for_stage(self, stage: str) -> float | None:
+        """
+        The timeout of a stage named as one of the fields (``"rcpt"``); any
+        other name is an ordinary command.
+        """
+        value: float | None = getattr(self, stage, self.command)
+        return value
+
+    def with_(self, **changes: float | None) -> Timeouts:
+        """
+        A copy with some stages changed.
+        """
+        return replace(self, **changes)
+
+
+#: RFC 5321's timeouts, the default everywhere.
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+class _Waiter:
+    __slots__ = ("deferred", "secret", "stage", "timeout")
+
+    def __init__(
+        self, deferred: Deferred[Reply], stage: str, timeout: float | None, secret: bool
+    ) -> None:
+        self.deferred = deferred
+        self.stage = stage
+        self.timeout = timeout
+        self.secret = secret
+
+
+class SMTPClientProtocol(LineReceiver):
+    """
+    The client side of one SMTP connection, as a line receiver.
+
+    :param clock: schedules the timeouts; the global reactor when ``None``.
+    :param timeouts: the timeout of each stage.
+    :param max_line_length: the longest reply line accepted.
+    :param max_reply_length: the most text one (multi-line) reply may hold.
+
+    :ivar greeting: fires with the server's greeting :class:`Reply` (any
+        code: the caller decides), or fails if none arrives.
+    :ivar closed: fires with ``None`` once the connection is gone.
+    :ivar transcript: the connection's debug logger.
+    """
+
+    # Tolerate servers that end lines with a bare LF: split on LF and drop a
+    # trailing CR in lineReceived.
+    delimiter = b"\n"
+
+    def __init__(
+        self,
+        clock: IReactorTime | None = None,
+        timeouts: Timeouts | None = None,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_reply_length: int = DEFAULT_MAX_REPLY_LENGTH,
+        transcript: Transcript | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        assert clock is not None
+        self._clock: IReactorTime = clock
+        self.timeouts = timeouts if timeouts is not None else Timeouts()
+        self._parser = ReplyParser(max_line_length, max_reply_length)
+        # LineReceiver's own limit: the parser's plus the CR we strip.
+        self.MAX_LENGTH = max_line_length + 1
+        self.transcript = transcript if transcript is not None else Transcript()
+        self._waiters: deque[_Waiter] = deque()
+        self._timer: IDelayedCall | None = None
+        self._failure: SMTPException | None = None
+        self.connected_ = False
+        self.closed: Deferred[None] = Deferred()
+        self.greeting: Deferred[Reply] = self._add_waiter("greeting", secret=False)
+
+    # -- the public surface used by the client ---------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """
+        Whether commands can still be sent.
+        """
+        return self._failure is None
+
+    @property
+    def failure(self) -> SMTPException | None:
+        """
+        Why the connection became unusable, once it has.
+        """
+        return self._failure
+
+    @property
+    def pending(self) -> int:
+        """
+        How many replies are awaited.
+        """
+        return len(self._waiters)
+
+    def send(
+        self, payload: bytes, stage: str = "command", *, secret: bool = False
+    ) -> Deferred[Reply]:
+        """
+        Write ``payload`` (one command line, or encoded message data) and
+        await one reply.
+
+        :param stage: names the timeout (see :class:`Timeouts`).
+        :param secret: log neither the payload nor the reply (AUTH steps).
+        :returns: a Deferred firing with the reply; it fails with the
+            connection's :class:`SMTPServerDisconnected` (or subclass) if the
+            connection is or becomes unusable first.
+        """
+        if self._failure is not None:
+            return fail(self._failure)
+        waiter = self._add_waiter(stage, secret)
+        if stage == "data_end":
+            # Message data is summarised, not logged: it may be huge.
+            self._write_data(payload)
+        else:
+            self._write(payload, secret)
+        return waiter
+
+    def send_pipelined(self, payload: bytes, stages: Sequence[str]) -> list[Deferred[Reply]]:
+        """
+        Write several commands at once (RFC 2920) and await one reply for
+        each stage in ``stages``, in order.  The payload goes out in one write.
+        """
+        if self._failure is not None:
+            return [fail(self._failure) for _ in stages]
+        waiters = [self._add_waiter(stage, False) for stage in stages]
+        self._write(payload, False)
+        return waiters
+
+    def expect(self, stage: str) -> Deferred[Reply]:
+        """
+        Await one more reply without writing anything (LMTP sends one reply
+        per recipient after the final dot).
+        """
+        if self._failure is not None:
+            return fail(self._failure)
+        return self._add_waiter(stage, False)
+
+    def write_data(self, data: bytes) -> None:
+        """
+        Write message data that expects no reply of its own.
+        """
+        if self._failure is None and self.transport is not None:
+            self._write_data(data)
+
+    def _write_data(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        if self.transcript.level:
+            self.transcript.sent(b"<%d bytes of message data>" % len(data))
+
+    def abort(self, reason: SMTPException) -> None:
+        """
+        Make the connection unusable with ``reason``, fail what is waiting,
+        and drop the connection at once.
+        """
+        self._fatal(reason, abort=True)
+
+    def close(self) -> None:
+        """
+        Close the connection after anything already written is sent; waiting
+        calls fail with :class:`SMTPServerDisconnected`.
+        """
+        self._fatal(SMTPServerDisconnected("connection closed by the client"), abort=False)
+
+    def discard_buffered_input(self) -> None:
+        """
+        Throw away whatever the server sent that was not yet read, and any
+        partly collected reply (RFC 3207 section 4.2: nothing received before
+        the TLS handshake may be trusted after it).
+        """
+        self.clearLineBuffer()  # type: ignore[no-untyped-call]
+        self._parser.reset()
+
+    # -- LineReceiver ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected_ = True
+        # A message's last bytes must not wait for a delayed ACK (Nagle).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            # Not TCP (a Unix socket, a test transport): nothing to do.
+            with contextlib.suppress(OSError, AttributeError):
+                set_no_delay(True)
+        self._arm_timer()
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        try:
+            reply = self._parser.feed(line)
+        except MalformedReply as e:
+            self._fatal(SMTPProtocolError(f"malformed reply from the server: {e}"), abort=True)
+            return
+        if reply is None:
+            return
+        if not self._waiters:
+            # RFC 5321 section 3.8: an unsolicited 421 means the server is
+            # closing; anything else is a broken server.  Never pair it with
+            # the reply to the next command.
+            self.transcript.received(reply)
+            if reply.code == 421:
+                self._fatal(
+                    SMTPServerDisconnected(f"the server is closing the connection: {reply.text}"),
+                    abort=False,
+                )
+            else:
+                self._fatal(
+                    SMTPProtocolError(f"reply nobody asked for: {reply.code} {reply.text!r}"),
+                    abort=True,
+                )
+            return
+        waiter = self._waiters.popleft()
+        if waiter.secret:
+            self.transcript.received(Reply(reply.code, REDACTED))
+        else:
+            self.transcript.received(reply)
+        self._arm_timer()
+        waiter.deferred.callback(reply)
+        if reply.code == 421 and waiter.stage != "quit":
+            self._fatal(
+                SMTPServerDisconnected(f"the server is closing the connection: {reply.text}"),
+                abort=False,
+            )
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._fatal(
+            SMTPProtocolError(
+                f"reply line from the server exceeds the limit of {self.MAX_LENGTH - 1} bytes"
+            ),
+            abort=True,
+        )
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.connected_ = False
+        if self._failure is None:
+            self._failure = SMTPServerDisconnected(
+                "connection unexpectedly closed"
+                + (f": {reason.getErrorMessage()}" if reason is not None else "")
+            )
+        self._cancel_timer()
+        self._fail_waiters(self._failure)
+        self.transcript.note("connection closed")
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    # -- internals -------------------------------------------------------------
+
+    def _add_waiter(self, stage: str, secret: bool) -> Deferred[Reply]:
+        deferred: Deferred[Reply] = Deferred(self._cancelled)
+        self._waiters.append(_Waiter(deferred, stage, self.timeouts.for_stage(stage), secret))
+        if len(self._waiters) == 1 and self.connected_:
+            self._arm_timer()
+        return deferred
+
+    def _write(self, payload: bytes, secret: bool) -> None:
+        assert self.transport is not None
+        self.transport.write(payload)
+        if self.transcript.level:
+            if secret:
+                self.transcript.sent(REDACTED)
+            else:
+                for line in payload.splitlines(keepends=True):
+                    self.transcript.sent(redact(line))
+
+    def _arm_timer(self) -> None:
+        """
+        Time the oldest waiter: each reply gets its own stage's timeout,
+        counted from when the reply before it arrived.
+        """
+        timeout = self._waiters[0].timeout if self._waiters else None
+        if timeout is None:
+            self._cancel_timer()
+        elif self._timer is not None and self._timer.active():
+            self._timer.reset(timeout)
+        else:
+            self._timer = self._clock.callLater(timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self._waiters:
+            return
+        waiter = self._waiters[0]
+        self._fatal(
+            SMTPTimeoutError(
+                f"no reply from the server at stage {waiter.stage!r} "
+                f"within {waiter.timeout:g} seconds",
+                waiter.stage,
+            ),
+            abort=True,
+        )
+
+    def _cancelled(self, deferred: Deferred[Any]) -> None:
+        # The cancelled Deferred fails with CancelledError; the rest with this.
+        self._waiters = deque(w for w in self._waiters if w.deferred is not deferred)
+        self._fatal(
+            SMTPServerDisconnected("connection aborted because a call was cancelled"), abort=True
+        )
+
+    def _fail_waiters(self, reason: SMTPException) -> None:
+        while self._waiters:
+            self._waiters.popleft().deferred.errback(Failure(reason))
+
+    def _fatal(self, reason: SMTPException, abort: bool) -> None:
+        if self._failure is None:
+            self._failure = reason
+        self._cancel_timer()
+        self._fail_waiters(reason)
+        if self.transport is not None and self.connected_:
+            if abort:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            else:
+                self.transport.loseConnection()

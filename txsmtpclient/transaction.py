@@ -1,0 +1,190 @@
+"""
+One mail transaction, planned and judged without I/O: which ESMTP options to
+send given what the server advertised, and what the replies to MAIL and RCPT
+mean (smtplib's ``sendmail`` semantics).
+
+Sans-IO; nothing here imports Twisted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from txsmtpclient.commands import (
+    check_argument,
+    check_options,
+    encode_command,
+    extension_for_option,
+    quote_address,
+)
+from txsmtpclient.errors import (
+    SMTPArgumentError,
+    SMTPNotSupportedError,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+    SMTPSenderRefused,
+)
+from txsmtpclient.extensions import Extensions
+from txsmtpclient.reply import Reply
+
+__all__ = ["Envelope", "Plan", "judge_recipients", "plan_transaction"]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """
+    A checked envelope: the caller's sender, recipients and options.
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+    mail_options: tuple[str, ...] = ()
+    rcpt_options: tuple[str, ...] = ()
+
+    @classmethod
+    def check(
+        cls,
+        sender: str,
+        recipients: str | Sequence[str],
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+    ) -> Envelope:
+        """
+        Check what a caller gave ``sendmail``.
+
+        :raises TypeError: for values of the wrong type.
+        :raises SMTPArgumentError: for control characters, or no recipients.
+        """
+        check_argument(sender, "from_addr")
+        if isinstance(recipients, str):
+            recipients = (recipients,)
+        elif isinstance(recipients, bytes) or not isinstance(recipients, Sequence):
+            raise TypeError(
+                f"to_addrs must be a str or a sequence of str, not {type(recipients).__name__}"
+            )
+        checked = tuple(check_argument(r, "recipient address") for r in recipients)
+        if not checked:
+            raise SMTPArgumentError("to_addrs is empty: a message needs at least one recipient")
+        for address in checked:
+            if quote_address(address) == "<>":
+                raise SMTPArgumentError(f"recipient address {address!r} is empty")
+        return cls(
+            sender,
+            checked,
+            check_options(mail_options, "mail option"),
+            check_options(rcpt_options, "recipient option"),
+        )
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        """
+        Whether an address holds non-ASCII characters (RFC 6531).
+        """
+        return not (self.sender.isascii() and all(r.isascii() for r in self.recipients))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """
+    The command lines of one transaction.
+
+    :ivar dropped: options left out because the server did not advertise
+        their extension.
+    """
+
+    mail: bytes
+    rcpts: tuple[bytes, ...]
+    dropped: tuple[str, ...]
+
+
+def _supported(options: Sequence[str], features: Extensions | None) -> tuple[list[str], list[str]]:
+    kept: list[str] = []
+    dropped: list[str] = []
+    for option in options:
+        if features is not None and features.has(extension_for_option(option)):
+            kept.append(option)
+        else:
+            dropped.append(option)
+    return kept, dropped
+
+
+def plan_transaction(
+    envelope: Envelope, features: Extensions | None, size: int | None, eight_bit: bool
+) -> Plan:
+    """
+    Build MAIL and RCPT lines for ``envelope``.
+
+    :param features: the server's EHLO extensions; ``None`` after HELO,
+        which suppresses every ESMTP option (as smtplib).
+    :param size: the message size to declare when SIZE is advertised.
+    :param eight_bit: whether the message holds bytes over 127.
+    :raises SMTPNotSupportedError: for non-ASCII addresses without SMTPUTF8,
+        or 8-bit data without 8BITMIME (never sent corrupted).
+    :raises SMTPSenderRefused: (552) when ``size`` is over the server's
+        advertised SIZE limit (RFC 1870 section 6.1), before MAIL is sent.
+    """
+    mail_options, dropped = _supported(envelope.mail_options, features)
+    rcpt_options, rcpt_dropped = _supported(envelope.rcpt_options, features)
+    upper = [o.upper() for o in mail_options]
+    utf8 = envelope.needs_smtputf8 or "SMTPUTF8" in upper
+    if utf8:
+        if features is None or not features.has("smtputf8"):
+            raise SMTPNotSupportedError(
+                "a non-ASCII address needs the SMTPUTF8 extension, which the server "
+                "does not advertise"
+            )
+        if "SMTPUTF8" not in upper:
+            mail_options.append("SMTPUTF8")
+    if eight_bit and not any(o.startswith("BODY=") for o in upper):
+        if features is None or not features.has("8bitmime"):
+            raise SMTPNotSupportedError(
+                "the message holds 8-bit data and the server does not advertise 8BITMIME; "
+                "encode it as 7-bit (quoted-printable or base64) first"
+            )
+        mail_options.append("BODY=8BITMIME")
+    if size is not None and features is not None and features.has("size"):
+        limit = features.size_limit
+        if limit is not None and size > limit:
+            raise SMTPSenderRefused(
+                552,
+                f"5.3.4 message of {size} bytes exceeds the server's limit of {limit} bytes",
+                envelope.sender,
+            )
+        mail_options.insert(0, f"SIZE={size}")
+    tail = "".join(" " + option for option in mail_options)
+    mail = encode_command("MAIL", f"FROM:{quote_address(envelope.sender)}{tail}", utf8=utf8)
+    rcpt_tail = "".join(" " + option for option in rcpt_options)
+    rcpts = tuple(
+        encode_command("RCPT", f"TO:{quote_address(r)}{rcpt_tail}", utf8=utf8)
+        for r in envelope.recipients
+    )
+    return Plan(mail, rcpts, tuple(dropped + rcpt_dropped))
+
+
+def judge_recipients(
+    recipients: Sequence[str], replies: Sequence[Reply]
+) -> tuple[dict[str, Reply], SMTPRecipientsRefused | None]:
+    """
+    Fold the replies to RCPT into smtplib's refused-recipients dict.
+
+    :returns: the refused recipients, and the exception to raise when every
+        recipient was refused (``None`` when at least one was accepted).
+    """
+    refused = {
+        r: reply
+        for r, reply in zip(recipients, replies, strict=True)
+        if reply.code not in (250, 251)
+    }
+    if len(refused) == len(recipients):
+        return refused, SMTPRecipientsRefused(refused)
+    return refused, None
+
+
+def sender_error(sender: str, reply: Reply) -> SMTPResponseException | None:
+    """
+    The error for a reply to MAIL, or ``None`` when it accepted the sender.
+    """
+    if reply.code == 250:
+        return None
+    return SMTPSenderRefused(reply.code, reply.message, sender)
