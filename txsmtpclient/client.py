@@ -291,7 +291,7 @@ class SMTP:
         self._reset_session()
         self._connect_error = None
         self._proto = None
-        factory = Factory.forProtocol(self._new_protocol)  # type: ignore[arg-type]
+        factory = Factory.forProtocol(self._new_protocol)
         factory.noisy = False
         attempt = endpoint.connect(factory)
         if self.timeouts.connect is not None:
