@@ -1,35 +1,79 @@
 """
 txsmtpclient: a complete SMTP client for Twisted, with smtplib's API.
 
-Every network call returns a Deferred.
+Every network call returns a Deferred.  The public names are imported on
+first use (PEP 562), so the sans-IO modules (``reply``, ``commands``,
+``extensions``, ``transaction``, ``auth``, ``message``) can be used without
+importing Twisted.
 """
 
-from txsmtpclient.api import sendmail
-from txsmtpclient.client import SMTP
-from txsmtpclient.connect import SMTPClientFactory
-from txsmtpclient.errors import (
-    SMTPArgumentError,
-    SMTPAuthenticationError,
-    SMTPConnectError,
-    SMTPDataError,
-    SMTPException,
-    SMTPHeloError,
-    SMTPNotSupportedError,
-    SMTPProtocolError,
-    SMTPRecipientsRefused,
-    SMTPResponseException,
-    SMTPSenderRefused,
-    SMTPServerDisconnected,
-    SMTPTimeoutError,
-)
-from txsmtpclient.extensions import Extensions
-from txsmtpclient.protocol import SMTPClientProtocol, Timeouts
-from txsmtpclient.reply import Reply
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from txsmtpclient.api import send_message, sendmail
+    from txsmtpclient.client import LMTP, SMTP, SMTP_SSL
+    from txsmtpclient.connect import SMTPClientFactory
+    from txsmtpclient.errors import (
+        SMTPArgumentError,
+        SMTPAuthenticationError,
+        SMTPConnectError,
+        SMTPDataError,
+        SMTPException,
+        SMTPHeloError,
+        SMTPNotSupportedError,
+        SMTPProtocolError,
+        SMTPRecipientsRefused,
+        SMTPResponseException,
+        SMTPSenderRefused,
+        SMTPServerDisconnected,
+        SMTPTimeoutError,
+        SMTPTLSError,
+    )
+    from txsmtpclient.extensions import Extensions
+    from txsmtpclient.protocol import SMTPClientProtocol, Timeouts
+    from txsmtpclient.reply import Reply
 
 __version__ = "0.1.0"
 
+_WHERE = {
+    "sendmail": "api",
+    "send_message": "api",
+    "SMTP": "client",
+    "SMTP_SSL": "client",
+    "LMTP": "client",
+    "SMTPClientFactory": "connect",
+    "Extensions": "extensions",
+    "SMTPClientProtocol": "protocol",
+    "Timeouts": "protocol",
+    "Reply": "reply",
+    **{
+        name: "errors"
+        for name in (
+            "SMTPArgumentError",
+            "SMTPAuthenticationError",
+            "SMTPConnectError",
+            "SMTPDataError",
+            "SMTPException",
+            "SMTPHeloError",
+            "SMTPNotSupportedError",
+            "SMTPProtocolError",
+            "SMTPRecipientsRefused",
+            "SMTPResponseException",
+            "SMTPSenderRefused",
+            "SMTPServerDisconnected",
+            "SMTPTLSError",
+            "SMTPTimeoutError",
+        )
+    },
+}
+
 __all__ = [
+    "LMTP",
     "SMTP",
+    "SMTP_SSL",
     "Extensions",
     "Reply",
     "SMTPArgumentError",
@@ -46,7 +90,18 @@ __all__ = [
     "SMTPResponseException",
     "SMTPSenderRefused",
     "SMTPServerDisconnected",
+    "SMTPTLSError",
     "SMTPTimeoutError",
     "Timeouts",
+    "send_message",
     "sendmail",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'txsmtpclient' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"txsmtpclient.{module}"), name)
+    globals()[name] = value
+    return value

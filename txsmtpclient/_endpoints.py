@@ -42,6 +42,24 @@ def _is_description(host: str) -> bool:
     return prefix in _BUILTIN_TYPES or (prefix.isidentifier() and prefix in _plugin_types())
 
 
+def _description_host(description: str) -> str:
+    """
+    The host a ``tcp:``/``tls:``/``ssl:`` description names (positionally or
+    as ``host=``), for certificate checks after STARTTLS; ``""`` otherwise.
+    """
+    kind, _, rest = description.partition(":")
+    if kind.lower() not in ("tcp", "tcp6", "tls", "ssl"):
+        return ""
+    positional = []
+    for part in rest.split(":"):
+        key, eq, value = part.partition("=")
+        if eq and key == "host":
+            return value
+        if not eq:
+            positional.append(part)
+    return positional[0] if positional else ""
+
+
 def resolve_endpoint(
     reactor: Any,
     host: str | IStreamClientEndpoint,
@@ -76,7 +94,7 @@ def resolve_endpoint(
         if suffix.isdigit():
             host, port = name, int(suffix)
     if ":" in host and _is_description(host):
-        return clientFromString(reactor, host), host
+        return clientFromString(reactor, host), _description_host(host)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if port is None:

@@ -5,25 +5,33 @@ One-shot helpers: connect, send one message, quit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from email.message import Message
+from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 
-from txsmtpclient.client import SMTP
-from txsmtpclient.commands import message_bytes
+from txsmtpclient._body import Body, body_source
+from txsmtpclient._tls import TLSPolicy
+from txsmtpclient.client import SMTP, SMTP_SSL
 from txsmtpclient.errors import SMTPException
+from txsmtpclient.message import prepare_message
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import Envelope
 
-__all__ = ["sendmail"]
+__all__ = ["send_message", "sendmail"]
 
 
 def sendmail(
     host: str | IStreamClientEndpoint,
     from_addr: str,
     to_addrs: str | Sequence[str],
-    msg: str | bytes,
+    msg: Body,
     *,
     port: int | None = None,
     mail_options: Sequence[str] = (),
@@ -31,13 +39,22 @@ def sendmail(
     local_hostname: str | None = None,
     timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
     reactor: IReactorTime | None = None,
+    tls: TLSPolicy = "opportunistic",
+    tls_options: IOpenSSLClientConnectionCreator | None = None,
+    implicit_tls: bool = False,
+    username: str | None = None,
+    password: str | None = None,
+    allow_plaintext_auth: bool = False,
 ) -> Deferred[dict[str, Reply]]:
     """
     Connect to ``host``, send one message, and quit.
 
     The arguments are those of :class:`~txsmtpclient.SMTP` and its
-    :meth:`~txsmtpclient.SMTP.sendmail`.  A failure of QUIT after the
-    message was accepted does not fail the call: the message was sent.
+    :meth:`~txsmtpclient.SMTP.sendmail`; ``implicit_tls`` connects with
+    :class:`~txsmtpclient.SMTP_SSL` (port 465) instead, and ``username`` with
+    ``password`` log in first (over TLS unless ``allow_plaintext_auth``).
+    A failure of QUIT after the message was accepted does not fail the
+    call: the message was sent.
 
     :returns: a Deferred firing with the refused recipients
         (``{address: reply}``).
@@ -47,12 +64,33 @@ def sendmail(
     """
     # Check everything before connecting.
     Envelope.check(from_addr, to_addrs, mail_options, rcpt_options)
-    message_bytes(msg)
-    smtp = SMTP(local_hostname=local_hostname, timeout=timeout, reactor=reactor)
+    body_source(msg)  # type check only: the client wraps it again
+    if (username is None) != (password is None):
+        raise TypeError("username and password go together")
+    smtp: SMTP
+    if implicit_tls:
+        smtp = SMTP_SSL(
+            local_hostname=local_hostname,
+            timeout=timeout,
+            reactor=reactor,
+            context=tls_options,
+            allow_plaintext_auth=allow_plaintext_auth,
+        )
+    else:
+        smtp = SMTP(
+            local_hostname=local_hostname,
+            timeout=timeout,
+            reactor=reactor,
+            tls=tls,
+            tls_options=tls_options,
+            allow_plaintext_auth=allow_plaintext_auth,
+        )
 
     async def run() -> dict[str, Reply]:
         await smtp.connect(host, port)
         try:
+            if username is not None and password is not None:
+                await smtp.login(username, password)
             refused = await smtp.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
         except BaseException:
             await smtp.close()
@@ -64,3 +102,24 @@ def sendmail(
         return refused
 
     return Deferred.fromCoroutine(run())
+
+
+def send_message(
+    host: str | IStreamClientEndpoint,
+    msg: Message,
+    from_addr: str | None = None,
+    to_addrs: str | Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Deferred[dict[str, Reply]]:
+    """
+    Connect to ``host``, send an :class:`email.message.Message` as
+    :meth:`SMTP.send_message` does, and quit.  Keyword arguments are those
+    of :func:`sendmail`.
+
+    :raises SMTPArgumentError: when no sender or recipient can be found.
+    """
+    prepared = prepare_message(msg, from_addr, to_addrs)
+    options = tuple(kwargs.pop("mail_options", ())) + prepared.mail_options
+    return sendmail(
+        host, prepared.sender, prepared.recipients, prepared.data, mail_options=options, **kwargs
+    )

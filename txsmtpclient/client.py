@@ -15,40 +15,66 @@ import contextlib
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
+from email.message import Message
 from typing import Any, ClassVar, TypeVar, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
-from twisted.internet.interfaces import IReactorThreads, IReactorTime, IStreamClientEndpoint
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorThreads,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from txsmtpclient._body import Body, BodySource, body_source, gather_replies, send_bdat, send_data
 from txsmtpclient._endpoints import resolve_endpoint
 from txsmtpclient._log import Transcript
+from txsmtpclient._tls import TLSPolicy, check_policy, client_tls_options
+from txsmtpclient.auth import (
+    SASLError,
+    auth_command,
+    choose_mechanism,
+    decode_challenge,
+    encode_response,
+    mechanism_for,
+)
 from txsmtpclient.commands import (
-    DataEncoder,
     check_argument,
     check_options,
     encode_command,
-    message_bytes,
     quote_address,
 )
 from txsmtpclient.errors import (
+    SMTPAuthenticationError,
     SMTPConnectError,
     SMTPDataError,
     SMTPException,
     SMTPHeloError,
+    SMTPNotSupportedError,
+    SMTPRecipientsRefused,
     SMTPServerDisconnected,
     SMTPTimeoutError,
+    SMTPTLSError,
 )
 from txsmtpclient.extensions import Extensions
+from txsmtpclient.message import prepare_message
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, SMTPClientProtocol, Timeouts
 from txsmtpclient.reply import Reply
-from txsmtpclient.transaction import Envelope, judge_recipients, plan_transaction, sender_error
+from txsmtpclient.transaction import (
+    DSN,
+    Envelope,
+    judge_recipients,
+    plan_transaction,
+    sender_error,
+)
 
-__all__ = ["SMTP"]
+__all__ = ["LMTP", "SMTP", "SMTP_SSL"]
 
 T = TypeVar("T")
 
@@ -68,24 +94,6 @@ async def _local_fqdn(reactor: Any) -> str:
     return _fqdn
 
 
-async def _gather(deferreds: Sequence[Deferred[Reply]]) -> list[Reply]:
-    """
-    Await every Deferred, so that none is left with an unhandled failure;
-    raise the first failure after all have fired.
-    """
-    replies: list[Reply] = []
-    first: BaseException | None = None
-    for d in deferreds:
-        try:
-            replies.append(await d)
-        except BaseException as e:  # re-raised below, after the rest
-            if first is None:
-                first = e
-    if first is not None:
-        raise first
-    return replies
-
-
 class SMTP:
     """
     An SMTP client session, with smtplib's methods.
@@ -100,6 +108,19 @@ class SMTP:
         seconds for all (as smtplib's ``timeout``); defaults to RFC 5321's.
     :param reactor: provides ``IReactorTCP`` and ``IReactorTime``; the global
         reactor when ``None``.
+    :param tls: ``"opportunistic"`` (the default) upgrades with STARTTLS
+        whenever the server offers it; ``"required"`` fails closed with
+        :class:`SMTPTLSError` when it does not or the handshake fails, never
+        falling back to plaintext; ``"never"`` stays in the clear.
+        Certificates are always verified.
+    :param tls_options: TLS client options (``optionsForClientTLS(...)``),
+        for a private CA or a client certificate.
+    :param server_hostname: the name to verify the certificate against, when
+        the connection was given as an endpoint.
+    :param allow_plaintext_auth: let :meth:`login` send credentials over a
+        connection without TLS.
+    :param bdat_threshold: with CHUNKING, messages larger than this (and
+        streams of unknown size) go by BDAT instead of DATA.
 
     :ivar esmtp_features: the extensions of the last EHLO reply.
     :ivar does_esmtp: whether the last EHLO succeeded.
@@ -118,7 +139,19 @@ class SMTP:
         local_hostname: str | None = None,
         timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
         reactor: IReactorTime | None = None,
+        *,
+        tls: TLSPolicy = "opportunistic",
+        tls_options: IOpenSSLClientConnectionCreator | None = None,
+        server_hostname: str | None = None,
+        allow_plaintext_auth: bool = False,
+        bdat_threshold: int = 64 * 1024,
     ) -> None:
+        self.tls: TLSPolicy = check_policy(tls)
+        self._tls_options = tls_options
+        self.server_hostname = server_hostname
+        self.allow_plaintext_auth = allow_plaintext_auth
+        self.bdat_threshold = bdat_threshold
+        self._server_name = ""
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -405,13 +438,17 @@ class SMTP:
             self.esmtp_features = Extensions.from_ehlo(reply.message)
         return reply
 
-    async def _ehlo_or_helo_if_needed(self) -> None:
+    async def _ehlo_or_helo_if_needed(self, tls_policy: bool = True) -> None:
         if self.helo_resp is None and self.ehlo_resp is None:
             reply = await self._ehlo(None)
             if not 200 <= reply.code < 300:
+                if self.ehlo_msg != "EHLO":
+                    raise SMTPHeloError(reply.code, reply.message)
                 reply = await self._helo(None)
                 if not 200 <= reply.code < 300:
                     raise SMTPHeloError(reply.code, reply.message)
+        if tls_policy:
+            await self._apply_tls_policy()
 
     def ehlo_or_helo_if_needed(self) -> Deferred[None]:
         """
@@ -419,7 +456,7 @@ class SMTP:
 
         :raises SMTPHeloError: when the server refuses both.
         """
-        return self._call(self._ehlo_or_helo_if_needed)
+        return self._call(lambda: self._ehlo_or_helo_if_needed())
 
     def help(self, args: str = "") -> Deferred[bytes]:
         """
@@ -512,30 +549,28 @@ class SMTP:
 
         return self._call(op)
 
-    def data(self, msg: str | bytes) -> Deferred[Reply]:
+    def data(self, msg: Body) -> Deferred[Reply]:
         """
         Send ``DATA`` and then the message: line endings made CRLF, lines
         starting with "." doubled, the final ``CRLF.CRLF`` added.
 
+        :param msg: ``bytes``, an ASCII ``str``, a binary file, an iterable
+            or async iterable of ``bytes``, or an ``IBodyProducer``; read
+            chunk by chunk under flow control.
         :returns: a Deferred firing with the reply to the final dot,
             whatever its code.
         :raises SMTPDataError: when the reply to DATA is not 354.
         """
-        body = message_bytes(msg)
+        source = body_source(msg)
 
         async def op() -> Reply:
             proto = self._connection()
             reply = await proto.send(b"DATA\r\n", "data_init")
             if reply.code != 354:
                 raise SMTPDataError(reply.code, reply.message)
-            return await self._send_body(body)
+            return (await send_data(proto, source, self._reactor))[0]
 
         return self._call(op)
-
-    async def _send_body(self, body: bytes) -> Reply:
-        encoder = DataEncoder()
-        # One write: the final dot travels with the last body bytes.
-        return await self._connection().send(encoder.encode(body) + encoder.finish(), "data_end")
 
     # -- sendmail ------------------------------------------------------------------
 
@@ -543,66 +578,133 @@ class SMTP:
         self,
         from_addr: str,
         to_addrs: str | Sequence[str],
-        msg: str | bytes,
+        msg: Body,
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
+        *,
+        options: Sequence[str] = (),
+        dsn_ret: str | None = None,
+        dsn_envid: str | None = None,
+        dsn_notify: Sequence[str] | None = None,
+        dsn_orcpt: bool = False,
     ) -> Deferred[dict[str, Reply]]:
         """
-        Send one message: EHLO (or HELO) if not yet said, MAIL, one RCPT per
-        recipient, DATA.  Pipelined (RFC 2920) when the server offers it.
+        Send one message: EHLO (or HELO) if not yet said, STARTTLS as the TLS
+        policy asks, MAIL, one RCPT per recipient, then DATA (or BDAT when
+        the server offers CHUNKING and the message is large or
+        ``BODY=BINARYMIME``).  MAIL, RCPT and DATA go in one write when the
+        server offers PIPELINING (RFC 2920).
+
         ESMTP options are passed only when their extension is advertised;
         ``SIZE=`` is added when SIZE is, ``SMTPUTF8`` for non-ASCII
         addresses, ``BODY=8BITMIME`` for 8-bit data.
 
         :param from_addr: the envelope sender.
         :param to_addrs: one address or a sequence of addresses.
-        :param msg: ``bytes``, or an ASCII ``str``.
+        :param msg: ``bytes``, an ASCII ``str``, a binary file, an iterable
+            or async iterable of ``bytes``, or an ``IBodyProducer``.
+        :param mail_options: MAIL parameters (smtplib's name; ``options`` is
+            accepted too, as in the original documentation).
+        :param rcpt_options: RCPT parameters for every recipient.
+        :param dsn_ret: RFC 3461 ``RET``: ``"FULL"`` or ``"HDRS"``.
+        :param dsn_envid: RFC 3461 ``ENVID``, sent as xtext.
+        :param dsn_notify: RFC 3461 ``NOTIFY``: some of ``"SUCCESS"``,
+            ``"FAILURE"``, ``"DELAY"``, or ``("NEVER",)``.
+        :param dsn_orcpt: send each recipient's address as ``ORCPT``.
         :returns: a Deferred firing, when at least one recipient was
             accepted, with ``{address: reply}`` for each refused recipient.
         :raises SMTPArgumentError: (at once) for bad arguments.
         :raises SMTPHeloError: when the server refuses EHLO and HELO.
-        :raises SMTPSenderRefused: when MAIL is refused.
+        :raises SMTPSenderRefused: when MAIL is refused (or the message is
+            over the server's SIZE limit: 552, before MAIL is sent).
         :raises SMTPRecipientsRefused: when every recipient is refused.
         :raises SMTPDataError: when the message is refused.
         :raises SMTPNotSupportedError: for non-ASCII addresses or 8-bit data
-            the server cannot take.
+            the server cannot take, or TLS the policy requires and the server
+            lacks.
         """
-        envelope = Envelope.check(from_addr, to_addrs, mail_options, rcpt_options)
-        body = message_bytes(msg)
-        return self._call(lambda: self._sendmail(envelope, body))
+        dsn = DSN.check(dsn_ret, dsn_envid, dsn_notify, dsn_orcpt)
+        envelope = Envelope.check(
+            from_addr, to_addrs, tuple(mail_options) + tuple(options), rcpt_options, dsn
+        )
+        source = body_source(msg)
+        return self._call(lambda: self._sendmail(envelope, source))
 
-    async def _sendmail(self, envelope: Envelope, body: bytes) -> dict[str, Reply]:
+    def send_message(
+        self,
+        msg: Message,
+        from_addr: str | None = None,
+        to_addrs: str | Sequence[str] | None = None,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+    ) -> Deferred[dict[str, Reply]]:
+        """
+        Send an :class:`email.message.Message` (or ``EmailMessage``) as
+        smtplib does: the sender from ``Sender`` or ``From`` and the
+        recipients from ``To``, ``Cc`` and ``Bcc`` (the latest ``Resent-*``
+        block when there is one) unless given; ``Bcc`` and ``Resent-Bcc``
+        left out of what is sent; SMTPUTF8 when an address needs it.
+
+        :returns: as :meth:`sendmail`.
+        :raises SMTPArgumentError: when no sender or recipient can be found.
+        :raises ValueError: for more than one ``Resent-`` block.
+        """
+        prepared = prepare_message(msg, from_addr, to_addrs)
+        given = {o.upper() for o in mail_options}
+        extra = tuple(o for o in prepared.mail_options if o.upper() not in given)
+        return self.sendmail(
+            prepared.sender,
+            prepared.recipients,
+            prepared.data,
+            tuple(mail_options) + extra,
+            rcpt_options,
+        )
+
+    async def _sendmail(self, envelope: Envelope, source: BodySource) -> dict[str, Reply]:
         await self._ehlo_or_helo_if_needed()
         proto = self._connection()
-        encoder = DataEncoder()
-        encoded = encoder.encode(body) + encoder.finish()
+        features = self.esmtp_features if self.does_esmtp else None
+        eight_bit = source.eight_bit
+        # A stream's content is unknown before MAIL: declare 8BITMIME when
+        # the server has it, otherwise check each chunk as it is read.
+        streamed_8bit = eight_bit is None and features is not None and features.has("8bitmime")
         plan = plan_transaction(
             envelope,
-            self.esmtp_features if self.does_esmtp else None,
-            len(encoded) - 3,
-            not body.isascii(),
+            features,
+            source.size,
+            bool(eight_bit) or streamed_8bit,
         )
         if plan.dropped:
             self._transcript.note(
                 f"options not advertised by the server, left out: {plan.dropped}"
             )
+        refuse_8bit = eight_bit is None and not streamed_8bit and not plan.binary
+        bdat = (
+            features is not None
+            and features.has("chunking")
+            and (plan.binary or source.size is None or source.size > self.bdat_threshold)
+        )
+        pipelining = features is not None and features.has("pipelining")
         recipients = envelope.recipients
-        if self.does_esmtp and self.has_option("pipelining"):
-            stages = ["mail"] + ["rcpt"] * len(recipients) + ["data_init"]
-            replies = await _gather(
-                proto.send_pipelined(plan.mail + b"".join(plan.rcpts) + b"DATA\r\n", stages)
-            )
-            mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
+        if pipelining:
+            stages = ["mail"] + ["rcpt"] * len(recipients) + ([] if bdat else ["data_init"])
+            batch = plan.mail + b"".join(plan.rcpts) + (b"" if bdat else b"DATA\r\n")
+            replies = await gather_replies(proto.send_pipelined(batch, stages))
+            mail_reply = replies[0]
+            rcpt_replies = replies[1 : 1 + len(recipients)]
             error: SMTPException | None = sender_error(envelope.sender, mail_reply)
             refused, all_refused = judge_recipients(recipients, rcpt_replies)
             error = error or all_refused
             if error is not None:
-                if data_reply.code == 354:
+                if not bdat and replies[-1].code == 354:
                     # RFC 2920 section 3.1: DATA was accepted although the
                     # transaction failed; end it with an empty message.
                     await proto.send(b".\r\n", "data_end")
                 await self._reset_after_failure()
                 raise error
+            if not bdat and replies[-1].code != 354:
+                await self._reset_after_failure()
+                raise SMTPDataError(replies[-1].code, replies[-1].message)
         else:
             mail_reply = await proto.send(plan.mail, "mail")
             error = sender_error(envelope.sender, mail_reply)
@@ -614,11 +716,41 @@ class SMTP:
             if all_refused is not None:
                 await self._reset_after_failure()
                 raise all_refused
-            data_reply = await proto.send(b"DATA\r\n", "data_init")
-        if data_reply.code != 354:
+            if not bdat:
+                data_reply = await proto.send(b"DATA\r\n", "data_init")
+                if data_reply.code != 354:
+                    await self._reset_after_failure()
+                    raise SMTPDataError(data_reply.code, data_reply.message)
+        accepted = [r for r in recipients if r not in refused]
+        expected = self._final_reply_count(len(accepted))
+        try:
+            if bdat:
+                finals = await send_bdat(
+                    proto,
+                    source,
+                    self._reactor,
+                    expected,
+                    pipelining,
+                    plan.binary,
+                    refuse_8bit,
+                )
+            else:
+                finals = await send_data(proto, source, self._reactor, expected, refuse_8bit)
+        except SMTPDataError:
             await self._reset_after_failure()
-            raise SMTPDataError(data_reply.code, data_reply.message)
-        final = await proto.send(encoded, "data_end")
+            raise
+        return await self._judge_final(accepted, refused, finals)
+
+    def _final_reply_count(self, accepted: int) -> int:
+        """
+        Replies to the end of the message: one for SMTP.
+        """
+        return 1
+
+    async def _judge_final(
+        self, accepted: list[str], refused: dict[str, Reply], finals: list[Reply]
+    ) -> dict[str, Reply]:
+        final = finals[0]
         if final.code != 250:
             await self._reset_after_failure()
             raise SMTPDataError(final.code, final.message)
@@ -634,6 +766,146 @@ class SMTP:
             return
         with contextlib.suppress(SMTPException):
             await proto.send(b"RSET\r\n")
+
+    # -- TLS and AUTH ------------------------------------------------------------
+
+    def starttls(self, context: IOpenSSLClientConnectionCreator | None = None) -> Deferred[Reply]:
+        """
+        Switch the connection to TLS (RFC 3207), then say EHLO again: the
+        feature list from before TLS is dropped.
+
+        :param context: TLS client options (``optionsForClientTLS(...)``);
+            by default the ones given to the constructor, or options that
+            verify the certificate against the system's trust roots and the
+            server's host name.
+        :returns: a Deferred firing with the reply to STARTTLS.
+        :raises SMTPNotSupportedError: when the server does not offer
+            STARTTLS.
+        :raises SMTPTLSError: when the handshake fails (the connection is
+            closed).
+        """
+        return self._call(lambda: self._starttls(context))
+
+    def _server_tls_options(self) -> IOpenSSLClientConnectionCreator:
+        if self._tls_options is not None:
+            return self._tls_options
+        name = self.server_hostname or self._server_name
+        if not name:
+            raise SMTPTLSError(
+                "cannot verify the server's certificate: no host name is known for it; "
+                "pass server_hostname= or tls_options="
+            )
+        return client_tls_options(name)
+
+    async def _starttls(self, context: IOpenSSLClientConnectionCreator | None) -> Reply:
+        await self._ehlo_or_helo_if_needed(tls_policy=False)
+        proto = self._connection()
+        if proto.tls:
+            raise SMTPException("TLS is already active on this connection")
+        if not self.has_option("starttls"):
+            raise SMTPNotSupportedError("STARTTLS extension not supported by server.")
+        reply = await proto.starttls(context or self._server_tls_options())
+        if reply.code != 220:
+            return reply
+        self._reset_session()
+        handshake = proto.wait_for_handshake()
+        if self.timeouts.command is not None:
+            handshake.addTimeout(self.timeouts.command, self._reactor)
+        try:
+            await handshake
+        except (SMTPException, DeferTimeoutError) as e:
+            proto.abort(SMTPTLSError(f"TLS handshake failed: {e}"))
+            raise SMTPTLSError(f"TLS handshake with the server failed: {e}") from e
+        ehlo = await self._ehlo(None)
+        if ehlo.code != 250:
+            raise SMTPHeloError(ehlo.code, ehlo.message)
+        return reply
+
+    async def _apply_tls_policy(self) -> None:
+        proto = self._connection()
+        if proto.tls or self.tls == "never":
+            return
+        if self.has_option("starttls"):
+            reply = await self._starttls(None)
+            if reply.code == 220 or self.tls != "required":
+                return
+            refusal = f"the server refused STARTTLS: {reply.code} {reply.text}"
+        else:
+            refusal = "the server does not offer STARTTLS"
+        if self.tls == "required":
+            proto.close()
+            raise SMTPTLSError(f'tls="required" but {refusal}; nothing was sent in the clear')
+
+    def login(
+        self,
+        user: str,
+        password: str,
+        mechanism: str | None = None,
+        *,
+        initial_response_ok: bool = True,
+    ) -> Deferred[Reply]:
+        """
+        Authenticate (RFC 4954) with the strongest mechanism both sides
+        have among SCRAM-SHA-256, CRAM-MD5, PLAIN and LOGIN, or the one named
+        (``"XOAUTH2"`` with an OAuth 2.0 token as ``password``).
+
+        Refused over a connection without TLS unless the SMTP object was
+        made with ``allow_plaintext_auth=True``.  Credentials and AUTH
+        payloads never reach the debug log.
+
+        :returns: a Deferred firing with the 235 reply.
+        :raises SMTPNotSupportedError: when the server offers no AUTH, or no
+            mechanism in common, or the connection is not encrypted.
+        :raises SMTPAuthenticationError: when the server refuses the
+            credentials (with its reply), or its SCRAM proof is wrong.
+        """
+        check_argument(user, "user")
+        if not isinstance(password, str):
+            raise TypeError(f"password must be str, not {type(password).__name__}")
+        return self._call(lambda: self._login(user, password, mechanism, initial_response_ok))
+
+    async def _login(
+        self, user: str, password: str, mechanism: str | None, initial_response_ok: bool
+    ) -> Reply:
+        await self._ehlo_or_helo_if_needed()
+        proto = self._connection()
+        if not self.has_option("auth"):
+            raise SMTPNotSupportedError("SMTP AUTH extension not supported by server.")
+        if not proto.tls and not self.allow_plaintext_auth:
+            raise SMTPNotSupportedError(
+                "refusing to send credentials over a connection without TLS: use STARTTLS "
+                "or implicit TLS, or pass allow_plaintext_auth=True"
+            )
+        offered = self.esmtp_features.auth_mechanisms
+        if mechanism is None:
+            name = choose_mechanism(offered)
+        else:
+            name = mechanism.upper()
+            if name not in offered:
+                raise SMTPNotSupportedError(
+                    f"the server does not offer AUTH {name}; it offers {sorted(offered)}"
+                )
+        mech = mechanism_for(name, user, password)
+        line = auth_command(mech) if initial_response_ok else b"AUTH " + name.encode("ascii")
+        reply = await proto.send(line + b"\r\n", "command", secret=True)
+        try:
+            while reply.code == 334:
+                response = mech.respond(decode_challenge(reply.message))
+                reply = await proto.send(encode_response(response) + b"\r\n", secret=True)
+            if reply.code == 235:
+                mech.verify_success(reply.message)
+        except SASLError as e:
+            if reply.code == 334:
+                # RFC 4954 section 4: "*" cancels the exchange.
+                with contextlib.suppress(SMTPException):
+                    await proto.send(b"*\r\n", secret=True)
+            else:
+                # The server's proof was wrong: it is not who it claims.
+                proto.close()
+            raise SMTPAuthenticationError(reply.code, f"authentication failed: {e}") from e
+        if reply.code not in (235, 503):
+            raise SMTPAuthenticationError(reply.code, reply.message)
+        return reply
 
     # -- ending ---------------------------------------------------------------------
 
@@ -672,3 +944,129 @@ class SMTP:
                 await proto.closed
 
         return self._call(op)
+
+
+class SMTP_SSL(SMTP):
+    """
+    SMTP over implicit TLS (RFC 8314, port 465): the connection is
+    encrypted from its first byte, the certificate verified against the host
+    name (or ``server_hostname``).
+
+    :param context: TLS client options; by default ones that verify the
+        certificate against the system's trust roots.  Other parameters as
+        :class:`SMTP`.
+    """
+
+    default_port: ClassVar[int] = 465
+
+    def __init__(
+        self,
+        host: str | IStreamClientEndpoint | None = None,
+        port: int | None = None,
+        local_hostname: str | None = None,
+        timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
+        reactor: IReactorTime | None = None,
+        *,
+        context: IOpenSSLClientConnectionCreator | None = None,
+        server_hostname: str | None = None,
+        allow_plaintext_auth: bool = False,
+        bdat_threshold: int = 64 * 1024,
+    ) -> None:
+        super().__init__(
+            None,
+            None,
+            local_hostname,
+            timeout,
+            reactor,
+            tls="never",
+            tls_options=context,
+            server_hostname=server_hostname,
+            allow_plaintext_auth=allow_plaintext_auth,
+            bdat_threshold=bdat_threshold,
+        )
+        if host is not None:
+            self.connect(host, port).addErrback(lambda _: None)
+
+    def _tls_for_endpoint(self, host: str) -> Any:
+        if self._tls_options is not None:
+            return self._tls_options
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        return client_tls_options(self.server_hostname or name.strip("[]"))
+
+
+class LMTP(SMTP):
+    """
+    A Local Mail Transfer Protocol client (RFC 2033): LHLO instead of EHLO,
+    and after the message one reply per accepted recipient, so each
+    recipient's delivery is reported on its own.
+
+    ``connect`` also takes a Unix socket path (a host starting with "/"),
+    as smtplib's LMTP does.  :meth:`sendmail` fires with the recipients
+    refused at RCPT or at delivery, and fails with
+    :class:`SMTPRecipientsRefused` when none was delivered.
+    """
+
+    default_port: ClassVar[int] = 2003
+    ehlo_msg: ClassVar[str] = "LHLO"
+
+    def __init__(
+        self,
+        host: str | IStreamClientEndpoint | None = None,
+        port: int | None = None,
+        local_hostname: str | None = None,
+        timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
+        reactor: IReactorTime | None = None,
+        *,
+        tls: TLSPolicy = "opportunistic",
+        tls_options: IOpenSSLClientConnectionCreator | None = None,
+        server_hostname: str | None = None,
+        allow_plaintext_auth: bool = False,
+        bdat_threshold: int = 64 * 1024,
+    ) -> None:
+        super().__init__(
+            None,
+            None,
+            local_hostname,
+            timeout,
+            reactor,
+            tls=tls,
+            tls_options=tls_options,
+            server_hostname=server_hostname,
+            allow_plaintext_auth=allow_plaintext_auth,
+            bdat_threshold=bdat_threshold,
+        )
+        if host is not None:
+            self.connect(host, port).addErrback(lambda _: None)
+
+    def connect(
+        self, host: str | IStreamClientEndpoint = "localhost", port: int | None = None
+    ) -> Deferred[Reply]:
+        """
+        As :meth:`SMTP.connect`; a host starting with "/" is a Unix socket.
+        """
+        if isinstance(host, str) and host.startswith("/"):
+            check_argument(host, "host")
+            host = UNIXClientEndpoint(self._reactor, host)
+        return super().connect(host, port)
+
+    def helo(self, name: str | None = None) -> Deferred[Reply]:
+        """
+        LMTP has no HELO (RFC 2033 section 4.1): fails with
+        :class:`SMTPNotSupportedError`.
+        """
+        return fail(SMTPNotSupportedError("LMTP has no HELO; use ehlo(), which says LHLO"))
+
+    def _final_reply_count(self, accepted: int) -> int:
+        return accepted
+
+    async def _judge_final(
+        self, accepted: list[str], refused: dict[str, Reply], finals: list[Reply]
+    ) -> dict[str, Reply]:
+        refused = dict(refused)
+        for recipient, reply in zip(accepted, finals, strict=True):
+            if reply.code != 250:
+                refused[recipient] = reply
+        if all(r in refused for r in accepted):
+            await self._reset_after_failure()
+            raise SMTPRecipientsRefused(refused)
+        return refused

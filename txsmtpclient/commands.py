@@ -170,9 +170,11 @@ class DataEncoder:
     chunk costs a few bulk ``bytes.replace`` calls, no per-byte loop.
     """
 
-    __slots__ = ("_at_line_start", "_held_cr", "bytes_in", "bytes_out")
+    __slots__ = ("_at_line_start", "_held_cr", "bytes_in", "bytes_out", "dot_stuff")
 
-    def __init__(self) -> None:
+    def __init__(self, dot_stuff: bool = True) -> None:
+        #: False for BDAT (RFC 3030): line endings only, no dots, no end marker.
+        self.dot_stuff = dot_stuff
         self._at_line_start = True
         self._held_cr = False
         self.bytes_in = 0
@@ -196,9 +198,10 @@ class DataEncoder:
             return b""
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        chunk = chunk.replace(b"\n.", b"\n..")
-        if self._at_line_start and chunk[0] == 0x2E:
-            chunk = b"." + chunk
+        if self.dot_stuff:
+            chunk = chunk.replace(b"\n.", b"\n..")
+            if self._at_line_start and chunk[0] == 0x2E:
+                chunk = b"." + chunk
         self._at_line_start = chunk[-1] == 0x0A
         out = chunk.replace(b"\n", CRLF)
         self.bytes_out += len(out)
@@ -216,6 +219,9 @@ class DataEncoder:
             self._held_cr = False
             out = CRLF
             self._at_line_start = True
+        if not self.dot_stuff:
+            self.bytes_out += len(out)
+            return out
         if not self._at_line_start:
             out += CRLF
         out += b"." + CRLF
@@ -232,7 +238,7 @@ def encode_message(message: bytes) -> bytes:
     return encoder.encode(message) + encoder.finish()
 
 
-def message_bytes(message: str | bytes) -> bytes:
+def message_bytes(message: str | bytes | bytearray | memoryview) -> bytes:
     """
     Turn a caller's message into bytes.
 

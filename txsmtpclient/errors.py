@@ -38,6 +38,7 @@ __all__ = [
     "SMTPResponseException",
     "SMTPSenderRefused",
     "SMTPServerDisconnected",
+    "SMTPTLSError",
     "SMTPTimeoutError",
 ]
 
@@ -81,6 +82,14 @@ class SMTPServerDisconnected(SMTPException, smtplib.SMTPServerDisconnected, Conn
     @property
     def temporary(self) -> bool:
         return True
+
+
+class SMTPTLSError(SMTPNotSupportedError, SMTPServerDisconnected):
+    """
+    TLS could not be set up (the handshake failed, the certificate did not
+    verify, or ``tls="required"`` and STARTTLS failed); the connection is
+    closed and nothing more was sent in the clear.
+    """
 
 
 class SMTPTimeoutError(SMTPServerDisconnected, TimeoutError):

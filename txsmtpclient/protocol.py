@@ -20,10 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txsmtpclient._log import REDACTED, Transcript, redact
 from txsmtpclient.errors import (
@@ -106,6 +113,7 @@ class _Waiter:
         self.secret = secret
 
 
+@implementer(IHandshakeListener)
 class SMTPClientProtocol(LineReceiver):
     """
     The client side of one SMTP connection, as a line receiver.
@@ -150,6 +158,10 @@ class SMTPClientProtocol(LineReceiver):
         self.connected_ = False
         self.closed: Deferred[None] = Deferred()
         self.greeting: Deferred[Reply] = self._add_waiter("greeting", secret=False)
+        #: whether TLS is up (a TLS handshake completed on this connection).
+        self.tls = False
+        self._tls_options: IOpenSSLClientConnectionCreator | None = None
+        self._handshake: Deferred[None] | None = None
 
     # -- the public surface used by the client ---------------------------------
 
@@ -208,6 +220,52 @@ class SMTPClientProtocol(LineReceiver):
         self._write(payload, False)
         return waiters
 
+    def send_final(
+        self, payload: bytes, replies: int = 1, stage: str = "data_end"
+    ) -> list[Deferred[Reply]]:
+        """
+        Write the last of a message (its final dot, or ``BDAT ... LAST``)
+        and await ``replies`` replies: one for SMTP, one per accepted
+        recipient for LMTP.  Every waiter is in place before the write, so
+        replies arriving together are never unsolicited.
+        """
+        if self._failure is not None:
+            return [fail(self._failure) for _ in range(replies)]
+        waiters = [self._add_waiter(stage, False) for _ in range(replies)]
+        self._write_data(payload)
+        return waiters
+
+    def starttls(self, options: IOpenSSLClientConnectionCreator) -> Deferred[Reply]:
+        """
+        Send ``STARTTLS``; on its 220 start TLS with ``options`` at once,
+        throwing away anything the server sent after the 220 (RFC 3207
+        section 4.2).  :attr:`handshake` then fires when TLS is up.
+        """
+        self._tls_options = options
+        return self.send(b"STARTTLS\r\n", "starttls")
+
+    def handshakeCompleted(self) -> None:
+        """
+        Called by Twisted's TLS layer (``IHandshakeListener``).
+        """
+        self.tls = True
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None and not handshake.called:
+            handshake.callback(None)
+
+    def wait_for_handshake(self) -> Deferred[None]:
+        """
+        Fires when the TLS handshake is done; fails with the connection's
+        error when it fails.
+        """
+        if self.tls:
+            return succeed(None)
+        if self._failure is not None:
+            return fail(self._failure)
+        if self._handshake is None:
+            self._handshake = Deferred()
+        return self._handshake
+
     def expect(self, stage: str) -> Deferred[Reply]:
         """
         Await one more reply without writing anything (LMTP sends one reply
@@ -257,6 +315,8 @@ class SMTPClientProtocol(LineReceiver):
 
     def connectionMade(self) -> None:
         self.connected_ = True
+        if ISSLTransport.providedBy(self.transport):
+            self.tls = True  # implicit TLS: nothing is read before the handshake
         # A message's last bytes must not wait for a delayed ACK (Nagle).
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -292,6 +352,8 @@ class SMTPClientProtocol(LineReceiver):
                 )
             return
         waiter = self._waiters.popleft()
+        if waiter.stage == "starttls" and reply.code == 220:
+            self._switch_to_tls()
         if waiter.secret:
             self.transcript.received(Reply(reply.code, REDACTED))
         else:
@@ -303,6 +365,14 @@ class SMTPClientProtocol(LineReceiver):
                 SMTPServerDisconnected(f"the server is closing the connection: {reply.text}"),
                 abort=False,
             )
+
+    def _switch_to_tls(self) -> None:
+        # Before anything else is read: lines already buffered came in the
+        # clear after the 220 and may be an attacker's (RFC 3207 section 4.2).
+        self.discard_buffered_input()
+        assert self.transport is not None and self._tls_options is not None
+        self.transport.startTLS(self._tls_options)  # type: ignore[attr-defined]
+        self.transcript.note("TLS started")
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._fatal(
@@ -321,6 +391,9 @@ class SMTPClientProtocol(LineReceiver):
             )
         self._cancel_timer()
         self._fail_waiters(self._failure)
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None and not handshake.called:
+            handshake.errback(Failure(self._failure))
         self.transcript.note("connection closed")
         if not self.closed.called:
             self.closed.callback(None)
@@ -339,7 +412,9 @@ class SMTPClientProtocol(LineReceiver):
         self.transport.write(payload)
         if self.transcript.level:
             if secret:
-                self.transcript.sent(REDACTED)
+                self.transcript.sent(
+                    redact(payload) if payload[:5].upper() == b"AUTH " else REDACTED
+                )
             else:
                 for line in payload.splitlines(keepends=True):
                     self.transcript.sent(redact(line))

@@ -24,8 +24,9 @@ DEFAULT_MAX_LINE_LENGTH = 8192
 #: A whole (multi-line) reply; far beyond any honest EHLO list.
 DEFAULT_MAX_REPLY_LENGTH = 256 * 1024
 
-# RFC 3463 section 2: class "." subject "." detail, then a space (RFC 2034).
-_ENHANCED = re.compile(rb"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+# RFC 3463 section 2: class "." subject "." detail, then a space (RFC 2034),
+# or the end of the first line.
+_ENHANCED = re.compile(rb"([245])\.(\d{1,3})\.(\d{1,3})(?:[ \n]|$)")
 
 
 class MalformedReply(Exception):

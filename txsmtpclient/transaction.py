@@ -17,6 +17,7 @@ from txsmtpclient.commands import (
     encode_command,
     extension_for_option,
     quote_address,
+    xtext_encode,
 )
 from txsmtpclient.errors import (
     SMTPArgumentError,
@@ -28,7 +29,98 @@ from txsmtpclient.errors import (
 from txsmtpclient.extensions import Extensions
 from txsmtpclient.reply import Reply
 
-__all__ = ["Envelope", "Plan", "judge_recipients", "plan_transaction"]
+__all__ = ["DSN", "Envelope", "Plan", "judge_recipients", "plan_transaction", "sender_error"]
+
+
+_NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+@dataclass(frozen=True, slots=True)
+class DSN:
+    """
+    Delivery status notification requests (RFC 3461).
+
+    :ivar ret: ``"FULL"`` or ``"HDRS"``: what a bounce returns.
+    :ivar envid: the envelope id echoed in notices.
+    :ivar notify: when to notify for each recipient.
+    :ivar orcpt: send each recipient's original address as ``ORCPT``.
+    """
+
+    ret: str | None = None
+    envid: str | None = None
+    notify: tuple[str, ...] = ()
+    orcpt: bool = False
+
+    @classmethod
+    def check(
+        cls,
+        ret: str | None = None,
+        envid: str | None = None,
+        notify: Sequence[str] | None = None,
+        orcpt: bool = False,
+    ) -> DSN | None:
+        """
+        Check a caller's DSN requests; ``None`` when there are none.
+
+        :raises SMTPArgumentError: for a RET other than FULL/HDRS, NOTIFY
+            values other than SUCCESS/FAILURE/DELAY or NEVER alone, or an
+            ENVID that is not printable ASCII of at most 100 characters.
+        """
+        if ret is None and envid is None and not notify and not orcpt:
+            return None
+        if ret is not None:
+            ret = check_argument(ret, "dsn_ret").upper()
+            if ret not in ("FULL", "HDRS"):
+                raise SMTPArgumentError(f'dsn_ret must be "FULL" or "HDRS", not {ret!r}')
+        if envid is not None:
+            check_argument(envid, "dsn_envid")
+            if not envid.isascii() or not 0 < len(envid) <= 100:
+                raise SMTPArgumentError("dsn_envid must be 1 to 100 ASCII characters (RFC 3461)")
+        values: tuple[str, ...] = ()
+        if notify:
+            if isinstance(notify, str):
+                notify = notify.split(",")
+            values = tuple(check_argument(v, "dsn_notify").strip().upper() for v in notify)
+            if values != ("NEVER",) and not set(values) <= _NOTIFY:
+                raise SMTPArgumentError(
+                    "dsn_notify must be some of SUCCESS, FAILURE, DELAY, or NEVER alone; "
+                    f"got {values!r}"
+                )
+        return cls(ret, envid, values, bool(orcpt))
+
+    def mail_options(self) -> list[str]:
+        """
+        The MAIL parameters.
+        """
+        options = []
+        if self.ret:
+            options.append(f"RET={self.ret}")
+        if self.envid:
+            options.append(f"ENVID={xtext_encode(self.envid)}")
+        return options
+
+    def rcpt_options(self, recipient: str) -> list[str]:
+        """
+        The RCPT parameters for one recipient.
+        """
+        options = []
+        if self.notify:
+            options.append("NOTIFY=" + ",".join(self.notify))
+        if self.orcpt:
+            address = quote_address(recipient)[1:-1]
+            if address.isascii():
+                options.append(f"ORCPT=rfc822;{xtext_encode(address)}")
+            else:
+                # RFC 6533 section 3: utf-8-addr-xtext, non-ASCII kept as is.
+                options.append(f"ORCPT=utf-8;{_utf8_xtext(address)}")
+        return options
+
+
+def _utf8_xtext(value: str) -> str:
+    return "".join(
+        c if (ord(c) > 127 or (33 <= ord(c) <= 126 and c not in "+=\\")) else f"\\x{{{ord(c):X}}}"
+        for c in value
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +133,7 @@ class Envelope:
     recipients: tuple[str, ...]
     mail_options: tuple[str, ...] = ()
     rcpt_options: tuple[str, ...] = ()
+    dsn: DSN | None = None
 
     @classmethod
     def check(
@@ -49,6 +142,7 @@ class Envelope:
         recipients: str | Sequence[str],
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
+        dsn: DSN | None = None,
     ) -> Envelope:
         """
         Check what a caller gave ``sendmail``.
@@ -74,6 +168,7 @@ class Envelope:
             checked,
             check_options(mail_options, "mail option"),
             check_options(rcpt_options, "recipient option"),
+            dsn,
         )
 
     @property
@@ -96,6 +191,8 @@ class Plan:
     mail: bytes
     rcpts: tuple[bytes, ...]
     dropped: tuple[str, ...]
+    #: BODY=BINARYMIME was asked for: the message must go by BDAT, as is.
+    binary: bool = False
 
 
 def _supported(options: Sequence[str], features: Extensions | None) -> tuple[list[str], list[str]]:
@@ -124,8 +221,13 @@ def plan_transaction(
     :raises SMTPSenderRefused: (552) when ``size`` is over the server's
         advertised SIZE limit (RFC 1870 section 6.1), before MAIL is sent.
     """
-    mail_options, dropped = _supported(envelope.mail_options, features)
+    dsn = envelope.dsn
+    requested = list(envelope.mail_options) + (dsn.mail_options() if dsn else [])
+    mail_options, dropped = _supported(requested, features)
     rcpt_options, rcpt_dropped = _supported(envelope.rcpt_options, features)
+    dsn_ok = dsn is not None and features is not None and features.has("dsn")
+    if dsn is not None and not dsn_ok:
+        dropped.extend(dsn.rcpt_options(envelope.recipients[0]))
     upper = [o.upper() for o in mail_options]
     utf8 = envelope.needs_smtputf8 or "SMTPUTF8" in upper
     if utf8:
@@ -156,10 +258,21 @@ def plan_transaction(
     mail = encode_command("MAIL", f"FROM:{quote_address(envelope.sender)}{tail}", utf8=utf8)
     rcpt_tail = "".join(" " + option for option in rcpt_options)
     rcpts = tuple(
-        encode_command("RCPT", f"TO:{quote_address(r)}{rcpt_tail}", utf8=utf8)
+        encode_command(
+            "RCPT", f"TO:{quote_address(r)}{rcpt_tail}{_dsn_tail(dsn, dsn_ok, r)}", utf8=utf8
+        )
         for r in envelope.recipients
     )
-    return Plan(mail, rcpts, tuple(dropped + rcpt_dropped))
+    binary = "BODY=BINARYMIME" in upper
+    if binary and (features is None or not features.has("chunking")):
+        raise SMTPNotSupportedError("BODY=BINARYMIME needs the server's CHUNKING extension")
+    return Plan(mail, rcpts, tuple(dropped + rcpt_dropped), binary)
+
+
+def _dsn_tail(dsn: DSN | None, supported: bool, recipient: str) -> str:
+    if dsn is None or not supported:
+        return ""
+    return "".join(" " + option for option in dsn.rcpt_options(recipient))
 
 
 def judge_recipients(

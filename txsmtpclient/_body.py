@@ -1,0 +1,433 @@
+"""
+Message bodies of every kind, read chunk by chunk, and written to the
+connection under its flow control so memory stays flat whatever the size.
+
+A body may be ``bytes``, an ASCII ``str``, a binary file object, an iterable
+or async iterable of ``bytes`` chunks, or a
+:class:`twisted.web.iweb.IBodyProducer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import IO, Any, Union, cast
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.threads import deferToThreadPool
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from txsmtpclient.commands import DataEncoder, message_bytes
+from txsmtpclient.errors import (
+    SMTPDataError,
+    SMTPNotSupportedError,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+from txsmtpclient.protocol import SMTPClientProtocol
+from txsmtpclient.reply import Reply
+
+__all__ = ["Body", "BodySource", "FlowControl", "body_source"]
+
+#: What ``sendmail``, ``data`` and ``send_message`` take as a message.
+# Union, not "|": zope interfaces do not support the operator.
+Body = Union[bytes, str, IO[bytes], Iterable[bytes], AsyncIterable[bytes], IBodyProducer]  # noqa: UP007
+
+#: Bytes read or written at a time: large enough that per-chunk costs vanish,
+#: small enough that a paused transport holds little.
+CHUNK_SIZE = 256 * 1024
+
+
+class BodySource:
+    """
+    One message body, readable once as an async iterator of chunks.
+
+    :ivar size: the length in bytes when known in advance (for SIZE).
+    :ivar data: the whole body when it is already in memory.
+    """
+
+    def __init__(self, size: int | None, data: bytes | None = None) -> None:
+        self.size = size
+        self.data = data
+
+    @property
+    def eight_bit(self) -> bool | None:
+        """
+        Whether the body holds bytes over 127; ``None`` when not known before
+        reading it.
+        """
+        return None if self.data is None else not self.data.isascii()
+
+    def chunks(self, reactor: Any) -> AsyncIterator[bytes]:
+        """
+        The body's chunks, in order.
+        """
+        return self._memory_chunks()
+
+    async def _memory_chunks(self) -> AsyncIterator[bytes]:
+        assert self.data is not None
+        view = memoryview(self.data)
+        for start in range(0, len(view), CHUNK_SIZE):
+            yield bytes(view[start : start + CHUNK_SIZE])
+
+
+class _FileSource(BodySource):
+    def __init__(self, file: IO[bytes]) -> None:
+        size: int | None = None
+        try:
+            if file.seekable():
+                here = file.tell()
+                size = os.fstat(file.fileno()).st_size - here
+        except (OSError, ValueError, io.UnsupportedOperation):
+            size = None
+        super().__init__(size)
+        self._file = file
+
+    async def _read(self, reactor: Any) -> AsyncIterator[bytes]:
+        pool = reactor.getThreadPool() if hasattr(reactor, "getThreadPool") else None
+        while True:
+            # Disk reads happen in a thread: never block the reactor.
+            if pool is not None:
+                chunk = await deferToThreadPool(reactor, pool, self._file.read, CHUNK_SIZE)
+            else:
+                chunk = self._file.read(CHUNK_SIZE)
+            if not chunk:
+                return
+            if not isinstance(chunk, bytes):
+                raise TypeError(f"file must be opened in binary mode; read gave {type(chunk)}")
+            yield chunk
+
+    def chunks(self, reactor: Any) -> AsyncIterator[bytes]:
+        return self._read(reactor)
+
+
+class _IterableSource(BodySource):
+    def __init__(self, iterable: Iterable[bytes] | AsyncIterable[bytes]) -> None:
+        super().__init__(None)
+        self._iterable = iterable
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        if isinstance(self._iterable, AsyncIterable):
+            async for chunk in self._iterable:
+                yield _check_chunk(chunk)
+        else:
+            for chunk in self._iterable:
+                yield _check_chunk(chunk)
+
+    def chunks(self, reactor: Any) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+
+def _check_chunk(chunk: object) -> bytes:
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    raise TypeError(f"message chunks must be bytes, not {type(chunk).__name__}")
+
+
+@implementer(IConsumer)
+class _ProducerSource(BodySource):
+    """
+    Adapts an ``IBodyProducer``: it writes into this consumer; chunks() hands
+    its writes on, pausing the producer while too much is waiting.
+    """
+
+    _HIGH_WATER = 4
+
+    def __init__(self, producer: Any) -> None:
+        from twisted.web.iweb import UNKNOWN_LENGTH
+
+        length = producer.length
+        super().__init__(None if length is UNKNOWN_LENGTH else int(length))
+        self._producer = producer
+        self._queue: deque[bytes] = deque()
+        self._wake: Deferred[None] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._paused = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self._queue.append(_check_chunk(data))
+        if len(self._queue) >= self._HIGH_WATER and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._poke()
+
+    def _poke(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.callback(None)
+
+    def _finished(self, result: object) -> None:
+        self._done = True
+        if isinstance(result, BaseException):
+            self._error = result
+        self._poke()
+
+    async def _drain(self) -> AsyncIterator[bytes]:
+        d = self._producer.startProducing(self)
+        d.addCallbacks(self._finished, lambda f: self._finished(f.value))
+        try:
+            while True:
+                if self._queue:
+                    chunk = self._queue.popleft()
+                    if self._paused and len(self._queue) < self._HIGH_WATER // 2:
+                        self._paused = False
+                        self._producer.resumeProducing()
+                    yield chunk
+                elif self._done:
+                    if self._error is not None:
+                        raise self._error
+                    return
+                else:
+                    self._wake = Deferred()
+                    await self._wake
+        finally:
+            if not self._done:
+                self._producer.stopProducing()
+
+    def chunks(self, reactor: Any) -> AsyncIterator[bytes]:
+        return self._drain()
+
+
+def body_source(msg: Body) -> BodySource:
+    """
+    Wrap a caller's message.
+
+    :raises TypeError: for a type that is none of the accepted ones.
+    :raises SMTPArgumentError: for a ``str`` with non-ASCII characters.
+    """
+    if isinstance(msg, (str, bytes, bytearray, memoryview)):
+        data = message_bytes(msg)
+        return BodySource(len(data), data)
+    if IBodyProducer.providedBy(msg):
+        return _ProducerSource(msg)
+    if hasattr(msg, "read"):
+        if isinstance(msg, io.TextIOBase):
+            raise TypeError("a file message must be opened in binary mode ('rb')")
+        return _FileSource(cast(IO[bytes], msg))
+    if isinstance(msg, (AsyncIterable, Iterable)):
+        return _IterableSource(cast(Iterable[bytes] | AsyncIterable[bytes], msg))
+    raise TypeError(
+        "message must be bytes, str, a binary file, an iterable or async iterable of bytes, "
+        f"or an IBodyProducer, not {type(msg).__name__}"
+    )
+
+
+@implementer(IPushProducer)
+class FlowControl:
+    """
+    Registered with the transport while a body is written: the transport
+    pauses it when its buffer is full, and the writer waits in
+    :meth:`wait` until it drains.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.stopped = False
+        self._waiting: Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+    def wait(self) -> Deferred[None]:
+        """
+        Fires once the transport will take more.
+        """
+        if not self.paused:
+            return succeed(None)
+        if self._waiting is None:
+            self._waiting = Deferred()
+        return self._waiting
+
+
+async def gather_replies(deferreds: Sequence[Deferred[Reply]]) -> list[Reply]:
+    """
+    Await every Deferred, so that none is left with an unhandled failure;
+    raise the first failure once all have fired.
+    """
+    replies: list[Reply] = []
+    first: BaseException | None = None
+    for d in deferreds:
+        try:
+            replies.append(await d)
+        except BaseException as e:  # re-raised below, after the rest
+            if first is None:
+                first = e
+    if first is not None:
+        raise first
+    return replies
+
+
+class _Writer:
+    """
+    Writes encoded chunks under the transport's flow control, holding the
+    last chunk back so that it leaves in one write with the end marker.
+    """
+
+    def __init__(self, proto: SMTPClientProtocol, reactor: Any) -> None:
+        self.proto = proto
+        self.reactor = reactor
+        self.flow = FlowControl()
+        self.transport: Any = proto.transport
+        self.registered = False
+
+    def __enter__(self) -> _Writer:
+        self.transport.registerProducer(self.flow, True)
+        self.registered = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.registered:
+            self.registered = False
+            with contextlib.suppress(RuntimeError, AttributeError):
+                self.transport.unregisterProducer()
+
+    async def drained(self) -> None:
+        """
+        Wait while the transport's buffer is full, at most the data-block
+        timeout (RFC 5321 section 4.5.3.2.5).
+        """
+        if self.flow.paused:
+            waiting = self.flow.wait()
+            timeout = self.proto.timeouts.data_block
+            if timeout is not None:
+                waiting.addTimeout(timeout, self.reactor)
+            try:
+                await waiting
+            except DeferTimeoutError:
+                self.proto.abort(
+                    SMTPTimeoutError(
+                        f"the server took no message data for {timeout:g} seconds", "data_block"
+                    )
+                )
+        failure = self.proto.failure
+        if failure is not None:
+            raise SMTPServerDisconnected(f"connection lost while sending the message: {failure}")
+
+
+def _eight_bit_refused() -> SMTPNotSupportedError:
+    return SMTPNotSupportedError(
+        "the message holds 8-bit data and the server does not advertise 8BITMIME; "
+        "the transaction was abandoned before the message was ended"
+    )
+
+
+async def send_data(
+    proto: SMTPClientProtocol,
+    source: BodySource,
+    reactor: Any,
+    replies: int = 1,
+    refuse_8bit: bool = False,
+) -> list[Reply]:
+    """
+    Send a message after DATA's 354: CRLF line endings, dot-stuffing, and the
+    final dot in the same write as the last bytes.
+
+    :param replies: how many replies the final dot gets (LMTP: one per
+        accepted recipient).
+    :param refuse_8bit: abort (without ending the message, so nothing is
+        delivered) if the body turns out to hold 8-bit data.
+    :returns: the replies to the final dot.
+    :raises SMTPNotSupportedError: for 8-bit data with ``refuse_8bit``.
+    """
+    encoder = DataEncoder()
+    data = source.data
+    if data is not None and len(data) <= CHUNK_SIZE:
+        return await gather_replies(
+            proto.send_final(encoder.encode(data) + encoder.finish(), replies)
+        )
+    try:
+        with _Writer(proto, reactor) as writer:
+            pending = b""
+            async for chunk in source.chunks(reactor):
+                if refuse_8bit and not chunk.isascii():
+                    raise _eight_bit_refused()
+                out = encoder.encode(chunk)
+                if pending:
+                    proto.write_data(pending)
+                pending = out
+                await writer.drained()
+            finals = proto.send_final(pending + encoder.finish(), replies)
+    except BaseException as e:
+        # Never end a message that was not read whole: drop the connection
+        # so the server discards what it has.
+        proto.abort(SMTPServerDisconnected(f"message abandoned part way: {e!r}"))
+        raise
+    return await gather_replies(finals)
+
+
+async def send_bdat(
+    proto: SMTPClientProtocol,
+    source: BodySource,
+    reactor: Any,
+    replies: int = 1,
+    pipelining: bool = False,
+    binary: bool = False,
+    refuse_8bit: bool = False,
+) -> list[Reply]:
+    """
+    Send a message as BDAT chunks (RFC 3030): no dot-stuffing; line endings
+    made CRLF unless ``binary`` (BODY=BINARYMIME); the last chunk marked
+    LAST.  Chunks are pipelined when the server offers PIPELINING,
+    otherwise each waits for its 250.
+
+    :returns: the replies to ``BDAT ... LAST``.
+    :raises SMTPDataError: when the server refuses a chunk.
+    """
+    encoder = None if binary else DataEncoder(dot_stuff=False)
+    chunk_replies: list[Deferred[Reply]] = []
+    try:
+        with _Writer(proto, reactor) as writer:
+            pending: bytes | None = None
+            async for chunk in source.chunks(reactor):
+                if refuse_8bit and not chunk.isascii():
+                    raise _eight_bit_refused()
+                out = chunk if encoder is None else encoder.encode(chunk)
+                if not out:
+                    continue
+                if pending is not None:
+                    d = proto.send_final(b"BDAT %d\r\n" % len(pending) + pending, 1, "data_block")
+                    if pipelining:
+                        chunk_replies.extend(d)
+                    else:
+                        reply = await d[0]
+                        if reply.code != 250:
+                            raise SMTPDataError(reply.code, reply.message)
+                pending = out
+                await writer.drained()
+            last = (pending or b"") + (encoder.finish() if encoder is not None else b"")
+            finals = proto.send_final(b"BDAT %d LAST\r\n" % len(last) + last, replies)
+    except SMTPDataError:
+        raise
+    except BaseException as e:
+        proto.abort(SMTPServerDisconnected(f"message abandoned part way: {e!r}"))
+        raise
+    for reply in await gather_replies(chunk_replies):
+        if reply.code != 250:
+            await gather_replies(finals)
+            raise SMTPDataError(reply.code, reply.message)
+    return await gather_replies(finals)
