@@ -1,0 +1,752 @@
+"""
+Spool entries: the envelope of a queued message, its recipients' progress,
+its delivery attempts and outcome, and their versioned JSON encoding.
+
+Sans-IO: values in, values or :class:`EnvelopeError` out; nothing here touches
+files or imports Twisted.  Every value is a frozen dataclass; the functions
+that move an entry along (:func:`apply_attempt`, :func:`start_next_occurrence`,
+...) return a new :class:`Entry`.
+
+The on-disk form is one UTF-8 JSON object, ``{"version": 1, ...}``, written by
+:func:`encode_entry` and read back by :func:`decode_entry`.  An entry's state is
+not in the JSON: the store keeps it in the entry's folder, so a state change is
+a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+from txsmtpclient.spool.schedule import Recurrence, ScheduleError, next_occurrence
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_ATTEMPTS_KEPT",
+    "Attempt",
+    "Dsn",
+    "Entry",
+    "EnvelopeError",
+    "Outcome",
+    "OutcomeKind",
+    "Recipient",
+    "RecipientState",
+    "ReplyRecord",
+    "State",
+    "apply_attempt",
+    "check_address",
+    "check_option",
+    "check_options",
+    "decode_entry",
+    "encode_entry",
+    "is_valid_id",
+    "make_recipients",
+    "parse_queue_id",
+    "start_next_occurrence",
+    "xtext",
+]
+
+#: The version :func:`encode_entry` writes and the newest :func:`decode_entry`
+#: reads.
+FORMAT_VERSION = 1
+
+#: Attempts kept per entry; older ones are dropped so a recurring message's
+#: envelope does not grow without bound.
+MAX_ATTEMPTS_KEPT = 100
+
+_ID = re.compile(r"[0-9a-f]{1,16}-[0-9]{1,10}-[0-9a-f]{8}")
+
+
+class EnvelopeError(ValueError):
+    """
+    An envelope that is not well formed: bad JSON, a missing or mistyped field,
+    an unknown format version, or an address or option with forbidden
+    characters.
+    """
+
+
+class State(str, Enum):
+    """
+    Where an entry is in its life; each state is a folder of the spool.
+    """
+
+    #: Waiting for its due time (or due now).
+    QUEUED = "queue"
+    #: Claimed by a sender (the daemon) and in flight.
+    SENDING = "sending"
+    #: Every recipient accepted (or, with some permanently refused, the rest
+    #: accepted).
+    DONE = "done"
+    #: Permanently refused, or expired after its maximum queue lifetime.
+    FAILED = "failed"
+    #: Cancelled by an operator before it was sent.
+    CANCELLED = "cancelled"
+    #: Unreadable or not well formed; set aside for a human.
+    CORRUPT = "corrupt"
+
+
+class RecipientState(str, Enum):
+    """
+    One recipient's progress in the current occurrence.
+    """
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class OutcomeKind(str, Enum):
+    """
+    How an occurrence of a message ended.
+    """
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRecord:
+    """
+    A server reply as recorded: the code and its text (lines joined by
+    ``"\\n"``), decoded for humans.
+    """
+
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """
+    One envelope recipient.
+
+    :ivar address: the forward-path, without angle brackets.
+    :ivar state: pending, delivered or permanently failed.
+    :ivar reply: the last reply about this recipient (to RCPT, or to the final
+        dot once it was accepted), if any.
+    """
+
+    address: str
+    state: RecipientState = RecipientState.PENDING
+    reply: ReplyRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dsn:
+    """
+    Delivery status notification requests (RFC 3461), sent only to a server
+    that advertises DSN.
+
+    :ivar ret: ``"FULL"`` or ``"HDRS"`` (section 4.3), or ``None``.
+    :ivar envid: envelope identifier (section 4.4), plain text; xtext-encoded
+        on the wire by :meth:`Entry.smtp_mail_options`.
+    :ivar notify: ``("NEVER",)`` or some of ``SUCCESS``, ``FAILURE``,
+        ``DELAY`` (section 4.1).
+    """
+
+    ret: str | None = None
+    envid: str | None = None
+    notify: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.ret is not None and self.ret.upper() not in ("FULL", "HDRS"):
+            raise EnvelopeError(f"expected DSN RET FULL or HDRS, got {self.ret!r}")
+        words = {n.upper() for n in self.notify}
+        if not words <= {"NEVER", "SUCCESS", "FAILURE", "DELAY"} or (
+            "NEVER" in words and len(words) > 1
+        ):
+            raise EnvelopeError(
+                "expected DSN NOTIFY NEVER, or some of SUCCESS, FAILURE, DELAY; "
+                f"got {','.join(self.notify)!r}"
+            )
+        if self.envid is not None:
+            _check_text("DSN ENVID", self.envid)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """
+    One delivery attempt.
+
+    :ivar at: when it started, epoch seconds.
+    :ivar duration: how long it took, seconds.
+    :ivar relay: the relay it went to (endpoint description or host:port).
+    :ivar code: the reply code that decided it (to the final dot, or the
+        refusal), or ``None`` if no reply came (refused connection, timeout,
+        disconnect).
+    :ivar text: that reply's text, or a description of the error.
+    :ivar queue_id: the relay's queue id, from a 250 reply such as
+        ``250 2.0.0 Ok: queued as ABC123`` (see :func:`parse_queue_id`).
+    :ivar temporary: whether the failure (if any) was temporary.
+    :ivar delivered: recipients accepted in this attempt.
+    :ivar refused: recipients refused in this attempt, with the reply; those
+        with a 4xx reply stay pending, those with a 5xx reply fail.
+    """
+
+    at: float
+    duration: float
+    relay: str
+    code: int | None
+    text: str
+    queue_id: str | None = None
+    temporary: bool = False
+    delivered: tuple[str, ...] = ()
+    refused: Mapping[str, ReplyRecord] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        """
+        Whether the server accepted the message for at least one recipient.
+        """
+        return bool(self.delivered)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """
+    How an occurrence of a message ended.
+
+    :ivar at: when, epoch seconds.
+    :ivar kind: delivered, failed or expired.
+    :ivar code: the deciding reply code, if there was a reply.
+    :ivar text: the reply text or the reason.
+    :ivar queue_id: the relay's queue id, if it gave one.
+    """
+
+    at: float
+    kind: OutcomeKind
+    code: int | None = None
+    text: str = ""
+    queue_id: str | None = None
+
+    @classmethod
+    def from_attempt(cls, attempt: Attempt, kind: OutcomeKind) -> Outcome:
+        """
+        The outcome an attempt decided.
+        """
+        return cls(
+            attempt.at + attempt.duration, kind, attempt.code, attempt.text, attempt.queue_id
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """
+    A queued message's envelope and history (the message bytes are stored
+    apart, see the store's ``read_message``).
+
+    :ivar id: the spool id, unique across processes (see :func:`is_valid_id`).
+    :ivar sender: the reverse-path, ``""`` for the null sender.
+    :ivar recipients: every recipient with its progress in this occurrence.
+    :ivar due: when it is due next, epoch seconds.
+    :ivar created: when it was enqueued, epoch seconds.
+    :ivar state: the folder it was read from.
+    :ivar mail_options: ESMTP MAIL FROM parameters (``"SMTPUTF8"``,
+        ``"BODY=8BITMIME"``), as for smtplib's ``sendmail(mail_options=)``.
+    :ivar rcpt_options: ESMTP RCPT TO parameters for every recipient.
+    :ivar dsn: DSN requests, added to the options only where the server
+        supports DSN.
+    :ivar recurrence: how it recurs, or ``None`` for a one-off.
+    :ivar occurrence_due: when the current occurrence first fell due; the
+        maximum queue lifetime counts from here.
+    :ivar occurrences: occurrences finished so far (recurring messages).
+    :ivar attempts: the last :data:`MAX_ATTEMPTS_KEPT` attempts, oldest first.
+    :ivar outcome: how the last occurrence ended, if one has.
+    :ivar size: the message's size in bytes.
+    """
+
+    id: str
+    sender: str
+    recipients: tuple[Recipient, ...]
+    due: float
+    created: float
+    state: State = State.QUEUED
+    mail_options: tuple[str, ...] = ()
+    rcpt_options: tuple[str, ...] = ()
+    dsn: Dsn | None = None
+    recurrence: Recurrence | None = None
+    occurrence_due: float = 0.0
+    occurrences: int = 0
+    attempts: tuple[Attempt, ...] = ()
+    outcome: Outcome | None = None
+    size: int = 0
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """
+        Recipients still to be sent to in this occurrence.
+        """
+        return tuple(r.address for r in self.recipients if r.state is RecipientState.PENDING)
+
+    @property
+    def delivered(self) -> tuple[str, ...]:
+        """
+        Recipients the server accepted in this occurrence.
+        """
+        return tuple(r.address for r in self.recipients if r.state is RecipientState.DELIVERED)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        """
+        Recipients permanently refused in this occurrence.
+        """
+        return tuple(r.address for r in self.recipients if r.state is RecipientState.FAILED)
+
+    @property
+    def failures(self) -> int:
+        """
+        Attempts made in the current occurrence.  After
+        :func:`apply_attempt` has recorded a failed one, this is the count to
+        give :meth:`~txsmtpclient.spool.schedule.RetryPolicy.next_attempt`.
+        """
+        return sum(1 for a in self.attempts if a.at >= self.occurrence_due)
+
+    def smtp_mail_options(self, *, dsn_supported: bool) -> list[str]:
+        """
+        The MAIL FROM parameters to send.
+
+        :param dsn_supported: whether the server advertised DSN (RFC 3461
+            section 4); without it the DSN parameters are left out.
+        """
+        options = list(self.mail_options)
+        if dsn_supported and self.dsn is not None:
+            if self.dsn.ret is not None:
+                options.append(f"RET={self.dsn.ret.upper()}")
+            if self.dsn.envid is not None:
+                options.append(f"ENVID={xtext(self.dsn.envid)}")
+        return options
+
+    def smtp_rcpt_options(self, *, dsn_supported: bool) -> list[str]:
+        """
+        The RCPT TO parameters to send with each recipient.
+
+        :param dsn_supported: whether the server advertised DSN.
+        """
+        options = list(self.rcpt_options)
+        if dsn_supported and self.dsn is not None and self.dsn.notify:
+            options.append("NOTIFY=" + ",".join(n.upper() for n in self.dsn.notify))
+        return options
+
+
+def is_valid_id(text: str) -> bool:
+    """
+    Whether ``text`` has the shape of a spool id (hex time, pid, hex random),
+    which also makes it safe as part of a file name.
+    """
+    return _ID.fullmatch(text) is not None
+
+
+def _check_text(what: str, value: str) -> None:
+    # RFC 5321 section 4.1.2 has no place for controls in a path or a
+    # parameter; CR or LF would let one command smuggle in another.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise EnvelopeError(f"{what} must not contain control characters, got {value!r}")
+
+
+def check_address(address: str, *, what: str = "address") -> str:
+    """
+    Check an envelope address before it is queued.
+
+    :param address: a mailbox without angle brackets (``""`` only makes sense
+        as the null sender, which the caller allows).
+    :returns: the address.
+    :raises EnvelopeError: if it contains controls, spaces or angle brackets.
+    """
+    if not isinstance(address, str):
+        raise EnvelopeError(f"{what} must be a str, got {type(address).__name__}")
+    _check_text(what, address)
+    if any(c in address for c in " <>"):
+        raise EnvelopeError(f"{what} must be a bare mailbox without spaces or <>, got {address!r}")
+    return address
+
+
+def check_option(option: str) -> str:
+    """
+    Check one ESMTP parameter (``KEYWORD`` or ``KEYWORD=value``, RFC 5321
+    section 4.1.2).
+
+    :raises EnvelopeError: if it is empty or contains spaces or controls.
+    """
+    if not isinstance(option, str) or not option or " " in option:
+        raise EnvelopeError(f"expected an ESMTP parameter like 'BODY=8BITMIME', got {option!r}")
+    _check_text("ESMTP parameter", option)
+    return option
+
+
+def xtext(text: str) -> str:
+    """
+    Encode text as RFC 3461 section 4 xtext: ``+``, ``=``, and characters
+    outside ``!``..``~`` become ``+HH`` for each UTF-8 byte.
+    """
+    out = []
+    for byte in text.encode("utf-8"):
+        if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D):
+            out.append(chr(byte))
+        else:
+            out.append(f"+{byte:02X}")
+    return "".join(out)
+
+
+_QUEUE_ID_PATTERNS = (
+    # Postfix, Sendmail ("Ok: queued as 4F3A2B1C0D", "Message accepted for
+    # delivery" has none), SendGrid, Mailgun-like.
+    re.compile(r"queued as\s+<?([^\s>]+?)>?(?:\s|$)", re.IGNORECASE),
+    # Exim: "OK id=1qXyZ9-000AbC-Dd".
+    re.compile(r"\bid=([A-Za-z0-9._@-]+)"),
+    # Exchange: "[InternalId=12345, Hostname=...] Queued mail for delivery".
+    re.compile(r"InternalId=([0-9A-Za-z]+)"),
+    # Gmail: "2.0.0 OK  1700000000 x1-20020a05600c000000b0040000000000si.123 - gsmtp".
+    re.compile(r"OK\s+\d+\s+(\S+)\s+-\s+gsmtp", re.IGNORECASE),
+)
+
+
+def parse_queue_id(text: str) -> str | None:
+    """
+    Find the relay's queue id in the text of a 250 reply to the final dot.
+
+    :param text: the reply text without the code, e.g. ``"2.0.0 Ok: queued
+        as ABC123"``.
+    :returns: ``"ABC123"``, or ``None`` if the text names no id.
+    """
+    for pattern in _QUEUE_ID_PATTERNS:
+        match = pattern.search(text)
+        if match is not None:
+            return match.group(1)
+    return None
+
+
+def apply_attempt(entry: Entry, attempt: Attempt, *, keep: int = MAX_ATTEMPTS_KEPT) -> Entry:
+    """
+    Record an attempt: recipients in ``attempt.delivered`` become delivered,
+    those refused with a 5xx reply failed, those refused with a 4xx reply stay
+    pending with the reply noted.  Recipients the attempt does not name are
+    left as they were.
+
+    :param keep: how many attempts to keep, newest last.
+    :returns: the updated entry.
+    """
+    delivered = set(attempt.delivered)
+    recipients = []
+    for recipient in entry.recipients:
+        if recipient.state is RecipientState.PENDING:
+            refusal = attempt.refused.get(recipient.address)
+            if refusal is not None:
+                state = RecipientState.FAILED if refusal.code >= 500 else RecipientState.PENDING
+                recipient = replace(recipient, state=state, reply=refusal)
+            elif recipient.address in delivered:
+                reply = ReplyRecord(attempt.code, attempt.text) if attempt.code else None
+                recipient = replace(recipient, state=RecipientState.DELIVERED, reply=reply)
+        recipients.append(recipient)
+    attempts = (*entry.attempts, attempt)[-keep:] if keep > 0 else ()
+    return replace(entry, recipients=tuple(recipients), attempts=attempts)
+
+
+def start_next_occurrence(entry: Entry, outcome: Outcome, now: float) -> Entry:
+    """
+    Finish the current occurrence of a recurring entry and set up the next:
+    the outcome is recorded, every recipient is pending again, and the entry
+    is due at the recurrence's next time after ``now`` (missed occurrences are
+    not caught up, see :func:`~txsmtpclient.spool.schedule.next_occurrence`).
+
+    :raises ValueError: if the entry does not recur.
+    """
+    if entry.recurrence is None:
+        raise ValueError(f"entry {entry.id} does not recur")
+    due = next_occurrence(entry.recurrence, entry.occurrence_due, now)
+    return replace(
+        entry,
+        recipients=tuple(Recipient(r.address) for r in entry.recipients),
+        due=due,
+        occurrence_due=due,
+        occurrences=entry.occurrences + 1,
+        outcome=outcome,
+    )
+
+
+# --- JSON encoding ---------------------------------------------------------
+
+
+def _reply_json(reply: ReplyRecord | None) -> list[Any] | None:
+    return None if reply is None else [reply.code, reply.text]
+
+
+def _attempt_json(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "at": attempt.at,
+        "duration": attempt.duration,
+        "relay": attempt.relay,
+        "code": attempt.code,
+        "text": attempt.text,
+        "queue_id": attempt.queue_id,
+        "temporary": attempt.temporary,
+        "delivered": list(attempt.delivered),
+        "refused": {a: _reply_json(r) for a, r in attempt.refused.items()},
+    }
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """
+    The entry's on-disk form: one UTF-8 JSON object with ``"version": 1``.
+    The state is left out (the folder holds it).
+    """
+    data: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "id": entry.id,
+        "created": entry.created,
+        "due": entry.due,
+        "occurrence_due": entry.occurrence_due,
+        "occurrences": entry.occurrences,
+        "sender": entry.sender,
+        "recipients": [
+            {"address": r.address, "state": r.state.value, "reply": _reply_json(r.reply)}
+            for r in entry.recipients
+        ],
+        "mail_options": list(entry.mail_options),
+        "rcpt_options": list(entry.rcpt_options),
+        "dsn": None
+        if entry.dsn is None
+        else {"ret": entry.dsn.ret, "envid": entry.dsn.envid, "notify": list(entry.dsn.notify)},
+        "recurrence": None if entry.recurrence is None else entry.recurrence.to_json(),
+        "size": entry.size,
+        "attempts": [_attempt_json(a) for a in entry.attempts],
+        "outcome": None
+        if entry.outcome is None
+        else {
+            "at": entry.outcome.at,
+            "kind": entry.outcome.kind.value,
+            "code": entry.outcome.code,
+            "text": entry.outcome.text,
+            "queue_id": entry.outcome.queue_id,
+        },
+    }
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+class _Reader:
+    """
+    Typed field access that turns every mistake into an :class:`EnvelopeError`
+    naming the field.
+    """
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise EnvelopeError(f"{where}: expected an object, got {type(data).__name__}")
+        self.data: dict[str, Any] = data
+        self.where = where
+
+    def _get(self, key: str, default: Any) -> Any:
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise EnvelopeError(f"{self.where}: missing field {key!r}")
+            return default
+        return self.data[key]
+
+    def text(self, key: str, default: Any = None) -> str:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if not isinstance(value, str):
+            raise EnvelopeError(f"{self.where}.{key}: expected a string, got {value!r}")
+        return value
+
+    def opt_str(self, key: str) -> str | None:
+        value = self._get(key, None)
+        if value is not None and not isinstance(value, str):
+            raise EnvelopeError(f"{self.where}.{key}: expected a string or null, got {value!r}")
+        return value
+
+    def number(self, key: str, default: Any = None) -> float:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
+            raise EnvelopeError(f"{self.where}.{key}: expected a number, got {value!r}")
+        return float(value)
+
+    def opt_int(self, key: str) -> int | None:
+        value = self._get(key, None)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise EnvelopeError(f"{self.where}.{key}: expected an integer or null, got {value!r}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise EnvelopeError(f"{self.where}.{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+
+    def items(self, key: str) -> list[Any]:
+        value = self._get(key, [])
+        if not isinstance(value, list):
+            raise EnvelopeError(f"{self.where}.{key}: expected a list, got {value!r}")
+        return value
+
+
+_REQUIRED: Any = object()
+
+
+def _read_reply(data: Any, where: str) -> ReplyRecord | None:
+    if data is None:
+        return None
+    if (
+        not isinstance(data, list)
+        or len(data) != 2
+        or not isinstance(data[0], int)
+        or isinstance(data[0], bool)
+        or not isinstance(data[1], str)
+    ):
+        raise EnvelopeError(f"{where}: expected [code, text] or null, got {data!r}")
+    return ReplyRecord(data[0], data[1])
+
+
+def _read_attempt(data: Any, where: str) -> Attempt:
+    r = _Reader(data, where)
+    refused_data = r._get("refused", {})
+    if not isinstance(refused_data, dict):
+        raise EnvelopeError(f"{where}.refused: expected an object, got {refused_data!r}")
+    refused: dict[str, ReplyRecord] = {}
+    for address, reply in refused_data.items():
+        record = _read_reply(reply, f"{where}.refused[{address!r}]")
+        if record is None:
+            raise EnvelopeError(f"{where}.refused[{address!r}]: expected [code, text]")
+        refused[address] = record
+    temporary = r._get("temporary", False)
+    if not isinstance(temporary, bool):
+        raise EnvelopeError(f"{where}.temporary: expected true or false, got {temporary!r}")
+    return Attempt(
+        at=r.number("at"),
+        duration=r.number("duration", 0.0),
+        relay=r.text("relay", ""),
+        code=r.opt_int("code"),
+        text=r.text("text", ""),
+        queue_id=r.opt_str("queue_id"),
+        temporary=temporary,
+        delivered=r.strings("delivered"),
+        refused=refused,
+    )
+
+
+def decode_entry(data: bytes, *, id: str, state: State) -> Entry:
+    """
+    Read an entry written by :func:`encode_entry`.
+
+    :param data: the file's bytes.
+    :param id: the id the file name gives; the content must agree.
+    :param state: the folder the file was read from.
+    :returns: the entry.
+    :raises EnvelopeError: if the bytes are not a well-formed envelope of a
+        known version, or name another id, or hold a bad address, option or
+        recurrence.
+    """
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise EnvelopeError(f"envelope {id}: not UTF-8 JSON ({e})") from e
+    r = _Reader(raw, f"envelope {id}")
+    version = r._get("version", _REQUIRED)
+    if version != FORMAT_VERSION:
+        raise EnvelopeError(
+            f"envelope {id}: format version {version!r} is not one this "
+            f"txsmtpclient reads (expected {FORMAT_VERSION})"
+        )
+    if r.text("id") != id:
+        raise EnvelopeError(f"envelope {id}: names another id, {r.text('id')!r}")
+    recipients = []
+    for index, item in enumerate(r.items("recipients")):
+        rr = _Reader(item, f"envelope {id}.recipients[{index}]")
+        try:
+            state_value = RecipientState(rr.text("state", RecipientState.PENDING.value))
+        except ValueError as e:
+            raise EnvelopeError(f"envelope {id}.recipients[{index}]: bad state") from e
+        recipients.append(
+            Recipient(
+                check_address(rr.text("address"), what="recipient"),
+                state_value,
+                _read_reply(rr._get("reply", None), f"envelope {id}.recipients[{index}].reply"),
+            )
+        )
+    if not recipients:
+        raise EnvelopeError(f"envelope {id}: no recipients")
+    dsn = None
+    if r._get("dsn", None) is not None:
+        d = _Reader(r.data["dsn"], f"envelope {id}.dsn")
+        dsn = Dsn(d.opt_str("ret"), d.opt_str("envid"), d.strings("notify"))
+    recurrence = None
+    if r._get("recurrence", None) is not None:
+        try:
+            recurrence = Recurrence.from_json(r.data["recurrence"])
+        except ScheduleError as e:
+            raise EnvelopeError(f"envelope {id}.recurrence: {e}") from e
+    outcome = None
+    if r._get("outcome", None) is not None:
+        o = _Reader(r.data["outcome"], f"envelope {id}.outcome")
+        try:
+            kind = OutcomeKind(o.text("kind"))
+        except ValueError as e:
+            raise EnvelopeError(f"envelope {id}.outcome.kind: unknown") from e
+        outcome = Outcome(
+            o.number("at"), kind, o.opt_int("code"), o.text("text", ""), o.opt_str("queue_id")
+        )
+    due = r.number("due")
+    size = r.opt_int("size") or 0
+    occurrences = r.opt_int("occurrences") or 0
+    return Entry(
+        id=id,
+        sender=check_address(r.text("sender", ""), what="sender"),
+        recipients=tuple(recipients),
+        due=due,
+        created=r.number("created"),
+        state=state,
+        mail_options=tuple(check_option(o) for o in r.strings("mail_options")),
+        rcpt_options=tuple(check_option(o) for o in r.strings("rcpt_options")),
+        dsn=dsn,
+        recurrence=recurrence,
+        occurrence_due=r.number("occurrence_due", due),
+        occurrences=occurrences,
+        attempts=tuple(
+            _read_attempt(a, f"envelope {id}.attempts[{i}]")
+            for i, a in enumerate(r.items("attempts"))
+        ),
+        outcome=outcome,
+        size=size,
+    )
+
+
+def make_recipients(addresses: Iterable[str]) -> tuple[Recipient, ...]:
+    """
+    Checked, pending recipients, duplicates dropped (first kept).
+
+    :raises EnvelopeError: if there are none or one is malformed.
+    """
+    seen: dict[str, Recipient] = {}
+    for address in addresses:
+        check_address(address, what="recipient")
+        if not address:
+            raise EnvelopeError("recipient must not be empty")
+        seen.setdefault(address, Recipient(address))
+    if not seen:
+        raise EnvelopeError("expected at least one recipient")
+    return tuple(seen.values())
+
+
+def check_options(options: Sequence[str]) -> tuple[str, ...]:
+    """
+    Check a sequence of ESMTP parameters (see :func:`check_option`).
+
+    :raises EnvelopeError: for a malformed one, or a bare string passed where
+        a sequence was expected.
+    """
+    if isinstance(options, str):
+        raise EnvelopeError(f"expected a sequence of ESMTP parameters, got the string {options!r}")
+    return tuple(check_option(o) for o in options)
