@@ -2,8 +2,9 @@
 ``python -m txsmtpclient``: queue mail in a spool and inspect the queue.
 
 Commands: ``enqueue``, ``list``, ``show ID``, ``cancel ID``, ``retry ID``,
-``counts`` and ``sendmail`` (sendmail(1)-compatible).  The work is done in
-:mod:`txsmtpclient.spool.cli`.
+``counts`` and ``sendmail`` (sendmail(1)-compatible), done in
+:mod:`txsmtpclient.spool.cli`; and ``demo``, the daemon delivering a
+scheduled message to an embedded local sink (:mod:`txsmtpclient.demo`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
         ``sys.argv[1:]``).
     :returns: the exit status.
     """
-    return _cli_main(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["demo"]:
+        from txsmtpclient.demo import main as demo_main
+
+        return demo_main(args[1:])
+    return _cli_main(args)
 
 
 if __name__ == "__main__":
