@@ -270,11 +270,11 @@ async def gather_replies(deferreds: Sequence[Deferred[Reply]]) -> list[Reply]:
     raise the first failure once all have fired.
     """
     replies: list[Reply] = []
-    first: BaseException | None = None
+    first: Exception | None = None
     for d in deferreds:
         try:
             replies.append(await d)
-        except BaseException as e:  # re-raised below, after the rest
+        except Exception as e:  # re-raised below, after the rest
             if first is None:
                 first = e
     if first is not None:
