@@ -12,8 +12,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from typing import IO, Any, Union, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -44,6 +52,16 @@ Body = Union[bytes, str, IO[bytes], Iterable[bytes], AsyncIterable[bytes], IBody
 CHUNK_SIZE = 256 * 1024
 
 
+def crlf_size(data: bytes) -> int:
+    """
+    The length of ``data`` once every line ending is CRLF: what RFC 1870
+    section 4 asks SIZE to declare (stuffed dots and the end marker aside).
+    Each bare CR or LF gains one byte.
+    """
+    crlf = data.count(b"\r\n")
+    return len(data) + data.count(b"\n") + data.count(b"\r") - 2 * crlf
+
+
 class BodySource:
     """
     One message body, readable once as an async iterator of chunks.
@@ -64,46 +82,85 @@ class BodySource:
         """
         return None if self.data is None else not self.data.isascii()
 
-    def chunks(self, reactor: Any) -> AsyncIterator[bytes]:
+    async def prime(self, reactor: Any) -> None:
+        """
+        Read ahead what must be checked before anything is sent: a stream's
+        first chunk, so that a wrong type (``str`` chunks, a text file)
+        raises ``TypeError`` before the transaction starts.
+
+        :raises TypeError: for a chunk that is not bytes.
+        """
+
+    def chunks(self, reactor: Any) -> AsyncGenerator[bytes, None]:
         """
         The body's chunks, in order.
         """
         return self._memory_chunks()
 
-    async def _memory_chunks(self) -> AsyncIterator[bytes]:
+    async def _memory_chunks(self) -> AsyncGenerator[bytes, None]:
         assert self.data is not None
         view = memoryview(self.data)
         for start in range(0, len(view), CHUNK_SIZE):
             yield bytes(view[start : start + CHUNK_SIZE])
 
 
+def _file_size(file: IO[bytes]) -> int | None:
+    """
+    The bytes left to read in ``file``, when that can be known without
+    reading: a regular file's size (not a pipe's or a device's), or a
+    seekable in-memory file's length.
+    """
+    try:
+        if not file.seekable():
+            return None
+        here = file.tell()
+        try:
+            info = os.fstat(file.fileno())
+        except (OSError, io.UnsupportedOperation):
+            # No descriptor (BytesIO): seeking to the end is cheap and exact.
+            end = file.seek(0, io.SEEK_END)
+            file.seek(here)
+            return max(end - here, 0)
+        return max(info.st_size - here, 0) if stat.S_ISREG(info.st_mode) else None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 class _FileSource(BodySource):
     def __init__(self, file: IO[bytes]) -> None:
-        size: int | None = None
-        try:
-            if file.seekable():
-                here = file.tell()
-                size = os.fstat(file.fileno()).st_size - here
-        except (OSError, ValueError, io.UnsupportedOperation):
-            size = None
-        super().__init__(size)
+        super().__init__(_file_size(file))
         self._file = file
+        self._first: bytes | None = None
 
-    async def _read(self, reactor: Any) -> AsyncIterator[bytes]:
+    async def _read_one(self, reactor: Any) -> bytes:
         pool = reactor.getThreadPool() if hasattr(reactor, "getThreadPool") else None
+        # Disk reads happen in a thread: never block the reactor.
+        if pool is not None:
+            chunk = await deferToThreadPool(reactor, pool, self._file.read, CHUNK_SIZE)
+        else:
+            chunk = self._file.read(CHUNK_SIZE)
+        if not isinstance(chunk, bytes):
+            raise TypeError(
+                f"a file message must be opened in binary mode ('rb'); its read() gave "
+                f"{type(chunk).__name__}"
+            )
+        return chunk
+
+    async def prime(self, reactor: Any) -> None:
+        if self._first is None:
+            self._first = await self._read_one(reactor)
+
+    async def _read(self, reactor: Any) -> AsyncGenerator[bytes, None]:
+        chunk, self._first = self._first, None
         while True:
-            # Disk reads happen in a thread: never block the reactor.
-            if pool is not None:
-                chunk = await deferToThreadPool(reactor, pool, self._file.read, CHUNK_SIZE)
-            else:
-                chunk = self._file.read(CHUNK_SIZE)
+            if chunk is None:
+                chunk = await self._read_one(reactor)
             if not chunk:
                 return
-            if not isinstance(chunk, bytes):
-                raise TypeError(f"file must be opened in binary mode; read gave {type(chunk)}")
             yield chunk
+            chunk = None
 
-    def chunks(self, reactor: Any) -> AsyncIterator[bytes]:
+    def chunks(self, reactor: Any) -> AsyncGenerator[bytes, None]:
         return self._read(reactor)
 
 
@@ -111,16 +168,55 @@ class _IterableSource(BodySource):
     def __init__(self, iterable: Iterable[bytes] | AsyncIterable[bytes]) -> None:
         super().__init__(None)
         self._iterable = iterable
+        self._iterator: Iterator[bytes] | AsyncIterator[bytes] | None = None
+        self._first: bytes | None = None
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def prime(self, reactor: Any) -> None:
+        if self._iterator is not None:
+            return
+        first: object
         if isinstance(self._iterable, AsyncIterable):
-            async for chunk in self._iterable:
+            self._iterator = aiter(self._iterable)
+            first = await anext(self._iterator, None)
+        else:
+            self._iterator = iter(self._iterable)
+            first = next(self._iterator, None)
+        self._first = b"" if first is None else _check_chunk(first)
+
+    async def _iterate(self, reactor: Any) -> AsyncGenerator[bytes, None]:
+        await self.prime(reactor)
+        iterator = self._iterator
+        if self._first:
+            yield self._first
+        self._first = None
+        if isinstance(iterator, AsyncIterator):
+            async for chunk in iterator:
                 yield _check_chunk(chunk)
         else:
-            for chunk in self._iterable:
+            assert iterator is not None
+            for chunk in iterator:
                 yield _check_chunk(chunk)
 
-    def chunks(self, reactor: Any) -> AsyncIterator[bytes]:
+    def chunks(self, reactor: Any) -> AsyncGenerator[bytes, None]:
+        return self._iterate(reactor)
+
+
+class _SequenceSource(BodySource):
+    """
+    A list or tuple of chunks: already in memory, so every chunk is checked
+    at once and the size is known.
+    """
+
+    def __init__(self, chunks: Sequence[object]) -> None:
+        checked = [_check_chunk(chunk) for chunk in chunks]
+        super().__init__(sum(len(chunk) for chunk in checked))
+        self._chunks = checked
+
+    async def _iterate(self) -> AsyncGenerator[bytes, None]:
+        for chunk in self._chunks:
+            yield chunk
+
+    def chunks(self, reactor: Any) -> AsyncGenerator[bytes, None]:
         return self._iterate()
 
 
@@ -177,7 +273,7 @@ class _ProducerSource(BodySource):
             self._error = result
         self._poke()
 
-    async def _drain(self) -> AsyncIterator[bytes]:
+    async def _drain(self) -> AsyncGenerator[bytes, None]:
         d = self._producer.startProducing(self)
         d.addCallbacks(self._finished, lambda f: self._finished(f.value))
         try:
@@ -199,7 +295,7 @@ class _ProducerSource(BodySource):
             if not self._done:
                 self._producer.stopProducing()
 
-    def chunks(self, reactor: Any) -> AsyncIterator[bytes]:
+    def chunks(self, reactor: Any) -> AsyncGenerator[bytes, None]:
         return self._drain()
 
 
@@ -207,18 +303,23 @@ def body_source(msg: Body) -> BodySource:
     """
     Wrap a caller's message.
 
-    :raises TypeError: for a type that is none of the accepted ones.
+    :raises TypeError: for a type that is none of the accepted ones, a
+        text-mode file, or a list or tuple holding something other than
+        bytes.  (A stream's chunks are checked as they are read: the first
+        by :meth:`BodySource.prime`, before the transaction starts.)
     :raises SMTPArgumentError: for a ``str`` with non-ASCII characters.
     """
     if isinstance(msg, (str, bytes, bytearray, memoryview)):
         data = message_bytes(msg)
-        return BodySource(len(data), data)
+        return BodySource(crlf_size(data), data)
     if IBodyProducer.providedBy(msg):
         return _ProducerSource(msg)
     if hasattr(msg, "read"):
         if isinstance(msg, io.TextIOBase):
             raise TypeError("a file message must be opened in binary mode ('rb')")
         return _FileSource(cast(IO[bytes], msg))
+    if isinstance(msg, (list, tuple)):
+        return _SequenceSource(msg)
     if isinstance(msg, (AsyncIterable, Iterable)):
         return _IterableSource(cast(Iterable[bytes] | AsyncIterable[bytes], msg))
     raise TypeError(
@@ -327,6 +428,10 @@ class _Writer:
         failure = self.proto.failure
         if failure is not None:
             raise SMTPServerDisconnected(f"connection lost while sending the message: {failure}")
+        if self.flow.stopped:
+            # The transport stops its producer as the connection goes, before
+            # the protocol hears of it: stop reading the source now.
+            raise SMTPServerDisconnected("connection lost while sending the message")
 
 
 def _eight_bit_refused() -> SMTPNotSupportedError:
@@ -363,14 +468,15 @@ async def send_data(
     try:
         with _Writer(proto, reactor) as writer:
             pending = b""
-            async for chunk in source.chunks(reactor):
-                if refuse_8bit and not chunk.isascii():
-                    raise _eight_bit_refused()
-                out = encoder.encode(chunk)
-                if pending:
-                    proto.write_data(pending)
-                pending = out
-                await writer.drained()
+            async with contextlib.aclosing(source.chunks(reactor)) as chunks:
+                async for chunk in chunks:
+                    if refuse_8bit and not chunk.isascii():
+                        raise _eight_bit_refused()
+                    out = encoder.encode(chunk)
+                    if pending:
+                        proto.write_data(pending)
+                    pending = out
+                    await writer.drained()
             finals = proto.send_final(pending + encoder.finish(), replies)
     except BaseException as e:
         # Never end a message that was not read whole: drop the connection
@@ -403,22 +509,25 @@ async def send_bdat(
     try:
         with _Writer(proto, reactor) as writer:
             pending: bytes | None = None
-            async for chunk in source.chunks(reactor):
-                if refuse_8bit and not chunk.isascii():
-                    raise _eight_bit_refused()
-                out = chunk if encoder is None else encoder.encode(chunk)
-                if not out:
-                    continue
-                if pending is not None:
-                    d = proto.send_final(b"BDAT %d\r\n" % len(pending) + pending, 1, "data_block")
-                    if pipelining:
-                        chunk_replies.extend(d)
-                    else:
-                        reply = await d[0]
-                        if reply.code != 250:
-                            raise SMTPDataError(reply.code, reply.message)
-                pending = out
-                await writer.drained()
+            async with contextlib.aclosing(source.chunks(reactor)) as chunks:
+                async for chunk in chunks:
+                    if refuse_8bit and not chunk.isascii():
+                        raise _eight_bit_refused()
+                    out = chunk if encoder is None else encoder.encode(chunk)
+                    if not out:
+                        continue
+                    if pending is not None:
+                        d = proto.send_final(
+                            b"BDAT %d\r\n" % len(pending) + pending, 1, "data_block"
+                        )
+                        if pipelining:
+                            chunk_replies.extend(d)
+                        else:
+                            reply = await d[0]
+                            if reply.code != 250:
+                                raise SMTPDataError(reply.code, reply.message)
+                    pending = out
+                    await writer.drained()
             last = (pending or b"") + (encoder.finish() if encoder is not None else b"")
             finals = proto.send_final(b"BDAT %d LAST\r\n" % len(last) + last, replies)
     except SMTPDataError:

@@ -89,10 +89,19 @@ def resolve_endpoint(
     if not isinstance(host, str):
         raise TypeError(f"host must be str or an IStreamClientEndpoint, not {type(host).__name__}")
     check_argument(host, "host")
-    if port is None and host.count(":") == 1:
+    if port is None and host.startswith("[") and "]:" in host:
+        # "[2001:db8::1]:2525": a bracketed IPv6 literal with a port.
+        name, _, suffix = host.partition("]:")
+        if not suffix.isdigit():
+            raise ValueError(f"bad port {suffix!r} in {host!r}")
+        host, port = name + "]", int(suffix)
+    elif port is None and host.count(":") == 1:
         name, _, suffix = host.partition(":")
         if suffix.isdigit():
             host, port = name, int(suffix)
+        elif not _is_description(host):
+            # smtplib raises for "host:abc" too ("nonnumeric port").
+            raise ValueError(f"bad port {suffix!r} in {host!r}")
     if ":" in host and _is_description(host):
         return clientFromString(reactor, host), _description_host(host)
     if host.startswith("[") and host.endswith("]"):

@@ -22,6 +22,10 @@ REDACTED = b"<redacted>"
 
 _SECRET_VERBS = (b"AUTH ",)
 
+# Module level, not a class attribute: a Logger read through an instance
+# (Logger.__get__) takes the class's dotted name as its namespace instead.
+log = Logger(namespace="txsmtpclient")
+
 
 def redact(line: bytes) -> bytes:
     """
@@ -43,8 +47,6 @@ class Transcript:
     :ivar level: 0 (silent), 1 (commands and replies) or 2 (with timestamps).
     """
 
-    log = Logger(namespace="txsmtpclient")
-
     __slots__ = ("level",)
 
     def __init__(self, level: int = 0) -> None:
@@ -58,7 +60,7 @@ class Transcript:
         Log bytes written to the server (already redacted by the caller).
         """
         if self.level:
-            self.log.info(
+            log.info(
                 "{timestamp}send: {data!r}", timestamp=self._stamp(), data=data, direction="send"
             )
 
@@ -67,7 +69,7 @@ class Transcript:
         Log one complete reply from the server.
         """
         if self.level:
-            self.log.info(
+            log.info(
                 "{timestamp}reply: {code} {message!r}",
                 timestamp=self._stamp(),
                 code=reply.code,
@@ -80,6 +82,4 @@ class Transcript:
         Log a connection event (connected, closed, TLS started).
         """
         if self.level:
-            self.log.info(
-                "{timestamp}{text}", timestamp=self._stamp(), text=text, direction="note"
-            )
+            log.info("{timestamp}{text}", timestamp=self._stamp(), text=text, direction="note")

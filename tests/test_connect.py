@@ -1,0 +1,213 @@
+"""
+Tests for what ``connect()`` makes of a host (``"host:port"``, IPv6
+literals, endpoint descriptions, endpoint objects) and for
+:class:`txsmtpclient.SMTPClientFactory` on a :class:`MemoryReactorClock`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from helpers import (
+    GREETING,
+    FakeEndpoint,
+    NoDelayTransport,
+    assert_no_result,
+    deliver,
+    failure_result_of,
+    success_result_of,
+)
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from txsmtpclient import SMTP, SMTPClientFactory, SMTPClientProtocol
+from txsmtpclient._endpoints import resolve_endpoint
+from txsmtpclient.errors import SMTPArgumentError, SMTPConnectError, SMTPServerDisconnected
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "name", "expected_port"),
+    [
+        ("mail.example.com", None, "mail.example.com", 25),
+        ("mail.example.com", 587, "mail.example.com", 587),
+        ("mail.example.com:2525", None, "mail.example.com", 2525),
+        ("127.0.0.1:2525", None, "127.0.0.1", 2525),
+        ("[::1]", None, "::1", 25),
+        ("[::1]", 2525, "::1", 2525),
+        ("[::1]:2525", None, "::1", 2525),
+        ("::1", None, "::1", 25),
+        ("2001:db8::25", 26, "2001:db8::25", 26),
+    ],
+)
+def test_host_and_port(host: str, port: int | None, name: str, expected_port: int) -> None:
+    """Host names and addresses become a HostnameEndpoint (resolved without blocking)."""
+    endpoint, shown = resolve_endpoint(MemoryReactorClock(), host, port, 25, 7)
+    assert isinstance(endpoint, HostnameEndpoint)
+    assert shown == name
+    assert endpoint._hostText == name
+    assert endpoint._port == expected_port
+    assert endpoint._timeout == 7
+
+
+def test_tcp_description() -> None:
+    """A "tcp:" description is parsed by Twisted."""
+    endpoint, _name = resolve_endpoint(MemoryReactorClock(), "tcp:127.0.0.1:2525", None, 25, 7)
+    assert isinstance(endpoint, TCP4ClientEndpoint)
+    assert (endpoint._host, endpoint._port) == ("127.0.0.1", 2525)
+
+
+def test_unix_description() -> None:
+    """A "unix:" description gives a Unix socket endpoint, not a host called "unix"."""
+    endpoint, _name = resolve_endpoint(MemoryReactorClock(), "unix:/run/smtp.sock", None, 25, 7)
+    assert isinstance(endpoint, UNIXClientEndpoint)
+    assert endpoint._path == "/run/smtp.sock"
+
+
+def test_endpoint_object_used_as_is() -> None:
+    """An IStreamClientEndpoint is used unchanged."""
+    fake = FakeEndpoint()
+    endpoint, name = resolve_endpoint(MemoryReactorClock(), fake, None, 25, 7)
+    assert endpoint is fake
+    assert name == ""
+
+
+@pytest.mark.parametrize(
+    ("host", "port"),
+    [
+        ("host:abc", None),
+        ("host:", None),
+        ("[::1]:x", None),
+        ("host", 0),
+        ("host", 65536),
+        ("host", -1),
+    ],
+)
+def test_bad_port(host: str, port: int | None) -> None:
+    """A port that is no number, or out of range, is a ValueError at once."""
+    with pytest.raises(ValueError):
+        resolve_endpoint(MemoryReactorClock(), host, port, 25, 7)
+
+
+@pytest.mark.parametrize("host", ["host:abc", "localhost:99999"])
+def test_smtp_connect_bad_port_raises_at_once(host: str) -> None:
+    """SMTP.connect() refuses a bad port synchronously; nothing is attempted."""
+    reactor = MemoryReactorClock()
+    smtp = SMTP(local_hostname="client.example", reactor=reactor)
+    with pytest.raises(ValueError):
+        smtp.connect(host)
+    assert reactor.tcpClients == []
+
+
+def test_host_with_control_characters() -> None:
+    """A host with CR/LF is refused (it could end up in a log or a description)."""
+    with pytest.raises(SMTPArgumentError):
+        resolve_endpoint(MemoryReactorClock(), "host\r\n", None, 25, 7)
+    with pytest.raises(TypeError):
+        resolve_endpoint(MemoryReactorClock(), b"host", None, 25, 7)  # type: ignore[arg-type]
+
+
+def _answer_tcp(reactor: MemoryReactorClock) -> tuple[Any, NoDelayTransport]:
+    """
+    Complete the last connectTCP the reactor recorded; the protocol is an
+    SMTPClientProtocol, or an endpoint's wrapper around one.
+    """
+    _host, _port, factory, _timeout, _bind = reactor.tcpClients[-1]
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2525))
+    inner = getattr(proto, "_wrappedProtocol", proto)
+    assert isinstance(inner, SMTPClientProtocol)
+    transport = NoDelayTransport()
+    cast(IProtocol, proto).makeConnection(transport)
+    return proto, transport
+
+
+def test_smtp_host_in_constructor_connects_at_once() -> None:
+    """SMTP("tcp:...") starts connecting in the constructor; calls wait for the greeting."""
+    reactor = MemoryReactorClock()
+    smtp = SMTP("tcp:127.0.0.1:2525", local_hostname="client.example", reactor=reactor)
+    assert [(h, p) for h, p, *_ in reactor.tcpClients] == [("127.0.0.1", 2525)]
+    d = smtp.noop()
+    proto, transport = _answer_tcp(reactor)
+    assert transport.io.getvalue() == b""
+    deliver(proto, GREETING)
+    assert transport.io.getvalue() == b"NOOP\r\n"
+    deliver(proto, b"250 ok\r\n")
+    assert success_result_of(d) == (250, b"ok")
+
+
+# -- SMTPClientFactory ---------------------------------------------------------------------
+
+
+def test_factory_connection_failed() -> None:
+    """connectTCP failing reaches factory.deferred with the reason."""
+    reactor = MemoryReactorClock()
+    factory = SMTPClientFactory(local_hostname="client.example", reactor=reactor)
+    connector = reactor.connectTCP("127.0.0.1", 2525, factory)
+    assert_no_result(factory.deferred)
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+    failure_result_of(factory.deferred, ConnectionRefusedError)
+
+
+def test_factory_good_greeting_gives_a_working_smtp() -> None:
+    """A 220 greeting fires factory.deferred with an SMTP that can sendmail."""
+    reactor = MemoryReactorClock()
+    factory = SMTPClientFactory(local_hostname="client.example", reactor=reactor)
+    reactor.connectTCP("127.0.0.1", 2525, factory)
+    proto, transport = _answer_tcp(reactor)
+    assert_no_result(factory.deferred)
+    deliver(proto, GREETING)
+    smtp = success_result_of(factory.deferred)
+    assert isinstance(smtp, SMTP)
+    assert smtp is factory.client
+    d = smtp.sendmail("a@x", "b@x", b"hi")
+    script: list[tuple[bytes, bytes]] = [
+        (b"EHLO client.example\r\n", b"250 mx\r\n"),
+        (b"MAIL FROM:<a@x>\r\n", b"250 ok\r\n"),
+        (b"RCPT TO:<b@x>\r\n", b"250 ok\r\n"),
+        (b"DATA\r\n", b"354 go\r\n"),
+        (b"hi\r\n.\r\n", b"250 ok\r\n"),
+    ]
+    for expected, reply in script:
+        assert transport.io.getvalue() == expected
+        transport.take()
+        deliver(proto, reply)
+    assert success_result_of(d) == {}
+
+
+def test_factory_bad_greeting() -> None:
+    """A greeting other than 220 fails factory.deferred with SMTPConnectError."""
+    reactor = MemoryReactorClock()
+    factory = SMTPClientFactory(local_hostname="client.example", reactor=reactor)
+    reactor.connectTCP("127.0.0.1", 2525, factory)
+    proto, transport = _answer_tcp(reactor)
+    deliver(proto, b"554 no service\r\n")
+    error = failure_result_of(factory.deferred, SMTPConnectError)
+    assert (error.smtp_code, error.smtp_error) == (554, b"no service")
+    assert transport.disconnecting
+
+
+def test_factory_lost_before_greeting() -> None:
+    """The connection dropping before the greeting fails factory.deferred."""
+    reactor = MemoryReactorClock()
+    factory = SMTPClientFactory(local_hostname="client.example", reactor=reactor)
+    connector = reactor.connectTCP("127.0.0.1", 2525, factory)
+    proto, _transport = _answer_tcp(reactor)
+    proto.connectionLost(Failure(ConnectionDone()))
+    factory.clientConnectionLost(connector, Failure(ConnectionDone()))
+    failure_result_of(factory.deferred, SMTPServerDisconnected)
+
+
+def test_factory_builds_one_protocol() -> None:
+    """One factory serves one connection."""
+    reactor = MemoryReactorClock()
+    factory = SMTPClientFactory(local_hostname="client.example", reactor=reactor)
+    reactor.connectTCP("127.0.0.1", 2525, factory)
+    proto, _transport = _answer_tcp(reactor)
+    deliver(proto, GREETING)
+    success_result_of(factory.deferred)
+    address: Any = IPv4Address("TCP", "127.0.0.1", 2525)
+    assert factory.buildProtocol(address) is None
