@@ -625,7 +625,13 @@ class SMTP:
         """
         dsn = DSN.check(dsn_ret, dsn_envid, dsn_notify, dsn_orcpt)
         envelope = Envelope.check(
-            from_addr, to_addrs, tuple(mail_options) + tuple(options), rcpt_options, dsn
+            from_addr,
+            to_addrs,
+            # Checked before joining: tuple("SMTPUTF8") would split a bare
+            # string into letters instead of refusing it.
+            check_options(mail_options, "mail option") + check_options(options, "mail option"),
+            rcpt_options,
+            dsn,
         )
         source = body_source(msg)
         return self._call(lambda: self._sendmail(envelope, source))
@@ -650,6 +656,7 @@ class SMTP:
         :raises ValueError: for more than one ``Resent-`` block.
         """
         prepared = prepare_message(msg, from_addr, to_addrs)
+        mail_options = check_options(mail_options, "mail option")
         given = {o.upper() for o in mail_options}
         extra = tuple(o for o in prepared.mail_options if o.upper() not in given)
         return self.sendmail(
