@@ -19,7 +19,12 @@ from helpers import (
     success_result_of,
 )
 from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+)
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock
@@ -36,22 +41,38 @@ from txsmtpclient.errors import SMTPArgumentError, SMTPConnectError, SMTPServerD
         ("mail.example.com", None, "mail.example.com", 25),
         ("mail.example.com", 587, "mail.example.com", 587),
         ("mail.example.com:2525", None, "mail.example.com", 2525),
-        ("127.0.0.1:2525", None, "127.0.0.1", 2525),
-        ("[::1]", None, "::1", 25),
-        ("[::1]", 2525, "::1", 2525),
-        ("[::1]:2525", None, "::1", 2525),
-        ("::1", None, "::1", 25),
-        ("2001:db8::25", 26, "2001:db8::25", 26),
     ],
 )
 def test_host_and_port(host: str, port: int | None, name: str, expected_port: int) -> None:
-    """Host names and addresses become a HostnameEndpoint (resolved without blocking)."""
+    """Host names become a HostnameEndpoint (resolved without blocking)."""
     endpoint, shown = resolve_endpoint(MemoryReactorClock(), host, port, 25, 7)
     assert isinstance(endpoint, HostnameEndpoint)
     assert shown == name
     assert endpoint._hostText == name
     assert endpoint._port == expected_port
     assert endpoint._timeout == 7
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "kind", "name", "expected_port"),
+    [
+        ("127.0.0.1:2525", None, TCP4ClientEndpoint, "127.0.0.1", 2525),
+        ("[::1]", None, TCP6ClientEndpoint, "::1", 25),
+        ("[::1]", 2525, TCP6ClientEndpoint, "::1", 2525),
+        ("[::1]:2525", None, TCP6ClientEndpoint, "::1", 2525),
+        ("::1", None, TCP6ClientEndpoint, "::1", 25),
+        ("2001:db8::25", 26, TCP6ClientEndpoint, "2001:db8::25", 26),
+    ],
+)
+def test_address_literal(
+    host: str, port: int | None, kind: type, name: str, expected_port: int
+) -> None:
+    """Address literals connect directly: no name resolution, no thread hop."""
+    endpoint, shown = resolve_endpoint(MemoryReactorClock(), host, port, 25, 7)
+    assert type(endpoint) is kind
+    assert shown == name
+    assert isinstance(endpoint, (TCP4ClientEndpoint, TCP6ClientEndpoint))
+    assert (endpoint._host, endpoint._port, endpoint._timeout) == (name, expected_port, 7)
 
 
 def test_tcp_description() -> None:

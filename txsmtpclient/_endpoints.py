@@ -13,7 +13,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 
 from txsmtpclient.commands import check_argument
@@ -110,9 +117,16 @@ def resolve_endpoint(
         port = default_port
     if not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port must be an int from 1 to 65535, not {port!r}")
-    endpoint: IStreamClientEndpoint = HostnameEndpoint(
-        reactor, host, port, timeout=connect_timeout if connect_timeout is not None else 30
-    )
+    timeout = connect_timeout if connect_timeout is not None else 30
+    endpoint: IStreamClientEndpoint
+    # An address literal needs no name resolution (which HostnameEndpoint
+    # would still send through a thread).
+    if isIPAddress(host):
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    elif isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)
     return endpoint, host

@@ -54,6 +54,11 @@ def check_argument(value: str, what: str) -> str:
     return value
 
 
+# local@domain with nothing parseaddr would change: no spaces, quotes,
+# comments, angle brackets, commas or group syntax.
+_PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
+
+
 def quote_address(address: str) -> str:
     """
     Quote an address for ``MAIL FROM:`` or ``RCPT TO:``, as smtplib does:
@@ -64,6 +69,10 @@ def quote_address(address: str) -> str:
     :raises SMTPArgumentError: if it holds a control character.
     """
     check_argument(address, "address")
+    if _PLAIN_ADDRESS.fullmatch(address):
+        # The common case, without email.utils' full RFC 5322 parser: it
+        # costs more than the rest of building a command.
+        return f"<{address}>"
     stripped = address.strip()
     if stripped in ("", "<>"):
         return "<>"
