@@ -113,7 +113,7 @@ async def test_pipelined_dialogue_bytes(smtp_server: AiosmtpdServer) -> None:
     (connection,) = smtp_server.connections()
     assert bytes(connection.received) == (
         b"EHLO client.example\r\n"
-        b"MAIL FROM:<sender@example.test> SIZE=3\r\n"
+        b"MAIL FROM:<sender@example.test> SIZE=4\r\n"
         b"RCPT TO:<rcpt@example.test>\r\nRCPT TO:<other@example.test>\r\nDATA\r\n"
         b"hi\r\n.\r\nQUIT\r\n"
     )
