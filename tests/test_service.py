@@ -1,0 +1,318 @@
+"""
+Tests for :mod:`txsmtpclient.spool.service`: the polling daemon on a
+:class:`Clock`, spool calls run in line, a sender whose sends the tests fire.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from helpers import success_result_of
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from txsmtpclient.reply import Reply
+from txsmtpclient.spool.delivery import RepliedRefusals
+from txsmtpclient.spool.envelope import State
+from txsmtpclient.spool.schedule import RetryPolicy
+from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
+from txsmtpclient.spool.store import Spool, SpoolFull
+
+T = TypeVar("T")
+
+NOW = 1_800_000_000.0
+MESSAGE = b"Subject: hi\r\n\r\nHello\r\n"
+
+
+def inline(f: Callable[..., T], /, *args: Any) -> Deferred[T]:
+    return maybeDeferred(f, *args)
+
+
+class HeldSender:
+    """Every send waits until the test fires it; records what was sent."""
+
+    def __init__(self) -> None:
+        self.sends: list[tuple[list[str], Deferred[dict[str, Reply]]]] = []
+        self.closed = False
+
+    def sendmail(
+        self,
+        from_addr: str,
+        to_addrs: str | Sequence[str],
+        msg: Any,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+        **dsn: Any,
+    ) -> Deferred[dict[str, Reply]]:
+        d: Deferred[dict[str, Reply]] = Deferred()
+        self.sends.append((list(to_addrs), d))
+        return d
+
+    def accept(self, index: int) -> None:
+        result = RepliedRefusals()
+        result.final = Reply(250, b"2.0.0 Ok: queued as X")
+        self.sends[index][1].callback(result)
+
+    def close(self) -> Deferred[None]:
+        self.closed = True
+        return succeed(None)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    c = Clock()
+    c.advance(NOW)
+    return c
+
+
+@pytest.fixture
+def spool(tmp_path: Path, clock: Clock) -> Spool:
+    return Spool(tmp_path / "spool", clock=clock.seconds, fsync=False)
+
+
+def service_for(spool: Any, clock: Clock, sender: HeldSender, **kwargs: Any) -> SpoolService:
+    return SpoolService(
+        spool,
+        sender,
+        relay="relay.test:25",
+        close_sender=sender.close,
+        clock=clock,
+        blocking=inline,
+        concurrency=kwargs.pop("concurrency", 2),
+        poll_interval=1.0,
+        grace=kwargs.pop("grace", 10.0),
+        policy=RetryPolicy(initial=60.0, maximum=600.0),
+        **kwargs,
+    )
+
+
+def test_due_entries_are_sent_with_bounded_concurrency(spool: Spool, clock: Clock) -> None:
+    """No more than ``concurrency`` sends run at once; a finished one makes room."""
+    ids = [spool.enqueue(MESSAGE, "f@example.test", [f"r{i}@example.test"]) for i in range(5)]
+    sender = HeldSender()
+    service = service_for(spool, clock, sender, concurrency=2)
+    service.startService()
+    assert len(sender.sends) == 2
+    assert len(service.in_flight) == 2
+    clock.advance(5)
+    assert len(sender.sends) == 2, "polling must not exceed the bound"
+    sender.accept(0)
+    assert len(sender.sends) == 3, "a finished send makes room at once"
+    for i in range(1, 5):
+        sender.accept(i)
+    assert len(sender.sends) == 5
+    assert all(spool.get(i).state is State.DONE for i in ids)
+    assert service.handled["delivered"] == 5
+    success_result_of(service.stopService())
+
+
+def test_entry_due_later_waits_for_its_time(spool: Spool, clock: Clock) -> None:
+    """An entry due in 10 s is left alone until the clock reaches it."""
+    entry_id = spool.enqueue(MESSAGE, "f@example.test", ["r@example.test"], at=NOW + 10)
+    sender = HeldSender()
+    service = service_for(spool, clock, sender)
+    service.startService()
+    clock.advance(9)
+    assert sender.sends == []
+    clock.advance(1)
+    assert len(sender.sends) == 1
+    sender.accept(0)
+    assert spool.get(entry_id).state is State.DONE
+    success_result_of(service.stopService())
+
+
+def test_start_recovers_entries_left_in_flight(spool: Spool, clock: Clock) -> None:
+    """An entry left in sending/ by an earlier run of this pid is sent after recovery."""
+    entry_id = spool.enqueue(MESSAGE, "f@example.test", ["r@example.test"])
+    assert spool.claim(entry_id) is not None
+    assert spool.counts()["sending"] == 1
+    sender = HeldSender()
+    service = service_for(spool, clock, sender)
+    with capturedLogs() as events:
+        service.startService()
+    assert len(sender.sends) == 1
+    assert any(e.get("requeued") == 1 for e in events)
+    sender.accept(0)
+    assert spool.get(entry_id).state is State.DONE
+    success_result_of(service.stopService())
+
+
+def test_stop_waits_for_sends_in_flight(spool: Spool, clock: Clock) -> None:
+    """stopService takes no new work and fires only once the send in flight finished."""
+    first = spool.enqueue(MESSAGE, "f@example.test", ["a@example.test"])
+    sender = HeldSender()
+    service = service_for(spool, clock, sender, concurrency=1)
+    service.startService()
+    second = spool.enqueue(MESSAGE, "f@example.test", ["b@example.test"])
+    stopped = service.stopService()
+    assert not stopped.called
+    sender.accept(0)
+    assert stopped.called
+    assert len(sender.sends) == 1, "no new work after stop began"
+    assert spool.get(first).state is State.DONE
+    assert spool.get(second).state is State.QUEUED
+    assert sender.closed
+
+
+def test_stop_after_grace_cancels_and_requeues(spool: Spool, clock: Clock) -> None:
+    """A send still running after the grace period is cancelled; its entry is queued again."""
+    entry_id = spool.enqueue(MESSAGE, "f@example.test", ["a@example.test"])
+    sender = HeldSender()
+    service = service_for(spool, clock, sender, grace=10.0)
+    service.startService()
+    stopped = service.stopService()
+    clock.advance(9.9)
+    assert not stopped.called
+    clock.advance(0.2)
+    assert stopped.called
+    entry = spool.get(entry_id)
+    assert entry.state is State.QUEUED
+    assert entry.attempts == ()
+    assert service.handled["released"] == 1
+
+
+def test_corrupt_entry_is_set_aside_and_rest_served(
+    tmp_path: Path, spool: Spool, clock: Clock
+) -> None:
+    """A junk file in the queue is set aside (and logged); good entries are still sent."""
+    reporter = SetAsideReporter()
+    spool = Spool(tmp_path / "spool2", clock=clock.seconds, fsync=False, on_set_aside=reporter)
+    good = spool.enqueue(MESSAGE, "f@example.test", ["a@example.test"])
+    bad_id = spool.enqueue(MESSAGE, "f@example.test", ["b@example.test"])
+    queue = tmp_path / "spool2" / "queue"
+    [bad] = [p for p in queue.iterdir() if bad_id in p.name]
+    bad.write_bytes(b"{not json")
+    sender = HeldSender()
+    service = service_for(spool, clock, sender)
+    with capturedLogs() as events:
+        service.startService()
+    assert len(sender.sends) == 1
+    assert sender.sends[0][0] == ["a@example.test"]
+    sender.accept(0)
+    assert spool.get(good).state is State.DONE
+    assert spool.counts()["corrupt"] == 1
+    aside = [e for e in events if "reason" in e and "path" in e]
+    assert aside and bad_id in aside[0]["path"]
+    success_result_of(service.stopService())
+
+
+class FullSpool:
+    """A spool that reports a full disk on every update after a send."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.full = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.spool, name)
+
+    def record_attempt(self, entry_id: str, attempt: Any) -> Any:
+        if self.full:
+            raise SpoolFull(28, "No space left on device")
+        return self.spool.record_attempt(entry_id, attempt)
+
+
+def test_full_disk_pauses_new_work(spool: Spool, clock: Clock) -> None:
+    """While the disk is full the daemon reports it and claims nothing new."""
+    for i in range(3):
+        spool.enqueue(MESSAGE, "f@example.test", [f"r{i}@example.test"])
+    full = FullSpool(spool)
+    sender = HeldSender()
+    service = service_for(full, clock, sender, concurrency=1, store_retry=5.0)
+    with capturedLogs() as events:
+        service.startService()
+        sender.accept(0)
+        assert service.disk_full
+        clock.advance(20)
+        assert len(sender.sends) == 1
+        full.full = False
+        clock.advance(5)
+    assert not service.disk_full
+    assert len(sender.sends) == 2
+    assert any(e.get("log_level").name == "critical" for e in events)
+    sender.accept(1)
+    sender.accept(2)
+    assert spool.counts()["done"] == 3
+    success_result_of(service.stopService())
+
+
+def test_status_counts_by_state(spool: Spool, clock: Clock) -> None:
+    """The status resource answers JSON with the queue's counts by state."""
+    spool.enqueue(MESSAGE, "f@example.test", ["a@example.test"])
+    spool.enqueue(MESSAGE, "f@example.test", ["b@example.test"], at=NOW + 100)
+    sender = HeldSender()
+    service = service_for(spool, clock, sender, concurrency=1)
+    service.startService()
+    request = DummyRequest([b""])
+    result = StatusResource(service).render_GET(request)  # type: ignore[arg-type]
+    assert result == NOT_DONE_YET
+    assert request.finished == 1
+    body = json.loads(b"".join(request.written))
+    assert body["counts"]["queue"] == 1
+    assert body["counts"]["sending"] == 1
+    assert body["in_flight"] == 1
+    assert body["relay"] == "relay.test:25"
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"application/json"]
+    sender.accept(0)
+    success_result_of(service.stopService())
+
+
+def test_poll_errors_are_logged_and_polling_goes_on(spool: Spool, clock: Clock) -> None:
+    """A failing due scan is logged; the next poll tries again."""
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(spool, name)
+
+        def due(self, now: float, limit: int) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                raise OSError(5, "I/O error")
+            return spool.due(now, limit)
+
+    spool.enqueue(MESSAGE, "f@example.test", ["a@example.test"])
+    sender = HeldSender()
+    service = service_for(Flaky(), clock, sender)
+    with capturedLogs() as events:
+        service.startService()
+    assert sender.sends == []
+    assert any("log_failure" in e for e in events)
+    clock.advance(1.0)
+    assert len(sender.sends) == 1
+    sender.accept(0)
+    success_result_of(service.stopService())
+
+
+def test_rejects_bad_settings(spool: Spool, clock: Clock) -> None:
+    """Zero concurrency or a non-positive poll interval is refused."""
+    with pytest.raises(ValueError, match="concurrency"):
+        service_for(spool, clock, HeldSender(), concurrency=0)
+    with pytest.raises(ValueError, match="poll_interval"):
+        SpoolService(spool, HeldSender(), relay="r", clock=clock, blocking=inline, poll_interval=0)
+
+
+def test_own_thread_pool_is_started_and_stopped(spool: Spool) -> None:
+    """Without a blocking runner the service makes (and stops) its own thread pool."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    service = SpoolService(spool, HeldSender(), relay="r", clock=reactor, reactor=reactor)
+    service.startService()
+    pool = service._threadpool
+    assert pool is not None and pool.started
+    service.stopping = True
+    assert os.path.isdir(spool.path)
+    service._threadpool = None
+    pool.stop()
+    assert not pool.started

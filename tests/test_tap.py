@@ -1,0 +1,261 @@
+"""
+Tests for the ``twist txsmtp`` plugin and :mod:`txsmtpclient.tap`: discovery,
+``--help``, option parsing, the config file, and passwords kept off the
+command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.plugin import getPlugins
+from twisted.python import usage
+
+from txsmtpclient import tap
+from txsmtpclient.spool.service import SpoolService
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def _twist(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "twisted", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+def parse(*argv: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
+    return options
+
+
+def test_plugin_is_discovered() -> None:
+    """getPlugins(IServiceMaker) finds a maker named txsmtp pointing at txsmtpclient.tap."""
+    import twisted.plugins
+
+    makers = {m.tapname: m for m in getPlugins(IServiceMaker, twisted.plugins)}
+    assert "txsmtp" in makers
+    maker = makers["txsmtp"]
+    assert maker.options is tap.Options
+    assert maker.makeService is tap.makeService
+
+
+def test_twist_help_lists_the_plugin() -> None:
+    """``twist --help`` names txsmtp among the plugins."""
+    result = _twist("--help")
+    assert result.returncode == 0, result.stderr
+    assert "txsmtp" in result.stdout
+
+
+def test_twist_txsmtp_help_documents_every_option() -> None:
+    """``twist txsmtp --help`` lists every option of :class:`tap.Options`."""
+    result = _twist("txsmtp", "--help")
+    assert result.returncode == 0, result.stderr
+    names = [p[0] for p in tap.Options.optParameters] + [f[0] for f in tap.Options.optFlags]
+    for name in names:
+        assert f"--{name}" in result.stdout, name
+    assert "--auth-password-file" in result.stdout
+
+
+def test_defaults() -> None:
+    """With no options the documented defaults apply."""
+    options = parse("--spool", "/tmp/x")
+    s = options.settings
+    assert s["relay"] == "localhost:25"
+    assert s["tls"] == "opportunistic"
+    assert s["concurrency"] == 10
+    assert s["policy"].initial == 60.0 and s["policy"].maximum == 3600.0
+    assert s["policy"].lifetime == 5 * 86400.0
+    assert s["poll_interval"] == 1.0
+    assert s["grace"] == 30.0
+    assert s["status_port"] is None
+    assert s["notify_sender"] is False
+    assert s["fsync"] is True
+
+
+def test_default_spool_follows_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --spool the CLI's default applies ($TXSMTP_SPOOL first)."""
+    monkeypatch.setenv("TXSMTP_SPOOL", "/var/spool/txsmtp-test")
+    assert parse().settings["spool"] == "/var/spool/txsmtp-test"
+
+
+def test_every_option_parsed() -> None:
+    """Each option reaches the typed settings."""
+    s = parse(
+        "--relay",
+        "tcp:mail.example.test:587",
+        "--tls",
+        "required",
+        "--spool",
+        "/srv/spool",
+        "--concurrency",
+        "3",
+        "--retry-schedule",
+        "30s,2h,3",
+        "--max-lifetime",
+        "2d",
+        "--poll-interval",
+        "0.25",
+        "--status-port",
+        "tcp:0:interface=127.0.0.1",
+        "--grace",
+        "1m",
+        "--notify-sender",
+        "--no-fsync",
+    ).settings
+    assert s["relay"] == "tcp:mail.example.test:587"
+    assert s["tls"] == "required"
+    assert s["spool"] == "/srv/spool"
+    assert s["concurrency"] == 3
+    policy = s["policy"]
+    assert (policy.initial, policy.maximum, policy.factor) == (30.0, 7200.0, 3.0)
+    assert policy.lifetime == 2 * 86400.0
+    assert s["poll_interval"] == 0.25
+    assert s["status_port"] == "tcp:0:interface=127.0.0.1"
+    assert s["grace"] == 60.0
+    assert s["notify_sender"] is True
+    assert s["fsync"] is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tls", "sometimes"], "--tls"),
+        (["--concurrency", "0"], "--concurrency"),
+        (["--concurrency", "many"], "--concurrency"),
+        (["--retry-schedule", "1m"], "--retry-schedule"),
+        (["--retry-schedule", "1h,1m"], "--retry-schedule"),
+        (["--max-lifetime", "forever"], "--max-lifetime"),
+        (["--poll-interval", "0"], "--poll-interval"),
+        (["--auth-user", "u"], "--auth-user"),
+        (["--auth-password-env", "X"], "--auth-user"),
+    ],
+)
+def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
+    """A bad value is refused with a message naming the option."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*argv)
+
+
+def test_password_on_the_command_line_is_refused() -> None:
+    """--auth-password is refused: ps would show it."""
+    with pytest.raises(usage.UsageError, match="visible"):
+        parse("--auth-user", "u", "--auth-password", "secret")
+
+
+def test_password_from_file_and_env(tmp_path: Path) -> None:
+    """The password comes from the file's first line or the named variable."""
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\nignored\n")
+    s = parse("--auth-user", "u", "--auth-password-file", str(secret)).settings
+    assert tap.read_password(s, {}) == "s3cret"
+    s = parse("--auth-user", "u", "--auth-password-env", "TXSMTP_PW").settings
+    assert tap.read_password(s, {"TXSMTP_PW": "from-env"}) == "from-env"
+    with pytest.raises(usage.UsageError, match="not set"):
+        tap.read_password(s, {})
+
+
+@pytest.mark.parametrize("kind", ["toml", "json", "ini"])
+def test_config_file_and_command_line_wins(tmp_path: Path, kind: str) -> None:
+    """Options come from a config file; the command line overrides them."""
+    values = {"relay": "cfg.example.test:2525", "concurrency": 4, "tls": "never"}
+    path = tmp_path / f"txsmtp.{kind}"
+    if kind == "toml":
+        path.write_text(
+            '[txsmtp]\nrelay = "cfg.example.test:2525"\nconcurrency = 4\ntls = "never"\n'
+            "notify_sender = true\n"
+        )
+    elif kind == "json":
+        path.write_text(json.dumps({**values, "notify-sender": True}))
+    else:
+        path.write_text(
+            "[txsmtp]\nrelay = cfg.example.test:2525\nconcurrency = 4\ntls = never\n"
+            "notify-sender = yes\n"
+        )
+    s = parse("--config", str(path), "--concurrency", "7", "--spool", "/s").settings
+    assert s["relay"] == "cfg.example.test:2525"
+    assert s["tls"] == "never"
+    assert s["concurrency"] == 7
+    assert s["notify_sender"] is True
+
+
+def test_config_file_refuses_password_and_unknown_keys(tmp_path: Path) -> None:
+    """A password, or a key that is no option, in the config file is an error."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"auth-password": "x"}))
+    with pytest.raises(usage.UsageError, match="visible"):
+        parse("--config", str(path))
+    path.write_text(json.dumps({"relai": "x"}))
+    with pytest.raises(usage.UsageError, match="unknown option"):
+        parse("--config", str(path))
+    with pytest.raises(usage.UsageError, match="cannot read"):
+        parse("--config", str(tmp_path / "missing.toml"))
+
+
+def test_relay_hostname() -> None:
+    """The host to verify a certificate against is found in each relay form."""
+    assert tap.relay_hostname("mail.example.test:587") == "mail.example.test"
+    assert tap.relay_hostname("tcp:mail.example.test:587") == "mail.example.test"
+    assert tap.relay_hostname("tcp:host=mx.example.test:port=25") == "mx.example.test"
+    assert tap.relay_hostname("[::1]:25") == "::1"
+    assert tap.relay_hostname("unix:/run/smtp.sock") == ""
+
+
+def test_make_service_builds_spool_and_status(tmp_path: Path) -> None:
+    """makeService returns a MultiService with the spool service and the status port."""
+    options = parse(
+        "--spool",
+        str(tmp_path / "spool"),
+        "--relay",
+        "127.0.0.1:2525",
+        "--status-port",
+        "tcp:0:interface=127.0.0.1",
+        "--concurrency",
+        "2",
+    )
+    service = tap.makeService(options)
+    assert isinstance(service, MultiService)
+    spool_service = service.getServiceNamed("spool")
+    assert isinstance(spool_service, SpoolService)
+    assert spool_service.concurrency == 2
+    assert spool_service.relay == "127.0.0.1:2525"
+    assert service.getServiceNamed("status") is not None
+    assert (tmp_path / "spool" / "queue").is_dir()
+
+
+def test_make_service_with_private_ca(tmp_path: Path, tls_files: object) -> None:
+    """--tls-ca loads the CA file; an unreadable one is a usage error."""
+    from servers import TLSFiles
+
+    assert isinstance(tls_files, TLSFiles)
+    options = parse(
+        "--spool",
+        str(tmp_path / "s"),
+        "--relay",
+        "localhost:2525",
+        "--tls",
+        "required",
+        "--tls-ca",
+        str(tls_files.cert_path),
+    )
+    assert isinstance(tap.makeService(options), MultiService)
+    bad = parse("--spool", str(tmp_path / "s"), "--tls-ca", str(tmp_path / "none.pem"))
+    with pytest.raises(usage.UsageError, match="--tls-ca"):
+        tap.makeService(bad)

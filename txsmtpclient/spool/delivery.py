@@ -1,0 +1,649 @@
+"""
+Delivery of one claimed spool entry through the SMTP client.
+
+:class:`Deliverer` takes an entry the daemon has claimed, sends it to its
+pending recipients over a :class:`Sender` (an
+:class:`~txsmtpclient.pool.SMTPConnectionPool`), records the attempt and
+moves the entry on:
+
+* every pending recipient answered (2xx, or 5xx): ``complete`` (some
+  delivered) or ``fail`` (none);
+* some recipients refused with 4xx, or the whole transaction failed
+  temporarily (4xx to MAIL or DATA, a refused connection, a timeout, a
+  disconnect): ``reschedule`` with exponential backoff and jitter, only the
+  pending recipients being tried again, until the maximum queue lifetime, then
+  ``fail`` as expired;
+* the whole transaction failed permanently (5xx): ``fail`` at once.
+
+The entry leaves the active queue only after the server's reply to the final
+dot has been recorded (RFC 5321 section 6.1: the server takes responsibility
+then, not earlier).  Every blocking store call runs through the injected
+``blocking`` runner, so nothing here blocks the reactor.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import random
+import re
+import secrets
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from twisted.internet import error as neterror
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from txsmtpclient._body import Body
+from txsmtpclient.client import SMTP
+from txsmtpclient.errors import (
+    SMTPArgumentError,
+    SMTPException,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+)
+from txsmtpclient.reply import Reply
+from txsmtpclient.spool.envelope import (
+    Attempt,
+    Entry,
+    Outcome,
+    OutcomeKind,
+    ReplyRecord,
+    apply_attempt,
+    parse_queue_id,
+)
+from txsmtpclient.spool.schedule import Jitter, RetryPolicy
+from txsmtpclient.spool.store import EntryNotFound, IQueue, SpoolFull
+
+__all__ = [
+    "Blocking",
+    "Deliverer",
+    "DeliveryAction",
+    "DeliveryReport",
+    "FinalReplySMTP",
+    "RepliedRefusals",
+    "Sender",
+    "failure_notice",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Blocking(Protocol):
+    """
+    Runs a blocking callable off the reactor thread (``deferToThreadPool``
+    bound to a reactor and a pool) and returns a Deferred of its result.
+    """
+
+    def __call__(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]: ...
+
+
+class Sender(Protocol):
+    """
+    What sends one message: :class:`~txsmtpclient.pool.SMTPConnectionPool`
+    has this method.  The returned dict may be a :class:`RepliedRefusals`
+    carrying the reply to the final dot.
+    """
+
+    def sendmail(
+        self,
+        from_addr: str,
+        to_addrs: str | Sequence[str],
+        msg: Body,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+        **dsn: Any,
+    ) -> Deferred[dict[str, Reply]]: ...
+
+
+class RepliedRefusals(dict[str, Reply]):
+    """
+    ``sendmail``'s ``{address: reply}`` of refused recipients, plus the
+    server's reply to the final dot (for the relay's queue id).
+
+    :ivar final: the reply to the end of the data, or ``None``.
+    """
+
+    final: Reply | None = None
+
+
+class FinalReplySMTP(SMTP):
+    """
+    An :class:`SMTP` whose ``sendmail`` result also carries the reply to the
+    final dot (a :class:`RepliedRefusals`), so the spool can record the
+    relay's queue id ("250 2.0.0 Ok: queued as ABC123").
+    """
+
+    async def _judge_final(
+        self, accepted: list[str], refused: dict[str, Reply], finals: list[Reply]
+    ) -> dict[str, Reply]:
+        result = RepliedRefusals(await super()._judge_final(accepted, refused, finals))
+        result.final = finals[0] if finals else None
+        return result
+
+
+class DeliveryAction(str, Enum):
+    """
+    What became of an entry after one delivery attempt.
+    """
+
+    #: Every pending recipient answered and at least one was accepted.
+    DELIVERED = "delivered"
+    #: Refused permanently (or none accepted).
+    FAILED = "failed"
+    #: Temporary failure past the maximum queue lifetime.
+    EXPIRED = "expired"
+    #: Temporary failure: queued again for later.
+    RESCHEDULED = "rescheduled"
+    #: Not attempted (stopping): back in the queue as it was.
+    RELEASED = "released"
+    #: Unreadable message or unsendable envelope: moved to ``corrupt/``.
+    SET_ASIDE = "set_aside"
+    #: The store could not record the result (left claimed; restart recovers).
+    STUCK = "stuck"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """
+    The result of :meth:`Deliverer.deliver`.
+
+    :ivar entry_id: the entry.
+    :ivar action: what became of it.
+    :ivar attempt: the attempt made, if one was.
+    :ivar next_due: when it is due again, for a rescheduled (or recurring)
+        entry.
+    """
+
+    entry_id: str
+    action: DeliveryAction
+    attempt: Attempt | None = None
+    next_due: float | None = None
+
+
+def _text(message: bytes) -> str:
+    return message.decode("utf-8", "replace")
+
+
+def _record(reply: Reply | tuple[int, bytes]) -> ReplyRecord:
+    return ReplyRecord(reply[0], _text(reply[1]))
+
+
+def _is_temporary(error: BaseException) -> bool:
+    """
+    Whether a failure of the whole transaction may succeed later: a 4xx
+    reply, a lost or refused connection, a timeout (RFC 5321 section 4.5.4.1
+    asks a sender to retry those).
+    """
+    if isinstance(error, SMTPException):
+        return error.temporary
+    return isinstance(
+        error,
+        (
+            OSError,
+            ConnectionError,
+            TimeoutError,
+            DeferTimeoutError,
+            neterror.ConnectError,
+            neterror.ConnectionLost,
+            neterror.ConnectionDone,
+            neterror.TimeoutError,
+            neterror.DNSLookupError,
+        ),
+    )
+
+
+class Deliverer:
+    """
+    Sends claimed entries and moves them on in the queue.
+
+    :param queue: the spool (every call blocks, so each goes through
+        ``blocking``).
+    :param sender: sends one message (a connection pool to the relay).
+    :param relay: the relay's name, for the records and logs.
+    :param clock: the time source for attempt times and durations, and
+        for waiting while the disk is full.
+    :param blocking: runs a blocking store call off the reactor thread.
+    :param policy: backoff, jitter and maximum queue lifetime for
+        temporary failures.
+    :param jitter: randomness for the backoff (a seeded
+        :class:`random.Random` in tests).
+    :param notify_sender: enqueue a failure notice to the sender (from the
+        null reverse-path) when recipients fail permanently or expire.
+    :param hostname: the name the failure notice names as the reporting
+        host.
+    :param store_retry: seconds between retries of a store update that
+        failed because the disk is full.
+    :param is_stopping: tells a retry loop to give up (the daemon is
+        stopping); the entry then stays claimed until the next start's
+        recovery.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        queue: IQueue,
+        sender: Sender,
+        *,
+        relay: str,
+        clock: IReactorTime,
+        blocking: Blocking,
+        policy: RetryPolicy | None = None,
+        jitter: Jitter | None = None,
+        notify_sender: bool = False,
+        hostname: str | None = None,
+        store_retry: float = 5.0,
+        is_stopping: Callable[[], bool] = lambda: False,
+        on_disk_full: Callable[[bool], None] = lambda full: None,
+    ) -> None:
+        self.queue = queue
+        self.sender = sender
+        self.relay = relay
+        self.clock = clock
+        self.blocking = blocking
+        self.policy = policy if policy is not None else RetryPolicy()
+        self.jitter: Jitter = jitter if jitter is not None else random.Random()
+        self.notify_sender = notify_sender
+        self.hostname = hostname or socket.gethostname()
+        self.store_retry = store_retry
+        self.is_stopping = is_stopping
+        self.on_disk_full = on_disk_full
+        #: The Deferreds of sends in progress, by entry id, so a stopping
+        #: daemon can cancel them after its grace period.
+        self.sending: dict[str, Deferred[dict[str, Reply]]] = {}
+
+    def cancel_all(self) -> None:
+        """
+        Cancel every send in progress (the connections are aborted); each
+        entry goes back to the queue unchanged, to be sent again.
+        """
+        for d in list(self.sending.values()):
+            d.cancel()
+
+    def deliver(self, entry: Entry) -> Deferred[DeliveryReport]:
+        """
+        Send a claimed entry to its pending recipients and move it on.
+
+        :param entry: an entry this process has claimed.
+        :returns: a Deferred firing with what became of it; it does not
+            fail for SMTP or store errors (they are recorded, logged and
+            reported in the result).
+        """
+        return Deferred.fromCoroutine(self._deliver(entry))
+
+    async def _deliver(self, entry: Entry) -> DeliveryReport:
+        try:
+            message = await self.blocking(self.queue.read_message, entry.id)
+        except (OSError, EntryNotFound) as e:
+            return await self._set_aside(entry, f"message unreadable: {e}")
+        if not entry.pending:
+            # Claimed with nothing left to send (every recipient answered
+            # before a crash): finish it.
+            return await self._finish(entry, None)
+        attempt = await self._attempt(entry, message)
+        if attempt is None:
+            return await self._release(entry)
+        if isinstance(attempt, str):
+            return await self._set_aside(entry, attempt)
+        return await self._finish(entry, attempt)
+
+    async def _attempt(self, entry: Entry, message: bytes) -> Attempt | str | None:
+        """
+        One SMTP transaction.
+
+        :returns: the attempt; a reason string for an envelope that can never
+            be sent; ``None`` when it was cancelled (stopping).
+        """
+        pending = entry.pending
+        dsn: dict[str, Any] = {}
+        if entry.dsn is not None:
+            # The client leaves these out where the server lacks DSN
+            # (RFC 3461 section 4).
+            dsn = {
+                "dsn_ret": entry.dsn.ret,
+                "dsn_envid": entry.dsn.envid,
+                "dsn_notify": entry.dsn.notify or None,
+            }
+        start = self.clock.seconds()
+        code: int | None = None
+        text = ""
+        queue_id: str | None = None
+        temporary = False
+        refused: dict[str, ReplyRecord] = {}
+        delivered: tuple[str, ...] = ()
+        try:
+            d = self.sender.sendmail(
+                entry.sender,
+                list(pending),
+                message,
+                entry.mail_options,
+                entry.rcpt_options,
+                **dsn,
+            )
+            self.sending[entry.id] = d
+            try:
+                result = await d
+            finally:
+                self.sending.pop(entry.id, None)
+        except CancelledError:
+            self._log_attempt(entry, None, "cancelled: the daemon is stopping", start, "released")
+            return None
+        except SMTPArgumentError as e:
+            # Our own check refused the envelope before anything was sent:
+            # no later attempt can do better.
+            return f"bad envelope: {e}"
+        except SMTPRecipientsRefused as e:
+            refused = {a: _record(r) for a, r in e.recipients.items()}
+            worst = max(e.recipients.values(), key=lambda r: r.code)
+            code, text = worst.code, _text(worst.message)
+            temporary = any(r.code < 500 for r in e.recipients.values())
+        except SMTPResponseException as e:
+            code, text, temporary = e.smtp_code, _text(e.smtp_error), e.temporary
+            if not temporary:
+                # A 5xx to MAIL or DATA refuses the message for everyone.
+                refused = {a: ReplyRecord(code, text) for a in pending}
+        except Exception as e:
+            text = f"{type(e).__name__}: {e}"
+            temporary = _is_temporary(e)
+            if not temporary and not isinstance(e, SMTPException):
+                # Not an SMTP answer: most likely a bug; retry rather than lose.
+                self.log.failure(
+                    "Unexpected error sending {id} to {relay}", id=entry.id, relay=self.relay
+                )
+                temporary = True
+            if not temporary:
+                refused = {a: ReplyRecord(550, text) for a in pending}
+        else:
+            refused = {a: _record(r) for a, r in result.items()}
+            delivered = tuple(a for a in pending if a not in refused)
+            final = result.final if isinstance(result, RepliedRefusals) else None
+            if final is not None:
+                code, text = final.code, _text(final.message)
+                queue_id = parse_queue_id(text)
+            else:
+                code, text = 250, "accepted"
+            temporary = any(r.code < 500 for r in refused.values())
+        duration = max(0.0, self.clock.seconds() - start)
+        return Attempt(
+            at=start,
+            duration=duration,
+            relay=self.relay,
+            code=code,
+            text=text,
+            queue_id=queue_id,
+            temporary=temporary,
+            delivered=delivered,
+            refused=refused,
+        )
+
+    def _log_attempt(
+        self, entry: Entry, code: int | None, reply: str, start: float, action: str, **kw: Any
+    ) -> None:
+        self.log.info(
+            "Delivery attempt {id} to {relay}: {code} {reply} ({duration:.3f}s) -> {action}",
+            id=entry.id,
+            relay=self.relay,
+            code=code,
+            reply=reply,
+            duration=max(0.0, self.clock.seconds() - start),
+            action=action,
+            **kw,
+        )
+
+    async def _finish(self, entry: Entry, attempt: Attempt | None) -> DeliveryReport:
+        """
+        Record the attempt and complete, fail or reschedule the entry.
+        """
+        after = apply_attempt(entry, attempt) if attempt is not None else entry
+        now = self.clock.seconds()
+        next_due: float | None = None
+        if after.pending:
+            next_due = self.policy.next_attempt(
+                failures=max(1, after.failures),
+                occurrence_due=after.occurrence_due,
+                now=now,
+                jitter=self.jitter,
+            )
+            action = DeliveryAction.RESCHEDULED if next_due is not None else DeliveryAction.EXPIRED
+        elif after.delivered:
+            action = DeliveryAction.DELIVERED
+        else:
+            action = DeliveryAction.FAILED
+        if attempt is not None:
+            self.log.info(
+                "Delivery attempt {id} to {relay}: {code} {reply} ({duration:.3f}s) -> {action}",
+                id=entry.id,
+                relay=attempt.relay,
+                code=attempt.code,
+                reply=attempt.text,
+                duration=attempt.duration,
+                queue_id=attempt.queue_id,
+                delivered=attempt.delivered,
+                refused={a: str(r) for a, r in attempt.refused.items()},
+                action=action.value,
+                next_due=next_due,
+            )
+        queue = self.queue
+        entry_id = entry.id
+        try:
+            if action is DeliveryAction.RESCHEDULED:
+                assert next_due is not None
+                moved = await self._store(queue.reschedule, entry_id, next_due, attempt)
+                return DeliveryReport(entry_id, action, attempt, moved.due)
+            if attempt is not None:
+                # Recorded before the entry leaves sending/: a crash between
+                # the two is finished by recovery from this record.
+                await self._store(queue.record_attempt, entry_id, attempt)
+            if action is DeliveryAction.DELIVERED:
+                moved = await self._store(queue.complete, entry_id, None)
+            else:
+                if attempt is not None:
+                    kind = (
+                        OutcomeKind.EXPIRED
+                        if action is DeliveryAction.EXPIRED
+                        else OutcomeKind.FAILED
+                    )
+                    outcome = Outcome.from_attempt(attempt, kind)
+                    if kind is OutcomeKind.EXPIRED:
+                        outcome = replace(
+                            outcome,
+                            text=f"maximum queue lifetime passed; last reply: {attempt.text}",
+                        )
+                else:
+                    outcome = Outcome(now, OutcomeKind.FAILED, None, "no recipient accepted")
+                moved = await self._store(queue.fail, entry_id, outcome)
+        except _GaveUp as e:
+            self.log.error(
+                "Could not record the delivery of {id}: {error}; it stays in sending/ "
+                "until the daemon restarts",
+                id=entry_id,
+                error=str(e),
+            )
+            return DeliveryReport(entry_id, DeliveryAction.STUCK, attempt)
+        if self.notify_sender and attempt is not None:
+            await self._notify(after, attempt, action)
+        due = moved.due if moved.recurrence is not None else None
+        return DeliveryReport(entry_id, action, attempt, due)
+
+    async def _store(self, f: Callable[..., T], *args: Any) -> T:
+        """
+        Run a store update off the reactor thread; while the disk is full,
+        report it and try again every ``store_retry`` seconds (until the
+        daemon stops).
+
+        :raises _GaveUp: if the daemon is stopping, or another OS error.
+        """
+        was_full = False
+        while True:
+            try:
+                result = await self.blocking(f, *args)
+            except SpoolFull as e:
+                was_full = True
+                self.on_disk_full(True)
+                self.log.critical(
+                    "Spool disk full: cannot update {what}: {error}",
+                    what=getattr(f, "__name__", "entry"),
+                    error=str(e),
+                )
+                if self.is_stopping():
+                    raise _GaveUp(str(e)) from e
+                await deferLater(self.clock, self.store_retry, lambda: None)
+                continue
+            except OSError as e:
+                raise _GaveUp(str(e)) from e
+            if was_full:
+                self.on_disk_full(False)
+            return result
+
+    async def _release(self, entry: Entry) -> DeliveryReport:
+        try:
+            await self.blocking(self.queue.release, entry.id)
+        except Exception as e:
+            self.log.error("Could not release {id}: {error}", id=entry.id, error=str(e))
+            return DeliveryReport(entry.id, DeliveryAction.STUCK)
+        return DeliveryReport(entry.id, DeliveryAction.RELEASED)
+
+    async def _set_aside(self, entry: Entry, reason: str) -> DeliveryReport:
+        self.log.error("Setting aside {id}: {reason}", id=entry.id, reason=reason)
+        try:
+            await self.blocking(self.queue.set_aside, entry.id, reason)
+        except Exception as e:
+            self.log.error("Could not set aside {id}: {error}", id=entry.id, error=str(e))
+            return DeliveryReport(entry.id, DeliveryAction.STUCK)
+        return DeliveryReport(entry.id, DeliveryAction.SET_ASIDE)
+
+    async def _notify(self, entry: Entry, attempt: Attempt, action: DeliveryAction) -> None:
+        """
+        Enqueue a failure notice to the sender for the recipients that failed
+        permanently in this attempt, or all pending ones when it expired.
+        """
+        if action is DeliveryAction.EXPIRED:
+            failed: Mapping[str, ReplyRecord] = {
+                a: attempt.refused.get(a) or ReplyRecord(attempt.code or 451, attempt.text)
+                for a in entry.pending
+            }
+        else:
+            failed = {a: r for a, r in attempt.refused.items() if r.code >= 500}
+        # RFC 5321 section 4.5.5: never answer a bounce with a bounce.
+        if not failed or not entry.sender:
+            return
+        try:
+            original = await self.blocking(self.queue.read_message, entry.id)
+        except (OSError, EntryNotFound):
+            original = b""
+        notice = failure_notice(
+            entry, failed, original, hostname=self.hostname, now=self.clock.seconds()
+        )
+        try:
+            notice_id = await self.blocking(
+                functools.partial(
+                    self.queue.enqueue,
+                    mail_options=() if notice.isascii() else ("BODY=8BITMIME",),
+                ),
+                notice,
+                "",
+                [entry.sender],
+            )
+        except Exception as e:
+            self.log.error(
+                "Could not queue the failure notice for {id}: {error}", id=entry.id, error=str(e)
+            )
+            return
+        self.log.info(
+            "Queued failure notice {notice} to {sender} for {id}",
+            notice=notice_id,
+            sender=entry.sender,
+            id=entry.id,
+        )
+
+
+class _GaveUp(Exception):
+    """
+    A store update that could not be made.
+    """
+
+
+def failure_notice(
+    entry: Entry,
+    failed: Mapping[str, ReplyRecord],
+    original: bytes,
+    *,
+    hostname: str,
+    now: float,
+) -> bytes:
+    """
+    A delivery status notification (RFC 3464, ``multipart/report``) telling
+    the sender which recipients failed and why, with the original headers.
+
+    :param entry: the entry that failed.
+    :param failed: the failed recipients and the reply for each.
+    :param original: the original message (its headers are attached).
+    :param hostname: the reporting host.
+    :param now: the time of the report, epoch seconds.
+    :returns: the notice's bytes, CRLF line ends.
+    """
+    boundary = f"=_txsmtp_{secrets.token_hex(8)}"
+    explanation = [
+        f"Your message (spool id {entry.id}) could not be delivered to "
+        f"{'this recipient' if len(failed) == 1 else 'these recipients'}:",
+        "",
+        *(f"  <{address}>: {_one_line(str(reply))}" for address, reply in failed.items()),
+    ]
+    status = [f"Reporting-MTA: dns; {hostname}", f"X-Txsmtp-Spool-Id: {entry.id}"]
+    for address, reply in failed.items():
+        # RFC 3464 section 2.3: a status code; the reply's enhanced code when
+        # it gives one (RFC 3463), else a generic permanent or expired one.
+        enhanced = re.match(r"([245]\.\d{1,3}\.\d{1,3})\b", reply.text)
+        code = enhanced.group(1) if enhanced else ("5.0.0" if reply.code >= 500 else "4.4.7")
+        status += [
+            "",
+            f"Final-Recipient: rfc822; {address}",
+            "Action: failed",
+            f"Status: {code}",
+            f"Diagnostic-Code: smtp; {_one_line(str(reply))}",
+        ]
+    headers = original.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    parts = [
+        "From: " + f"Mail Delivery System <MAILER-DAEMON@{hostname}>",
+        f"To: <{entry.sender}>",
+        "Subject: Undelivered Mail Returned to Sender",
+        "Date: " + email.utils.formatdate(now, localtime=True),
+        "Message-ID: " + email.utils.make_msgid(domain=hostname),
+        # RFC 3834 section 5: an automatic reply, not to be answered.
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated delivery status notification.",
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Transfer-Encoding: 8bit",
+        "",
+        *explanation,
+        "",
+        f"--{boundary}",
+        "Content-Type: message/delivery-status",
+        "",
+        *status,
+        "",
+        f"--{boundary}",
+        "Content-Type: text/rfc822-headers",
+        "",
+    ]
+    head = "\r\n".join(parts).encode("utf-8") + b"\r\n"
+    body = b"\r\n".join(line.rstrip(b"\r") for line in headers.split(b"\n")) if headers else b""
+    return head + body + f"\r\n\r\n--{boundary}--\r\n".encode("ascii")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,428 @@
+"""
+:class:`SpoolService`: the sending daemon as a Twisted service.
+
+At start it recovers the spool (entries a dead process left in flight go
+back to the queue); then it polls the queue on an injected clock, claims due
+entries and hands them to a :class:`~txsmtpclient.spool.delivery.Deliverer`,
+at most ``concurrency`` at once.  Every blocking spool call runs in a small
+dedicated thread pool, never in the reactor thread.
+
+On stop it takes no new work and lets the sends in flight finish within a
+grace period; those still running after it are cancelled and go back to the
+queue unchanged, to be sent again at the next start.
+
+:class:`StatusResource` is a small ``twisted.web`` resource answering
+``GET`` with the queue's counts by state as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from txsmtpclient.spool.delivery import (
+    Blocking,
+    Deliverer,
+    DeliveryAction,
+    DeliveryReport,
+    Sender,
+)
+from txsmtpclient.spool.envelope import Entry
+from txsmtpclient.spool.schedule import Jitter, RetryPolicy
+from txsmtpclient.spool.store import IQueue
+
+__all__ = ["SetAsideReporter", "SpoolService", "StatusResource"]
+
+T = TypeVar("T")
+
+
+class SetAsideReporter:
+    """
+    A ``Spool(on_set_aside=...)`` hook that logs each entry set aside (an
+    unreadable file, a bad envelope) as an error event with ``path`` and
+    ``reason`` fields.
+    """
+
+    log = Logger()
+
+    def __call__(self, path: str, reason: str) -> None:
+        self.log.error("Spool entry set aside: {path}: {reason}", path=path, reason=reason)
+
+
+class SpoolService(MultiService):
+    """
+    Delivers a spool's due entries through a sender (a connection pool).
+
+    :param queue: the spool, or any :class:`~txsmtpclient.spool.store.IQueue`.
+    :param sender: sends one message; an
+        :class:`~txsmtpclient.pool.SMTPConnectionPool` to the relay.
+    :param relay: the relay's name, for records, logs and the status.
+    :param close_sender: called at stop, after the last send, to close the
+        sender's connections (``pool.close``).
+    :param clock: polls and times attempts; the global reactor when ``None``.
+    :param reactor: runs the thread pool's results back into the reactor
+        thread (``IReactorFromThreads``); the global reactor when ``None``.
+        Unused when ``blocking`` is given.
+    :param blocking: runs blocking spool calls off the reactor thread; by
+        default a dedicated thread pool of ``concurrency + 1`` threads.
+    :param concurrency: the most entries sent at once (and the pool's
+        connections).
+    :param poll_interval: seconds between looks at the queue when idle.
+    :param grace: seconds a stop waits for sends in flight before
+        cancelling them.
+    :param policy: retry backoff and maximum queue lifetime.
+    :param jitter: randomness for the backoff.
+    :param notify_sender: queue a failure notice to the sender of a failed
+        message.
+    :param store_retry: seconds between tries of a spool update while the
+        disk is full.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        queue: IQueue,
+        sender: Sender,
+        *,
+        relay: str,
+        close_sender: Callable[[], Deferred[Any]] | None = None,
+        clock: IReactorTime | None = None,
+        reactor: Any = None,
+        blocking: Blocking | None = None,
+        concurrency: int = 10,
+        poll_interval: float = 1.0,
+        grace: float = 30.0,
+        policy: RetryPolicy | None = None,
+        jitter: Jitter | None = None,
+        notify_sender: bool = False,
+        store_retry: float = 5.0,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        if grace < 0:
+            raise ValueError(f"grace must not be negative, got {grace!r}")
+        if reactor is None or clock is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = reactor if reactor is not None else global_reactor
+            clock = clock if clock is not None else global_reactor
+        self.queue = queue
+        self.sender = sender
+        self.relay = relay
+        self.clock: IReactorTime = clock
+        self._reactor = reactor
+        self._close_sender = close_sender
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.grace = grace
+        self._threadpool: ThreadPool | None = None
+        self._given_blocking = blocking
+        self._blocking: Blocking | None = blocking
+        self.deliverer = Deliverer(
+            queue,
+            sender,
+            relay=relay,
+            clock=clock,
+            blocking=self._run_blocking,
+            policy=policy,
+            jitter=jitter,
+            notify_sender=notify_sender,
+            store_retry=store_retry,
+            is_stopping=lambda: self.stopping,
+            on_disk_full=self._note_disk_full,
+        )
+        #: Sends in progress, by entry id.
+        self.in_flight: dict[str, Deferred[DeliveryReport]] = {}
+        #: What became of the entries handled since start, by action.
+        self.handled: Counter[str] = Counter()
+        #: Whether the last spool update failed for a full disk.
+        self.disk_full = False
+        #: Whether the service is stopping (or stopped): no new work.
+        self.stopping = False
+        self._timer: IDelayedCall | None = None
+        self._ticking: Deferred[None] | None = None
+        self._again = False
+        self._tick_active = False
+        self._recovering = False
+        self._ready_waiters: list[Deferred[None]] = []
+        self._started: Deferred[None] | None = None
+
+    # -- running blocking calls ---------------------------------------------------
+
+    def _run_blocking(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
+        if self._blocking is None:
+            raise RuntimeError("the spool service is not running")
+        return self._blocking(f, *args)
+
+    def _pool_blocking(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
+        assert self._threadpool is not None
+        return deferToThreadPool(self._reactor, self._threadpool, f, *args)
+
+    # -- service ----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Start the children (the status endpoint), the thread pool, recovery
+        and then polling.
+        """
+        super().startService()  # type: ignore[no-untyped-call]
+        self.stopping = False
+        if self._given_blocking is None:
+            self._threadpool = ThreadPool(
+                minthreads=0, maxthreads=self.concurrency + 1, name="txsmtp-spool"
+            )
+            self._threadpool.start()
+            self._blocking = self._pool_blocking
+        self.log.info(
+            "Spool service starting: relay {relay}, concurrency {concurrency}",
+            relay=self.relay,
+            concurrency=self.concurrency,
+        )
+        self._recovering = True
+        started = Deferred.fromCoroutine(self._start())
+        self._started = None if started.called else started
+
+    async def _start(self) -> None:
+        try:
+            report = await self._run_blocking(self.queue.recover)
+        except Exception:
+            self.log.failure("Spool recovery failed")
+        else:
+            self.log.info(
+                "Spool recovered: {requeued} requeued, {finished} finished, "
+                "{set_aside} set aside, {tmp_removed} temporary and "
+                "{orphans_removed} orphan files removed",
+                **{
+                    k: report.get(k, 0)
+                    for k in (
+                        "requeued",
+                        "finished",
+                        "set_aside",
+                        "tmp_removed",
+                        "orphans_removed",
+                    )
+                },
+            )
+        self._recovering = False
+        self._started = None
+        waiting, self._ready_waiters = self._ready_waiters, []
+        for d in waiting:
+            d.callback(None)
+        self.wake()
+
+    def when_ready(self) -> Deferred[None]:
+        """
+        A Deferred firing once start-up recovery is over and the service
+        is taking work.  Writers in the same process should wait for it:
+        recovery removes unfinished files in ``tmp/`` that carry this
+        process's id.
+        """
+        d: Deferred[None] = Deferred()
+        if self.running and not self._recovering:
+            d.callback(None)
+        else:
+            self._ready_waiters.append(d)
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop taking work, let sends in flight finish within the grace period
+        (cancelling the rest, which go back to the queue), close the sender's
+        connections and stop the children.
+
+        :returns: a Deferred firing once everything has stopped.
+        """
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.stopping = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._started is not None:
+            await self._started
+        if self._ticking is not None:
+            await self._ticking
+        if self.in_flight:
+            self.log.info(
+                "Stopping: waiting up to {grace}s for {count} send(s) in flight",
+                grace=self.grace,
+                count=len(self.in_flight),
+            )
+            cutoff = self.clock.callLater(self.grace, self._grace_over)
+            await DeferredList(list(self.in_flight.values()), consumeErrors=True)
+            if cutoff.active():
+                cutoff.cancel()
+        if self._close_sender is not None:
+            closing = self._close_sender()
+            closing.addTimeout(max(self.grace, 1.0), self.clock)
+            try:
+                await closing
+            except Exception as e:
+                self.log.warn("Closing the relay connections: {error}", error=str(e))
+        if self._threadpool is not None:
+            self._threadpool.stop()
+            self._threadpool = None
+            self._blocking = None
+        await super().stopService()  # type: ignore[no-untyped-call]
+        self.log.info("Spool service stopped")
+
+    def _grace_over(self) -> None:
+        self.log.warn(
+            "Grace period over: cancelling {count} send(s); they go back to the queue",
+            count=len(self.in_flight),
+        )
+        self.deliverer.cancel_all()
+
+    # -- polling ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """
+        Look at the queue now rather than at the next poll (after a send
+        finishes, or when a caller knows something was enqueued).
+        """
+        if self.stopping or not self.running or self._recovering:
+            return
+        if self._tick_active:
+            self._again = True
+            return
+        d = Deferred.fromCoroutine(self._tick())
+        # With spool calls that finish at once the tick is already over.
+        self._ticking = None if d.called else d
+
+    async def _tick(self) -> None:
+        self._tick_active = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        try:
+            while True:
+                self._again = False
+                await self._take_work()
+                if not self._again or self.stopping:
+                    break
+        except Exception:
+            self.log.failure("Spool poll failed")
+        finally:
+            self._tick_active = False
+            self._ticking = None
+            if not self.stopping and self.running:
+                self._timer = self.clock.callLater(self.poll_interval, self.wake)
+
+    async def _take_work(self) -> None:
+        free = self.concurrency - len(self.in_flight)
+        if free <= 0 or self.stopping or self.disk_full:
+            return
+        entries = await self._run_blocking(self.queue.due, self.clock.seconds(), free)
+        for entry in entries:
+            if self.stopping:
+                return
+            claimed = await self._run_blocking(self.queue.claim, entry.id)
+            if claimed is None:
+                continue  # another process took it, or it was cancelled
+            if self.stopping:
+                await self._run_blocking(self.queue.release, claimed.id)
+                return
+            self._send(claimed)
+
+    def _send(self, entry: Entry) -> None:
+        d = self.deliverer.deliver(entry)
+        self.in_flight[entry.id] = d
+
+        def done(result: DeliveryReport | Failure) -> None:
+            self.in_flight.pop(entry.id, None)
+            if isinstance(result, Failure):
+                self.handled[DeliveryAction.STUCK.value] += 1
+                self.log.failure("Delivery of {id} failed unexpectedly", result, id=entry.id)
+            else:
+                self.handled[result.action.value] += 1
+            self.wake()
+
+        d.addBoth(done)
+
+    def _note_disk_full(self, full: bool) -> None:
+        if full != self.disk_full:
+            self.disk_full = full
+            if full:
+                self.log.critical("Spool disk is full: taking no new work until it has room")
+            else:
+                self.log.info("Spool disk has room again")
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> Deferred[dict[str, Any]]:
+        """
+        The queue's counts by state and the daemon's own state.
+
+        :returns: a Deferred firing with a JSON-ready dict: ``counts`` (by
+            state name), ``in_flight``, ``handled`` (since start, by
+            action), ``disk_full``, ``stopping`` and ``relay``.
+        """
+
+        def build(counts: dict[str, int]) -> dict[str, Any]:
+            return {
+                "relay": self.relay,
+                "counts": counts,
+                "in_flight": len(self.in_flight),
+                "handled": dict(self.handled),
+                "disk_full": self.disk_full,
+                "stopping": self.stopping,
+            }
+
+        if self._blocking is None:
+            return deferToThread(self.queue.counts).addCallback(build)
+        return self._run_blocking(self.queue.counts).addCallback(build)
+
+
+class StatusResource(Resource):
+    """
+    ``GET`` answers with :meth:`SpoolService.status` as JSON
+    (``application/json``); other methods get 405.
+    """
+
+    isLeaf = True
+
+    def __init__(self, service: SpoolService) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.service = service
+
+    def render_GET(self, request: Request) -> int:
+        """
+        Start building the status; the response is written when it is ready.
+        """
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def respond(code: int, body: dict[str, Any]) -> None:
+            if gone:
+                return  # the client hung up meanwhile
+            request.setResponseCode(code)
+            request.write(json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+            request.finish()
+
+        def write(status: dict[str, Any]) -> None:
+            respond(200, status)
+
+        def failed(failure: Failure) -> None:
+            respond(500, {"error": str(failure.value)})
+
+        self.service.status().addCallbacks(write, failed)
+        return NOT_DONE_YET
