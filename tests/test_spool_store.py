@@ -35,6 +35,7 @@ from txsmtpclient.spool.store import (
     IQueue,
     Spool,
     SpoolFull,
+    new_id,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -722,3 +723,26 @@ def test_queue_listing_cached_until_folder_changes(
     second = Spool(spool.path, clock=FakeClock()).enqueue(MESSAGE, "a@x", ["b@x"])
     assert sorted(e.id for e in spool.due(T0, 10)) == sorted([first, second])
     assert len(listings) == 2
+
+
+def test_recover_keeps_this_process_s_enqueue_in_progress(spool: Spool) -> None:
+    """
+    A daemon embedded in an application recovers while the application may be
+    enqueueing: files this process wrote since it started are not orphans.
+    """
+    entry_id = new_id(time.time())
+    message = os.path.join(spool.path, "msg", f"{entry_id}.eml")
+    half_written = os.path.join(spool.path, "tmp", f"{os.getpid()}.abc.tmp")
+    for path in (message, half_written):
+        with open(path, "wb") as f:
+            f.write(b"Subject: x\r\n\r\nbody\r\n")
+    report = spool.recover()
+    assert report["orphans_removed"] == 0 and report["tmp_removed"] == 0
+    assert os.path.exists(message) and os.path.exists(half_written)
+    # The same files from before this process started are an earlier
+    # process's with a reused pid: removed.
+    old = time.time() - 3600
+    for path in (message, half_written):
+        os.utime(path, (old, old))
+    report = spool.recover()
+    assert report["orphans_removed"] == 1 and report["tmp_removed"] == 1

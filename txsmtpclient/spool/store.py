@@ -157,6 +157,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: When this process loaded the store: files it wrote are newer.
+_LOADED_AT = time.time()
+
+
 def _pid_of_id(entry_id: str) -> int:
     return int(entry_id.split("-")[1])
 
@@ -1047,6 +1051,14 @@ class Spool:
         def abandoned(pid: int) -> bool:
             return pid == me or not _pid_alive(pid)
 
+        def left_behind(pid: int, mtime: float) -> bool:
+            # This process may be enqueueing right now (a daemon embedded in
+            # an application): only its files from before it loaded this
+            # module can be an earlier process's with a reused pid.
+            if pid == me:
+                return mtime < _LOADED_AT
+            return not _pid_alive(pid)
+
         with os.scandir(self._dir(State.SENDING)) as it:
             held = [(d.path, d.name) for d in it]
         for path, name in held:
@@ -1093,7 +1105,7 @@ class Spool:
         for path, name, mtime in tmps:
             head = name.split(".")[0]
             pid = int(head) if head.isdigit() else me
-            if abandoned(pid) or now - mtime > orphan_age:
+            if left_behind(pid, mtime) or now - mtime > orphan_age:
                 _unlink(path)
                 report["tmp_removed"] += 1
 
@@ -1111,9 +1123,9 @@ class Spool:
             # A live writer may be between renaming the message and the
             # envelope into place: leave its files alone.
             # Look once more: the envelope may have landed meanwhile.
-            if (abandoned(_pid_of_id(entry_id)) or now - mtime > orphan_age) and self._locate(
-                entry_id
-            ) is None:
+            if (
+                left_behind(_pid_of_id(entry_id), mtime) or now - mtime > orphan_age
+            ) and self._locate(entry_id) is None:
                 _unlink(path)
                 report["orphans_removed"] += 1
         self._sync_dir(*(self._dir(s) for s in State), self._dir("tmp"))
