@@ -164,6 +164,10 @@ class _FileSource(BodySource):
         return self._read(reactor)
 
 
+#: What a primed iterator gives when it is already exhausted.
+_END: Any = object()
+
+
 class _IterableSource(BodySource):
     def __init__(self, iterable: Iterable[bytes] | AsyncIterable[bytes]) -> None:
         super().__init__(None)
@@ -177,11 +181,11 @@ class _IterableSource(BodySource):
         first: object
         if isinstance(self._iterable, AsyncIterable):
             self._iterator = aiter(self._iterable)
-            first = await anext(self._iterator, None)
+            first = await anext(self._iterator, _END)
         else:
             self._iterator = iter(self._iterable)
-            first = next(self._iterator, None)
-        self._first = b"" if first is None else _check_chunk(first)
+            first = next(self._iterator, _END)
+        self._first = b"" if first is _END else _check_chunk(first)
 
     async def _iterate(self, reactor: Any) -> AsyncGenerator[bytes, None]:
         await self.prime(reactor)
@@ -427,7 +431,9 @@ class _Writer:
                 )
         failure = self.proto.failure
         if failure is not None:
-            raise SMTPServerDisconnected(f"connection lost while sending the message: {failure}")
+            # The connection's own error (SMTPTimeoutError, say), as every
+            # other call on it gets.
+            raise failure
         if self.flow.stopped:
             # The transport stops its producer as the connection goes, before
             # the protocol hears of it: stop reading the source now.

@@ -565,6 +565,8 @@ class SMTP:
 
         async def op() -> Reply:
             proto = self._connection()
+            # A stream's first chunk is read (and its type checked) first.
+            await source.prime(self._reactor)
             reply = await proto.send(b"DATA\r\n", "data_init")
             if reply.code != 354:
                 raise SMTPDataError(reply.code, reply.message)
@@ -668,6 +670,9 @@ class SMTP:
         )
 
     async def _sendmail(self, envelope: Envelope, source: BodySource) -> dict[str, Reply]:
+        # A stream's first chunk is read (and its type checked) before
+        # anything is sent, so a wrong type raises with the session intact.
+        await source.prime(self._reactor)
         await self._ehlo_or_helo_if_needed()
         proto = self._connection()
         features = self.esmtp_features if self.does_esmtp else None
@@ -900,7 +905,9 @@ class SMTP:
                 response = mech.respond(decode_challenge(reply.message))
                 reply = await proto.send(encode_response(response) + b"\r\n", secret=True)
             if reply.code == 235:
-                mech.verify_success(reply.message)
+                # RFC 4954 section 4: success data comes in a 334 challenge;
+                # the 235's text is for humans, not the mechanism.
+                mech.verify_success()
         except SASLError as e:
             if reply.code == 334:
                 # RFC 4954 section 4: "*" cancels the exchange.

@@ -205,16 +205,21 @@ class DataEncoder:
             chunk = chunk[:-1]
         if not chunk:
             return b""
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        cr = chunk.count(b"\r")
+        if not cr:
+            chunk = chunk.replace(b"\n", CRLF)
+        elif cr != chunk.count(CRLF) or cr != chunk.count(b"\n"):
+            chunk = chunk.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+        # else: already CRLF throughout (the usual case), so counting is all
+        # it costs: rewriting it would copy it twice.
         if self.dot_stuff:
-            chunk = chunk.replace(b"\n.", b"\n..")
+            # Every LF now ends a CRLF, and the longer pattern is found faster.
+            chunk = chunk.replace(b"\r\n.", b"\r\n..")
             if self._at_line_start and chunk[0] == 0x2E:
                 chunk = b"." + chunk
         self._at_line_start = chunk[-1] == 0x0A
-        out = chunk.replace(b"\n", CRLF)
-        self.bytes_out += len(out)
-        return out
+        self.bytes_out += len(chunk)
+        return chunk
 
     def finish(self) -> bytes:
         """

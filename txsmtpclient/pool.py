@@ -12,17 +12,20 @@ from collections.abc import Callable, Sequence
 from email.message import Message
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
-from txsmtpclient._body import Body
+from txsmtpclient._body import Body, body_source
 from txsmtpclient.client import SMTP
 from txsmtpclient.errors import SMTPException, SMTPServerDisconnected
 from txsmtpclient.message import prepare_message
 from txsmtpclient.reply import Reply
+from txsmtpclient.transaction import DSN, Envelope
 
 __all__ = ["SMTPConnectionPool"]
+
+_DSN_KEYWORDS = frozenset({"dsn_ret", "dsn_envid", "dsn_notify", "dsn_orcpt"})
 
 
 class _Connection:
@@ -46,6 +49,8 @@ class SMTPConnectionPool:
     A connection that fails (lost, timed out, a protocol error) is dropped;
     the next send opens a fresh one.  After a refused transaction the
     session has already been reset with RSET, so it stays in the pool.
+    A send whose connection cannot be opened fails with that error; each
+    waiting send gets its own attempt, so none waits for ever.
 
     :param host: as for :meth:`SMTP.connect`.
     :param port: as for :meth:`SMTP.connect`.
@@ -92,12 +97,13 @@ class SMTPConnectionPool:
         self._make_client = make_client or (lambda: SMTP(reactor=self._reactor))
         self._credentials = (username, password) if username is not None else None
         self._idle: list[_Connection] = []
+        # Lent to a send, or being checked with NOOP: counted against the limit.
         self._busy: set[_Connection] = set()
         self._opening = 0
         self._waiting: deque[Deferred[_Connection]] = deque()
         self._closing: list[Deferred[Any]] = []
         self._closed = False
-        self._on_drained: Deferred[None] | None = None
+        self._on_drained: list[Deferred[None]] = []
 
     # -- public ---------------------------------------------------------------------
 
@@ -115,6 +121,13 @@ class SMTPConnectionPool:
         """
         return len(self._idle)
 
+    @property
+    def waiting(self) -> int:
+        """
+        Sends waiting for a connection.
+        """
+        return len(self._waiting)
+
     def sendmail(
         self,
         from_addr: str,
@@ -127,10 +140,32 @@ class SMTPConnectionPool:
         """
         Send one message over a pooled connection, as :meth:`SMTP.sendmail`.
 
-        :raises SMTPException: as :meth:`SMTP.sendmail`, or for the
-            connection; :class:`SMTPServerDisconnected` once the pool is
-            closed.
+        :param dsn: ``dsn_ret``, ``dsn_envid``, ``dsn_notify`` and
+            ``dsn_orcpt``, as :meth:`SMTP.sendmail` takes them.  (Left as
+            keywords so the pool fits :class:`txsmtpclient.spool.delivery.Sender`.)
+
+        :returns: a Deferred firing with the refused recipients
+            (``{address: reply}``).
+        :raises SMTPArgumentError: (at once) for bad arguments, before a
+            connection is taken.
+        :raises TypeError: (at once) for a message of the wrong type, or a
+            keyword other than the four DSN ones.
+        :raises SMTPException: (through the Deferred) as
+            :meth:`SMTP.sendmail`, or for the connection;
+            :class:`SMTPServerDisconnected` once the pool is closed.
         """
+        # Misuse raises here, not after a connection was opened for it.
+        unknown = sorted(set(dsn) - _DSN_KEYWORDS)
+        if unknown:
+            raise TypeError(f"sendmail() got unexpected keyword arguments: {unknown}")
+        checked = DSN.check(
+            dsn.get("dsn_ret"),
+            dsn.get("dsn_envid"),
+            dsn.get("dsn_notify"),
+            dsn.get("dsn_orcpt", False),
+        )
+        Envelope.check(from_addr, to_addrs, mail_options, rcpt_options, checked)
+        body_source(msg)
 
         def send(smtp: SMTP) -> Deferred[dict[str, Reply]]:
             return smtp.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options, **dsn)
@@ -147,61 +182,54 @@ class SMTPConnectionPool:
     ) -> Deferred[dict[str, Reply]]:
         """
         Send an :class:`email.message.Message`, as :meth:`SMTP.send_message`.
+
+        :raises SMTPArgumentError: (at once) when no sender or recipient can
+            be found.
         """
         prepared = prepare_message(msg, from_addr, to_addrs)
+        given = {o.upper() for o in mail_options}
+        extra = tuple(o for o in prepared.mail_options if o.upper() not in given)
         return self.sendmail(
             prepared.sender,
             prepared.recipients,
             prepared.data,
-            tuple(mail_options) + prepared.mail_options,
+            tuple(mail_options) + extra,
             rcpt_options,
         )
 
     def close(self) -> Deferred[None]:
         """
         Stop taking sends, fail those waiting, QUIT idle connections and the
-        busy ones as they finish.
+        busy ones as they finish.  Sends already started (their connection
+        being opened, checked or used) run to their end.
 
         :returns: a Deferred firing once every connection is closed.
         """
         self._closed = True
         while self._waiting:
             self._waiting.popleft().errback(SMTPServerDisconnected("the pool was closed"))
-        for conn in self._idle:
+        idle, self._idle = self._idle, []
+        for conn in idle:
             self._retire(conn)
-        self._idle.clear()
-        pending = list(self._closing)
-        self._closing.clear()
-        busy = [self._drained()] if self._busy or self._opening else []
-        d: Deferred[Any] = DeferredList(pending + busy, consumeErrors=True)
-        return d.addCallback(lambda _: None)
+        done: Deferred[None] = Deferred()
+        self._on_drained.append(done)
+        self._check_drained()
+        return done
 
     # -- internals ------------------------------------------------------------------
-
-    def _drained(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._on_drained = d
-        return d
 
     async def _with_connection(
         self, send: Callable[[SMTP], Deferred[dict[str, Reply]]]
     ) -> dict[str, Reply]:
         conn = await self._acquire()
-        healthy = False
         try:
-            result = await send(conn.smtp)
-            healthy = True
-            return result
-        except SMTPException:
-            # A refusal leaves the session reset and usable; a lost or broken
-            # connection does not.
-            healthy = conn.smtp.sock is not None
-            raise
-        except CancelledError:
-            raise
+            return await send(conn.smtp)
         finally:
             conn.messages += 1
-            self._release(conn, healthy and conn.smtp.sock is not None)
+            # A refusal leaves the session reset and usable; a lost, timed
+            # out or aborted connection (a cancelled send, a body that failed
+            # part way) has no sock left.
+            self._release(conn, conn.smtp.sock is not None)
 
     async def _acquire(self) -> _Connection:
         if self._closed:
@@ -209,21 +237,46 @@ class SMTPConnectionPool:
         while self._idle:
             conn = self._idle.pop()  # most recently used: warmest
             self._stop_idle_timer(conn)
+            if conn.smtp.sock is None:
+                # Closed while idle (a 421, a lost link): not worth a NOOP.
+                self._retire(conn)
+                continue
+            # Counted as busy while checked, so the limit holds.
+            self._busy.add(conn)
             if self._reactor.seconds() - conn.idle_since > self.noop_after:
                 try:
                     reply = await conn.smtp.noop()
                 except SMTPException:
                     reply = None
+                except BaseException:
+                    self._drop(conn)  # cancelled: the NOOP aborted it
+                    raise
                 if reply is None or reply.code != 250:
-                    self._retire(conn)
+                    self._drop(conn)
                     continue
-            self._busy.add(conn)
             return conn
-        if self.size < self.max_connections:
+        if self.size < self.max_connections and not self._waiting:
             return await self._open()
-        waiter: Deferred[_Connection] = Deferred(lambda d: self._waiting.remove(d))
+        waiter: Deferred[_Connection] = Deferred(self._cancel_waiter)
         self._waiting.append(waiter)
+        # Room may have been made while this send checked idle connections.
+        self._pump()
         return await waiter
+
+    def _drop(self, conn: _Connection) -> None:
+        """
+        Give up a busy connection, and use the room it leaves.
+        """
+        self._busy.discard(conn)
+        self._retire(conn)
+        self._pump()
+        self._check_drained()
+
+    def _cancel_waiter(self, waiter: Deferred[_Connection]) -> None:
+        # Still queued: just leave the queue.  Already given a connection
+        # being opened: _serve hands that connection on when it comes.
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
 
     async def _open(self) -> _Connection:
         self._opening += 1
@@ -238,6 +291,7 @@ class SMTPConnectionPool:
         except BaseException:
             self._opening -= 1
             smtp.close()
+            self._pump()
             self._check_drained()
             raise
         self._opening -= 1
@@ -245,15 +299,33 @@ class SMTPConnectionPool:
         self._busy.add(conn)
         return conn
 
+    def _pump(self) -> None:
+        """
+        Open connections for waiting sends, oldest first, while the limit
+        allows: after a connection was dropped, or one failed to open.
+        """
+        while self._waiting and not self._closed and self.size < self.max_connections:
+            waiter = self._waiting.popleft()
+            Deferred.fromCoroutine(self._serve(waiter))
+
+    async def _serve(self, waiter: Deferred[_Connection]) -> None:
+        try:
+            conn = await self._open()
+        except BaseException as e:
+            if not waiter.called:
+                waiter.errback(e)
+            return
+        if waiter.called:
+            # Cancelled meanwhile: the next send may have it.
+            self._release(conn, True)
+        else:
+            waiter.callback(conn)
+
     def _release(self, conn: _Connection, healthy: bool) -> None:
         self._busy.discard(conn)
         if not healthy or conn.messages >= self.max_messages or self._closed:
-            self._retire(conn)
-            if self._waiting and not self._closed:
-                # A replacement for the connection just given up.
-                waiter = self._waiting.popleft()
-                Deferred.fromCoroutine(self._open()).chainDeferred(waiter)
-            self._check_drained()
+            self._busy.add(conn)
+            self._drop(conn)
             return
         if self._waiting:
             self._busy.add(conn)
@@ -277,19 +349,33 @@ class SMTPConnectionPool:
 
     def _retire(self, conn: _Connection) -> None:
         self._stop_idle_timer(conn)
+        self.log.debug(
+            "Closing a pooled connection after {messages} message(s)", messages=conn.messages
+        )
         smtp = conn.smtp
+        d: Deferred[Any]
         if smtp.sock is None:
-            d: Deferred[Any] = smtp.close()
+            d = smtp.close()
         else:
             d = smtp.quit()
             d.addErrback(lambda _: smtp.close())
         d.addErrback(lambda _: None)
-        self._closing.append(d)
-        d.addBoth(lambda _: self._closing.remove(d) if d in self._closing else None)
+        if not d.called:
+            self._closing.append(d)
+
+            def forget(result: object) -> object:
+                self._closing.remove(d)
+                self._check_drained()
+                return result
+
+            d.addBoth(forget)
 
     def _check_drained(self) -> None:
-        waiter = self._on_drained
-        if waiter is not None and not self._busy and not self._opening:
-            self._on_drained = None
-            pending = list(self._closing)
-            DeferredList(pending, consumeErrors=True).addCallback(lambda _: waiter.callback(None))
+        """
+        Fire :meth:`close`'s Deferreds once nothing is busy, being opened or
+        being closed.
+        """
+        if self._on_drained and not (self._busy or self._opening or self._closing):
+            waiters, self._on_drained = self._on_drained, []
+            for waiter in waiters:
+                waiter.callback(None)

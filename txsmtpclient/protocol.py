@@ -15,6 +15,7 @@ and so does every later :meth:`~SMTPClientProtocol.send`.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
@@ -38,6 +39,7 @@ from txsmtpclient.errors import (
     SMTPProtocolError,
     SMTPServerDisconnected,
     SMTPTimeoutError,
+    SMTPTLSError,
 )
 from txsmtpclient.reply import (
     DEFAULT_MAX_LINE_LENGTH,
@@ -48,6 +50,16 @@ from txsmtpclient.reply import (
 )
 
 __all__ = ["DEFAULT_TIMEOUTS", "SMTPClientProtocol", "Timeouts"]
+
+
+def _is_tls_failure(reason: Failure) -> bool:
+    """
+    Whether a connection was lost to a TLS error (pyOpenSSL's, which
+    Twisted's TLS layer reports), without importing pyOpenSSL when TLS was
+    never used.
+    """
+    ssl = sys.modules.get("OpenSSL.SSL")
+    return ssl is not None and reason.check(ssl.Error) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +320,7 @@ class SMTPClientProtocol(LineReceiver):
         partly collected reply (RFC 3207 section 4.2: nothing received before
         the TLS handshake may be trusted after it).
         """
-        self.clearLineBuffer()  # type: ignore[no-untyped-call]
+        self.clearLineBuffer()
         self._parser.reset()
 
     # -- LineReceiver ----------------------------------------------------------
@@ -324,6 +336,75 @@ class SMTPClientProtocol(LineReceiver):
             with contextlib.suppress(OSError, AttributeError):
                 set_no_delay(True)
         self._arm_timer()
+
+    # The lines of the segment being handled, and the next one's index.
+    _batch: list[bytes] = []  # replaced, never changed in place
+    _batch_next = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Split what arrived into lines all at once.  ``LineReceiver``
+        re-splits its whole buffer for each line, which is quadratic in a
+        burst of pipelined replies (a thousand RCPT replies in one segment);
+        its rules are kept: ``MAX_LENGTH`` with :meth:`lineLengthExceeded`,
+        :meth:`clearLineBuffer` from within :meth:`lineReceived` discarding
+        the rest of the segment (STARTTLS), and no more lines once the
+        transport is disconnecting.
+        """
+        if self._busyReceiving:
+            self._buffer += data
+            return
+        self._busyReceiving = True
+        try:
+            self._buffer += data
+            while not self.paused:
+                lines = self._buffer.split(self.delimiter)
+                if len(lines) == 1:
+                    break
+                self._buffer = lines.pop()
+                self._batch, self._batch_next = lines, 0
+                while self._batch_next < len(self._batch):
+                    line = self._batch[self._batch_next]
+                    self._batch_next += 1
+                    if len(line) > self.MAX_LENGTH:
+                        exceeded = self._unread(line)
+                        self._buffer = b""
+                        self.lineLengthExceeded(exceeded)
+                        return
+                    self.lineReceived(line)
+                    if self.paused or getattr(self.transport, "disconnecting", False):
+                        # Keep what was not read, as LineReceiver does.
+                        self._buffer = self._unread(b"")
+                        return
+                self._batch = []
+            if len(self._buffer) >= self.MAX_LENGTH + len(self.delimiter):
+                exceeded, self._buffer = self._buffer, b""
+                self.lineLengthExceeded(exceeded)
+        finally:
+            self._batch = []
+            self._busyReceiving = False
+
+    def _unread(self, first: bytes) -> bytes:
+        """
+        ``first`` and whatever of the segment has not been handed to
+        :meth:`lineReceived`, as received; the batch is emptied.
+        """
+        rest = self._batch[self._batch_next :]
+        self._batch = []
+        delimiter = self.delimiter
+        head = first + delimiter if first else b""
+        return head + b"".join(line + delimiter for line in rest) + self._buffer
+
+    def clearLineBuffer(self) -> bytes:
+        """
+        Throw away everything received and not yet handed to
+        :meth:`lineReceived`, including the rest of the segment being read.
+
+        :returns: what was thrown away.
+        """
+        cleared = self._unread(b"")
+        self._buffer = b""
+        return cleared
 
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
@@ -359,12 +440,15 @@ class SMTPClientProtocol(LineReceiver):
         else:
             self.transcript.received(reply)
         self._arm_timer()
-        waiter.deferred.callback(reply)
         if reply.code == 421 and waiter.stage != "quit":
+            # RFC 5321 section 3.8: the server is closing.  The connection is
+            # made unusable before the caller sees the reply, so that nothing
+            # it does in answer (HELO, RSET, the next RCPT) is written.
             self._fatal(
                 SMTPServerDisconnected(f"the server is closing the connection: {reply.text}"),
                 abort=False,
             )
+        waiter.deferred.callback(reply)
 
     def _switch_to_tls(self) -> None:
         # Before anything else is read: lines already buffered came in the
@@ -385,10 +469,15 @@ class SMTPClientProtocol(LineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.connected_ = False
         if self._failure is None:
-            self._failure = SMTPServerDisconnected(
-                "connection unexpectedly closed"
-                + (f": {reason.getErrorMessage()}" if reason is not None else "")
-            )
+            if reason is not None and _is_tls_failure(reason):
+                # A failed handshake (implicit TLS, or after STARTTLS) or a
+                # broken TLS record: say so, not just "closed".
+                self._failure = SMTPTLSError(f"TLS failed: {reason.getErrorMessage()}")
+            else:
+                self._failure = SMTPServerDisconnected(
+                    "connection unexpectedly closed"
+                    + (f": {reason.getErrorMessage()}" if reason is not None else "")
+                )
         self._cancel_timer()
         self._fail_waiters(self._failure)
         handshake, self._handshake = self._handshake, None
