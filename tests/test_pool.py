@@ -649,3 +649,31 @@ async def test_end_to_end_max_messages_and_refusals(smtp_server_factory: Any) ->
     assert all(bytes(c.received).endswith(b"QUIT\r\n") for c in connections)
     assert b"RSET\r\n" in bytes(connections[0].received)
     assert len(server.messages) == 5
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_one_shot_helpers_send_through_a_pool(smtp_server: AiosmtpdServer) -> None:
+    """txsmtpclient.sendmail/send_message with pool= reuse its connection instead of their own."""
+    from email.message import EmailMessage
+
+    import txsmtpclient
+
+    pool = _real_pool(smtp_server)
+    for n in range(3):
+        refused = await txsmtpclient.sendmail(
+            pool.host, SENDER, [RECIPIENT], b"n=%d\r\n" % n, pool=pool
+        )
+        assert refused == {}
+    email = EmailMessage()
+    email["From"], email["To"], email["Bcc"] = SENDER, RECIPIENT, "hidden@example.test"
+    email.set_content("hello")
+    assert await txsmtpclient.send_message(pool.host, email, pool=pool) == {}
+    with pytest.raises(ValueError, match="not the pool's relay"):
+        txsmtpclient.sendmail("elsewhere.example", SENDER, [RECIPIENT], b"x", pool=pool)
+    await pool.close()
+    await smtp_server.when_connections_closed(reactor=_reactor())
+    assert len(smtp_server.connections()) == 1
+    assert [m.content for m in smtp_server.messages[:3]] == [b"n=%d\r\n" % n for n in range(3)]
+    last = smtp_server.messages[3]
+    assert sorted(last.rcpt_tos) == sorted([RECIPIENT, "hidden@example.test"])
+    assert b"hidden@example.test" not in last.content

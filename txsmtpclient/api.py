@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from email.message import Message
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -20,6 +19,7 @@ from txsmtpclient._tls import TLSPolicy
 from txsmtpclient.client import SMTP, SMTP_SSL
 from txsmtpclient.errors import SMTPException
 from txsmtpclient.message import prepare_message
+from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import Envelope
@@ -45,6 +45,7 @@ def sendmail(
     username: str | None = None,
     password: str | None = None,
     allow_plaintext_auth: bool = False,
+    pool: SMTPConnectionPool | None = None,
 ) -> Deferred[dict[str, Reply]]:
     """
     Connect to ``host``, send one message, and quit.
@@ -55,6 +56,10 @@ def sendmail(
     ``password`` log in first (over TLS unless ``allow_plaintext_auth``).
     A failure of QUIT after the message was accepted does not fail the
     call: the message was sent.
+
+    With ``pool``, the message goes over one of the pool's connections
+    (reused, not closed), and ``host`` must be the pool's relay; the
+    connection options are then the pool's own.
 
     :returns: a Deferred firing with the refused recipients
         (``{address: reply}``).
@@ -67,6 +72,10 @@ def sendmail(
     body_source(msg)  # type check only: the client wraps it again
     if (username is None) != (password is None):
         raise TypeError("username and password go together")
+    if pool is not None:
+        if host != pool.host:
+            raise ValueError(f"host {host!r} is not the pool's relay {pool.host!r}")
+        return pool.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
     smtp: SMTP
     if implicit_tls:
         smtp = SMTP_SSL(
@@ -109,17 +118,49 @@ def send_message(
     msg: Message,
     from_addr: str | None = None,
     to_addrs: str | Sequence[str] | None = None,
-    **kwargs: Any,
+    *,
+    port: int | None = None,
+    mail_options: Sequence[str] = (),
+    rcpt_options: Sequence[str] = (),
+    local_hostname: str | None = None,
+    timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
+    reactor: IReactorTime | None = None,
+    tls: TLSPolicy = "opportunistic",
+    tls_options: IOpenSSLClientConnectionCreator | None = None,
+    implicit_tls: bool = False,
+    username: str | None = None,
+    password: str | None = None,
+    allow_plaintext_auth: bool = False,
+    pool: SMTPConnectionPool | None = None,
 ) -> Deferred[dict[str, Reply]]:
     """
     Connect to ``host``, send an :class:`email.message.Message` as
-    :meth:`SMTP.send_message` does, and quit.  Keyword arguments are those
-    of :func:`sendmail`.
+    :meth:`SMTP.send_message` does (sender and recipients from the headers
+    unless given, ``Bcc`` stripped, SMTPUTF8 when needed), and quit.  The
+    keyword arguments are those of :func:`sendmail`.
 
     :raises SMTPArgumentError: when no sender or recipient can be found.
+    :raises ValueError: for more than one ``Resent-`` block.
     """
     prepared = prepare_message(msg, from_addr, to_addrs)
-    options = tuple(kwargs.pop("mail_options", ())) + prepared.mail_options
+    given = {o.upper() for o in mail_options}
+    extra = tuple(o for o in prepared.mail_options if o.upper() not in given)
     return sendmail(
-        host, prepared.sender, prepared.recipients, prepared.data, mail_options=options, **kwargs
+        host,
+        prepared.sender,
+        prepared.recipients,
+        prepared.data,
+        port=port,
+        mail_options=tuple(mail_options) + extra,
+        rcpt_options=rcpt_options,
+        local_hostname=local_hostname,
+        timeout=timeout,
+        reactor=reactor,
+        tls=tls,
+        tls_options=tls_options,
+        implicit_tls=implicit_tls,
+        username=username,
+        password=password,
+        allow_plaintext_auth=allow_plaintext_auth,
+        pool=pool,
     )

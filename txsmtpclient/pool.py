@@ -108,6 +108,13 @@ class SMTPConnectionPool:
     # -- public ---------------------------------------------------------------------
 
     @property
+    def host(self) -> str | IStreamClientEndpoint:
+        """
+        The relay this pool connects to.
+        """
+        return self._host
+
+    @property
     def size(self) -> int:
         """
         Connections open or being opened.
