@@ -468,8 +468,9 @@ async def send_data(
     encoder = DataEncoder()
     data = source.data
     if data is not None and len(data) <= CHUNK_SIZE:
-        return await gather_replies(
-            proto.send_final(encoder.encode(data) + encoder.finish(), replies)
+        # One write, one waiter for every reply to the final dot.
+        return await proto.send_batch(
+            encoder.encode(data) + encoder.finish(), ("data_end",) * replies, data=True
         )
     try:
         with _Writer(proto, reactor) as writer:

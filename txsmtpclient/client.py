@@ -32,7 +32,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from txsmtpclient._body import Body, BodySource, body_source, gather_replies, send_bdat, send_data
+from txsmtpclient._body import Body, BodySource, body_source, send_bdat, send_data
 from txsmtpclient._endpoints import resolve_endpoint
 from txsmtpclient._log import Transcript
 from txsmtpclient._tls import TLSPolicy, check_policy, client_tls_options
@@ -69,6 +69,7 @@ from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import (
     DSN,
     Envelope,
+    Plan,
     judge_recipients,
     plan_transaction,
     sender_error,
@@ -167,6 +168,9 @@ class SMTP:
         self._connect_error: BaseException | None = None
         self._queue: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], Deferred[Any]]] = deque()
         self._running: Deferred[Any] | None = None
+        self._last_plan: (
+            tuple[tuple[Envelope, Extensions | None, int | None, bool], Plan] | None
+        ) = None
         self._reset_session()
         if host is not None:
             # Nobody holds this Deferred: its failure is reported by the
@@ -680,12 +684,15 @@ class SMTP:
         # A stream's content is unknown before MAIL: declare 8BITMIME when
         # the server has it, otherwise check each chunk as it is read.
         streamed_8bit = eight_bit is None and features is not None and features.has("8bitmime")
-        plan = plan_transaction(
-            envelope,
-            features,
-            source.size,
-            bool(eight_bit) or streamed_8bit,
-        )
+        key = (envelope, features, source.size, bool(eight_bit) or streamed_8bit)
+        cached = self._last_plan
+        if cached is not None and cached[0] == key:
+            # The same envelope to the same server again (a batch of mail
+            # to one list): its command lines depend on nothing else.
+            plan = cached[1]
+        else:
+            plan = plan_transaction(*key)
+            self._last_plan = (key, plan)
         if plan.dropped:
             self._transcript.note(
                 f"options not advertised by the server, left out: {plan.dropped}"
@@ -701,7 +708,7 @@ class SMTP:
         if pipelining:
             stages = ["mail"] + ["rcpt"] * len(recipients) + ([] if bdat else ["data_init"])
             batch = plan.mail + b"".join(plan.rcpts) + (b"" if bdat else b"DATA\r\n")
-            replies = await gather_replies(proto.send_pipelined(batch, stages))
+            replies = await proto.send_batch(batch, stages)
             mail_reply = replies[0]
             rcpt_replies = replies[1 : 1 + len(recipients)]
             error: SMTPException | None = sender_error(envelope.sender, mail_reply)

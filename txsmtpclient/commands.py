@@ -21,6 +21,7 @@ __all__ = [
     "encode_message",
     "extension_for_option",
     "quote_address",
+    "quote_checked_address",
     "xtext_encode",
 ]
 
@@ -68,7 +69,15 @@ def quote_address(address: str) -> str:
     :raises TypeError: if ``address`` is not a ``str``.
     :raises SMTPArgumentError: if it holds a control character.
     """
-    check_argument(address, "address")
+    return quote_checked_address(check_argument(address, "address"))
+
+
+def quote_checked_address(address: str) -> str:
+    """
+    :func:`quote_address` for an address already passed through
+    :func:`check_argument` (a transaction's recipients are checked once,
+    when ``sendmail`` is called, not again for every command built).
+    """
     if _PLAIN_ADDRESS.fullmatch(address):
         # The common case, without email.utils' full RFC 5322 parser: it
         # costs more than the rest of building a command.

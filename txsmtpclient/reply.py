@@ -144,6 +144,16 @@ class ReplyParser:
         :returns: the completed reply, or ``None`` if the reply goes on.
         :raises MalformedReply: if the line or the reply breaks the rules.
         """
+        if (
+            line[3:4] == b" "
+            and not self._lines
+            and len(line) <= self.max_line_length
+            and len(line) - 3 <= self.max_reply_length
+            and line[:3].isdigit()
+            and 0x32 <= line[0] <= 0x35
+        ):
+            # The usual case, a one-line reply, checked in one step.
+            return Reply(int(line[:3]), line[4:])
         if len(line) > self.max_line_length:
             raise MalformedReply(
                 f"reply line of {len(line)} bytes exceeds the limit of {self.max_line_length}"

@@ -17,6 +17,7 @@ from txsmtpclient.commands import (
     encode_command,
     extension_for_option,
     quote_address,
+    quote_checked_address,
     xtext_encode,
 )
 from txsmtpclient.errors import (
@@ -161,7 +162,7 @@ class Envelope:
         if not checked:
             raise SMTPArgumentError("to_addrs is empty: a message needs at least one recipient")
         for address in checked:
-            if quote_address(address) == "<>":
+            if quote_checked_address(address) == "<>":
                 raise SMTPArgumentError(f"recipient address {address!r} is empty")
         return cls(
             sender,
@@ -257,12 +258,24 @@ def plan_transaction(
     tail = "".join(" " + option for option in mail_options)
     mail = encode_command("MAIL", f"FROM:{quote_address(envelope.sender)}{tail}", utf8=utf8)
     rcpt_tail = "".join(" " + option for option in rcpt_options)
-    rcpts = tuple(
-        encode_command(
-            "RCPT", f"TO:{quote_address(r)}{rcpt_tail}{_dsn_tail(dsn, dsn_ok, r)}", utf8=utf8
+    # Every part was checked for control characters by Envelope.check and
+    # check_options, so the lines are built directly rather than through
+    # encode_command: with a thousand recipients the re-checks add up.
+    if dsn_ok:
+        text = "".join(
+            f"RCPT TO:{quote_checked_address(r)}{rcpt_tail}{_dsn_tail(dsn, dsn_ok, r)}\r\n"
+            for r in envelope.recipients
         )
-        for r in envelope.recipients
-    )
+    else:
+        text = "".join(
+            f"RCPT TO:{quote_checked_address(r)}{rcpt_tail}\r\n" for r in envelope.recipients
+        )
+    if not utf8 and not text.isascii():
+        # Non-ASCII only in an option: encode_command names it.
+        for line in text.split("\r\n")[:-1]:
+            encode_command(line)
+    encoded = text.encode("utf-8")
+    rcpts = tuple(line + b"\r\n" for line in encoded.split(b"\r\n")[:-1])
     binary = "BODY=BINARYMIME" in upper
     if binary and (features is None or not features.has("chunking")):
         raise SMTPNotSupportedError("BODY=BINARYMIME needs the server's CHUNKING extension")
