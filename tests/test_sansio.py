@@ -25,6 +25,9 @@ LATER = [
     "txsmtpclient.message",
     "txsmtpclient.spool.envelope",
     "txsmtpclient.spool.schedule",
+    "txsmtpclient.spool.codec",
+    "txsmtpclient.spool.queue",
+    "txsmtpclient.spool.notice",
 ]
 
 # The package imports its public names lazily (PEP 562), so a plain import

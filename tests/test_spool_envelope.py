@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from txsmtpclient.spool.codec import FORMAT_VERSION, decode_entry, encode_entry
 from txsmtpclient.spool.envelope import (
-    FORMAT_VERSION,
     Attempt,
     Dsn,
     Entry,
@@ -28,8 +28,6 @@ from txsmtpclient.spool.envelope import (
     apply_attempt,
     check_address,
     check_option,
-    decode_entry,
-    encode_entry,
     is_valid_id,
     make_recipients,
     parse_queue_id,

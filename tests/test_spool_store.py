@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from txsmtpclient.spool.codec import encode_entry
 from txsmtpclient.spool.envelope import (
     Attempt,
     Entry,
@@ -25,7 +26,6 @@ from txsmtpclient.spool.envelope import (
     RecipientState,
     ReplyRecord,
     State,
-    encode_entry,
 )
 from txsmtpclient.spool.schedule import Recurrence
 from txsmtpclient.spool.store import (

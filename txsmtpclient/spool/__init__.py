@@ -3,8 +3,8 @@ The spool: a durable folder queue of messages to send, with scheduling.
 
 Any process enqueues with ``Spool(path).enqueue(...)``, ``python -m
 txsmtpclient enqueue`` or the sendmail(1) entry point; the ``twist txsmtp``
-daemon delivers.  Public names only; see :mod:`.store`, :mod:`.envelope` and
-:mod:`.schedule`.  Nothing here imports Twisted.
+daemon delivers.  Public names only; see :mod:`.store`, :mod:`.queue`,
+:mod:`.envelope` and :mod:`.schedule`.  Nothing here imports Twisted.
 """
 
 from txsmtpclient.spool.envelope import (
@@ -20,6 +20,14 @@ from txsmtpclient.spool.envelope import (
     State,
     parse_queue_id,
 )
+from txsmtpclient.spool.queue import (
+    EntryBusy,
+    EntryNotFound,
+    EntryStateError,
+    IQueue,
+    SpoolError,
+    SpoolFull,
+)
 from txsmtpclient.spool.schedule import (
     DEFAULT_MAX_LIFETIME,
     Recurrence,
@@ -29,15 +37,7 @@ from txsmtpclient.spool.schedule import (
     parse_recurrence,
     parse_time,
 )
-from txsmtpclient.spool.store import (
-    EntryBusy,
-    EntryNotFound,
-    EntryStateError,
-    IQueue,
-    Spool,
-    SpoolError,
-    SpoolFull,
-)
+from txsmtpclient.spool.store import Spool
 
 __all__ = [
     "DEFAULT_MAX_LIFETIME",

@@ -1,6 +1,7 @@
 """
 The command line: ``python -m txsmtpclient enqueue | list | show | cancel |
-retry | counts | sendmail``, and the ``txsmtp-sendmail`` console script.
+retry | counts | sendmail``.  The ``sendmail`` command and the
+``txsmtp-sendmail`` console script are :mod:`.sendmail`'s, re-exported here.
 
 The spool folder is ``--spool DIR``, else the ``TXSMTP_SPOOL`` environment
 variable, else ``$XDG_DATA_HOME/txsmtp/spool`` (``~/.local/share/txsmtp/spool``
@@ -15,40 +16,53 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import email.utils
-import getpass
 import json
 import os
-import re
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 
-from txsmtpclient.spool.envelope import Dsn, Entry, EnvelopeError, State, encode_entry
+from txsmtpclient.spool.codec import encode_entry
+from txsmtpclient.spool.envelope import Dsn, Entry, EnvelopeError, State
+from txsmtpclient.spool.queue import (
+    EntryBusy,
+    EntryNotFound,
+    EntryStateError,
+    SpoolError,
+    SpoolFull,
+)
 from txsmtpclient.spool.schedule import (
     ScheduleError,
     parse_duration,
     parse_recurrence,
     parse_time,
 )
-from txsmtpclient.spool.store import (
-    EntryBusy,
-    EntryNotFound,
-    EntryStateError,
-    Spool,
-    SpoolError,
-    SpoolFull,
+from txsmtpclient.spool.sendmail import (
+    EX_DATAERR,
+    EX_NOTFOUND,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    SendmailOptions,
+    UsageError,
+    default_spool,
+    parse_sendmail_args,
+    prepare_sendmail_message,
+    read_sendmail_input,
+    sendmail_main,
 )
+from txsmtpclient.spool.store import Spool
 
 __all__ = [
     "EX_DATAERR",
     "EX_TEMPFAIL",
     "EX_USAGE",
     "SendmailOptions",
+    "UsageError",
+    "build_parser",
     "default_spool",
     "main",
     "parse_sendmail_args",
@@ -57,361 +71,11 @@ __all__ = [
     "sendmail_main",
 ]
 
-EX_OK = 0
-EX_NOTFOUND = 1
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-
-
-class UsageError(Exception):
-    """
-    A command line the sendmail entry point cannot follow.
-    """
-
-
-def default_spool(environ: Mapping[str, str]) -> str:
-    """
-    The spool folder when ``--spool`` is not given: ``TXSMTP_SPOOL``, else
-    ``$XDG_DATA_HOME/txsmtp/spool``, else ``~/.local/share/txsmtp/spool``.
-    """
-    if environ.get("TXSMTP_SPOOL"):
-        return environ["TXSMTP_SPOOL"]
-    data_home = environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return os.path.join(data_home, "txsmtp", "spool")
-
 
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
     return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
-
-
-def _has_8bit(data: bytes) -> bool:
-    return not data.isascii()
-
-
-# --- sendmail(1) ------------------------------------------------------------
-
-
-@dataclass
-class SendmailOptions:
-    """
-    What a sendmail(1) command line asked for.
-
-    :ivar extract: ``-t``: take recipients from the To, Cc and Bcc headers.
-    :ivar ignore_dots: ``-i`` / ``-oi``: a line with a single dot does not
-        end the input.
-    :ivar sender: ``-f`` / ``-r``: the envelope sender.
-    :ivar full_name: ``-F``: the sender's full name for a From header added
-        when the message has none.
-    :ivar recipients: the command-line recipients.
-    :ivar body: ``-B``: ``"8BITMIME"`` or ``"7BIT"``.
-    :ivar notify: ``-N``: DSN NOTIFY words.
-    :ivar ret: ``-R``: DSN RET (``FULL`` or ``HDRS``).
-    :ivar envid: ``-V``: DSN ENVID.
-    :ivar spool: ``--spool``.
-    :ivar verbose: ``-v``: print the queued id on stderr.
-    """
-
-    extract: bool = False
-    ignore_dots: bool = False
-    sender: str | None = None
-    full_name: str | None = None
-    recipients: list[str] = field(default_factory=list)
-    body: str | None = None
-    notify: tuple[str, ...] = ()
-    ret: str | None = None
-    envid: str | None = None
-    spool: str | None = None
-    verbose: bool = False
-
-
-# Flags that take a value, attached ("-fme@x") or as the next argument.
-_VALUE_FLAGS = frozenset("fFrBNRVOXhLCp")
-# Flags sendmail implementations accept that do not change what we do.
-_IGNORED_FLAGS = frozenset("mnvUGde")
-
-
-def parse_sendmail_args(argv: Sequence[str]) -> SendmailOptions:
-    """
-    Read a sendmail(1) command line the way Postfix's and Sendmail's do:
-    single-letter flags that may be combined (``-ti``), values attached or
-    separate (``-fme@x`` or ``-f me@x``), ``-o`` options taking the rest of
-    the argument (``-oi``, ``-oem``), then recipients.
-
-    :raises UsageError: for a mode other than ``-bm`` (queue listing,
-        daemon, SMTP on stdin) or an unknown flag.
-    """
-    options = SendmailOptions()
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg == "--":
-            options.recipients.extend(args[i:])
-            break
-        if arg == "--spool" or arg.startswith("--spool="):
-            if "=" in arg:
-                options.spool = arg.split("=", 1)[1]
-            elif i < len(args):
-                options.spool = args[i]
-                i += 1
-            else:
-                raise UsageError("--spool needs a folder")
-            continue
-        if not arg.startswith("-") or arg == "-":
-            options.recipients.append(arg)
-            continue
-        letters = arg[1:]
-        j = 0
-        while j < len(letters):
-            flag = letters[j]
-            j += 1
-            if flag == "t":
-                options.extract = True
-            elif flag == "i":
-                options.ignore_dots = True
-            elif flag == "v":
-                options.verbose = True
-            elif flag in _IGNORED_FLAGS:
-                pass
-            elif flag == "o":
-                rest = letters[j:]
-                if not rest:
-                    if i >= len(args):
-                        raise UsageError("-o needs an option letter")
-                    rest = args[i]
-                    i += 1
-                # -oi is the old spelling of -i; every other -o option (-oem,
-                # -odb, -oQ...) tunes the local MTA and does not apply here.
-                if rest == "i":
-                    options.ignore_dots = True
-                break
-            elif flag == "b":
-                mode = letters[j:] or (args[i] if i < len(args) else "")
-                if mode != "m":
-                    raise UsageError(
-                        f"-b{mode}: only -bm (deliver mail read from stdin) is supported"
-                    )
-                if not letters[j:]:
-                    i += 1
-                break
-            elif flag in _VALUE_FLAGS:
-                value = letters[j:]
-                if not value:
-                    if i >= len(args):
-                        raise UsageError(f"-{flag} needs a value")
-                    value = args[i]
-                    i += 1
-                _sendmail_value(options, flag, value)
-                break
-            else:
-                raise UsageError(f"-{flag}: unknown option")
-    return options
-
-
-def _sendmail_value(options: SendmailOptions, flag: str, value: str) -> None:
-    if flag in "fr":
-        # "-f <>" and "-f ''" both mean the null sender (RFC 5321 section 4.5.5).
-        options.sender = "" if value in ("<>", "") else value.strip("<>")
-    elif flag == "F":
-        options.full_name = value
-    elif flag == "B":
-        options.body = value.upper()
-    elif flag == "N":
-        options.notify = tuple(w.strip().upper() for w in value.split(",") if w.strip())
-    elif flag == "R":
-        options.ret = value.upper()
-    elif flag == "V":
-        options.envid = value
-    # O, X, h, L, C, p: MTA tuning, logging, hop counts; nothing to do.
-
-
-def read_sendmail_input(stdin: BinaryIO, *, ignore_dots: bool) -> bytes:
-    """
-    Read the message from stdin.  Without ``-i``, a line holding a single
-    ``.`` ends the input, as in sendmail(1).
-    """
-    if ignore_dots:
-        return stdin.read()
-    lines = []
-    for line in iter(stdin.readline, b""):
-        if line.rstrip(b"\r\n") == b".":
-            break
-        lines.append(line)
-    return b"".join(lines)
-
-
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-# RFC 5322 section 2.2: a field name is printable ASCII but the colon.
-_FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
-_BCC = re.compile(rb"(?i)(resent-)?bcc[ \t]*:")
-
-
-def _header_fields(message: bytes) -> tuple[list[bytes], bytes]:
-    """
-    Split a message into its header fields (each with its folded
-    continuation lines and line end, RFC 5322 section 2.2.3) and the rest,
-    which starts with the blank line before the body.  A message that does
-    not start with a header field has no header fields.
-    """
-    if not _FIELD_START.match(message):
-        return [], message
-    match = _HEADER_END.search(message)
-    if match is None:
-        head, rest = message, b""
-    else:
-        # Keep the last field's line end with the fields.
-        cut = match.start() + (2 if message[match.start() : match.start() + 2] == b"\r\n" else 1)
-        head, rest = message[:cut], message[cut:]
-    fields: list[bytes] = []
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line
-        else:
-            fields.append(line)
-    return fields, rest
-
-
-def _parse_fields(fields: list[bytes]) -> list[tuple[str, str]]:
-    """
-    ``(lowercased name, unfolded value)`` of each header field; values are
-    read as UTF-8 (RFC 6532), invalid bytes replaced.
-    """
-    parsed = []
-    for raw in fields:
-        name, _, value = raw.partition(b":")
-        unfolded = re.sub(rb"\r?\n", b"", value).strip()
-        parsed.append(
-            (name.strip().decode("ascii", "replace").lower(), unfolded.decode("utf-8", "replace"))
-        )
-    return parsed
-
-
-def prepare_sendmail_message(
-    message: bytes,
-    options: SendmailOptions,
-    *,
-    default_sender: str,
-    hostname: str,
-    now: float,
-) -> tuple[bytes, str, list[str]]:
-    """
-    Turn what a program piped to sendmail into what to queue: the envelope
-    recipients (the arguments, plus with ``-t`` the To, Cc and Bcc headers,
-    or the Resent-* ones where present, RFC 5322 section 3.6.6), Bcc headers
-    stripped, and From, Date and Message-ID added if the message lacks them
-    (RFC 5322 section 3.6 requires From and Date).  The rest of the message
-    is kept byte for byte.
-
-    :returns: ``(message, sender, recipients)``.
-    :raises UsageError: if there is no recipient.
-    """
-    sender = options.sender if options.sender is not None else default_sender
-    fields, rest = _header_fields(message)
-    headers = _parse_fields(fields)
-
-    def get_all(name: str) -> list[str]:
-        return [value for field_name, value in headers if field_name == name.lower()]
-
-    recipients: list[str] = []
-    for arg in options.recipients:
-        recipients.extend(a for _, a in email.utils.getaddresses([arg]) if a)
-    if options.extract:
-        resent = any(get_all(h) for h in ("Resent-To", "Resent-Cc", "Resent-Bcc"))
-        names = ("Resent-To", "Resent-Cc", "Resent-Bcc") if resent else ("To", "Cc", "Bcc")
-        values = [value for name in names for value in get_all(name)]
-        recipients.extend(a for _, a in email.utils.getaddresses(values) if a)
-    if not recipients:
-        raise UsageError("no recipients: give addresses as arguments, or -t with To/Cc/Bcc")
-    # Bcc recipients must not be shown to the others (RFC 5322 section
-    # 3.6.3); strip the field whether or not -t was given, as Postfix does.
-    kept = [f for f in fields if not _BCC.match(f)]
-    newline = b"\r\n" if (fields[0] if fields else message).find(b"\r\n") >= 0 else b"\n"
-    added: list[bytes] = []
-    if not get_all("From"):
-        from_value = email.utils.formataddr((options.full_name or "", sender or "MAILER-DAEMON"))
-        added.append(b"From: " + from_value.encode("utf-8") + newline)
-    if not get_all("Date"):
-        added.append(b"Date: " + email.utils.formatdate(now, localtime=True).encode() + newline)
-    if not get_all("Message-ID"):
-        msgid = email.utils.make_msgid(domain=hostname)
-        added.append(b"Message-ID: " + msgid.encode("ascii", "replace") + newline)
-    if kept and not kept[-1].endswith(b"\n"):
-        kept[-1] += newline
-    if not fields:
-        # No header block: the whole input is the body.
-        rest = newline + rest
-    result = b"".join(added) + b"".join(kept) + rest
-    return result, sender, list(dict.fromkeys(recipients))
-
-
-def sendmail_main(
-    argv: Sequence[str] | None = None,
-    *,
-    stdin: BinaryIO | None = None,
-    stderr: TextIO | None = None,
-    environ: Mapping[str, str] | None = None,
-    clock: Callable[[], float] = time.time,
-) -> int:
-    """
-    The sendmail(1)-compatible entry point (``txsmtp-sendmail``, or
-    ``python -m txsmtpclient sendmail``): queue the message on stdin in the
-    spool for the daemon to send.
-
-    :returns: 0, 64 for a bad command line or no recipients, 65 for a bad
-        address, 75 if the spool's disk is full.
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    stdin = sys.stdin.buffer if stdin is None else stdin
-    stderr = sys.stderr if stderr is None else stderr
-    environ = os.environ if environ is None else environ
-    try:
-        options = parse_sendmail_args(argv)
-    except UsageError as e:
-        print(f"sendmail: {e}", file=stderr)
-        return EX_USAGE
-    message = read_sendmail_input(stdin, ignore_dots=options.ignore_dots)
-    hostname = socket.gethostname()
-    try:
-        default_sender = f"{getpass.getuser()}@{hostname}"
-    except (KeyError, OSError):
-        default_sender = f"nobody@{hostname}"
-    try:
-        message, sender, recipients = prepare_sendmail_message(
-            message, options, default_sender=default_sender, hostname=hostname, now=clock()
-        )
-    except UsageError as e:
-        print(f"sendmail: {e}", file=stderr)
-        return EX_USAGE
-    mail_options: list[str] = []
-    if options.body == "8BITMIME" or (options.body is None and _has_8bit(message)):
-        mail_options.append("BODY=8BITMIME")
-    if not all(a.isascii() for a in (sender, *recipients)):
-        mail_options.append("SMTPUTF8")
-    dsn = None
-    try:
-        if options.notify or options.ret or options.envid:
-            dsn = Dsn(options.ret, options.envid, options.notify)
-        spool = Spool(options.spool or default_spool(environ), clock=clock)
-        entry_id = spool.enqueue(message, sender, recipients, mail_options=mail_options, dsn=dsn)
-    except EnvelopeError as e:
-        print(f"sendmail: {e}", file=stderr)
-        return EX_DATAERR
-    except SpoolFull as e:
-        print(f"sendmail: {e}", file=stderr)
-        return EX_TEMPFAIL
-    except OSError as e:
-        print(f"sendmail: cannot write to the spool: {e}", file=stderr)
-        return EX_TEMPFAIL
-    if options.verbose:
-        print(f"sendmail: queued as {entry_id}", file=stderr)
-    return EX_OK
 
 
 # --- python -m txsmtpclient ------------------------------------------------
@@ -597,7 +261,7 @@ def _enqueue(args: argparse.Namespace, spool: Spool, stdin: BinaryIO, now: float
     elif args.every:
         recurrence = parse_recurrence(f"every {args.every}", args.tz)
     mail_options = list(args.mail_option)
-    if _has_8bit(message) and not any(o.upper().startswith("BODY=") for o in mail_options):
+    if not message.isascii() and not any(o.upper().startswith("BODY=") for o in mail_options):
         mail_options.append("BODY=8BITMIME")
     dsn = None
     if args.dsn_notify or args.dsn_ret or args.envid:
@@ -613,6 +277,17 @@ def _enqueue(args: argparse.Namespace, spool: Spool, stdin: BinaryIO, now: float
         at=at,
         recurrence=recurrence,
     )
+
+
+#: What each error exits with, the first match winning (SpoolFull is both a
+#: SpoolError and an OSError).
+_EXIT_CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ...] = (
+    ((EntryNotFound, EntryBusy, EntryStateError), EX_NOTFOUND),
+    ((EnvelopeError, ScheduleError), EX_DATAERR),
+    (SpoolFull, EX_TEMPFAIL),
+    (SpoolError, EX_SOFTWARE),
+    (OSError, EX_TEMPFAIL),
+)
 
 
 def main(
@@ -654,24 +329,9 @@ def main(
     spool = Spool(args.spool or default_spool(environ), clock=clock)
     try:
         return _dispatch(args, spool, stdin, stdout, clock)
-    except EntryNotFound as e:
+    except (SpoolError, EnvelopeError, ScheduleError, OSError) as e:
         print(f"error: {e}", file=stderr)
-        return EX_NOTFOUND
-    except (EntryBusy, EntryStateError) as e:
-        print(f"error: {e}", file=stderr)
-        return EX_NOTFOUND
-    except (EnvelopeError, ScheduleError) as e:
-        print(f"error: {e}", file=stderr)
-        return EX_DATAERR
-    except SpoolFull as e:
-        print(f"error: {e}", file=stderr)
-        return EX_TEMPFAIL
-    except SpoolError as e:
-        print(f"error: {e}", file=stderr)
-        return EX_SOFTWARE
-    except OSError as e:
-        print(f"error: {e}", file=stderr)
-        return EX_TEMPFAIL
+        return next(code for kinds, code in _EXIT_CODES if isinstance(e, kinds))
 
 
 def _dispatch(

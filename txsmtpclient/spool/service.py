@@ -40,8 +40,8 @@ from txsmtpclient.spool.delivery import (
     Sender,
 )
 from txsmtpclient.spool.envelope import Entry
+from txsmtpclient.spool.queue import IQueue
 from txsmtpclient.spool.schedule import Jitter, RetryPolicy
-from txsmtpclient.spool.store import IQueue
 
 __all__ = ["SetAsideReporter", "SpoolService", "StatusResource"]
 
@@ -65,7 +65,7 @@ class SpoolService(MultiService):
     """
     Delivers a spool's due entries through a sender (a connection pool).
 
-    :param queue: the spool, or any :class:`~txsmtpclient.spool.store.IQueue`.
+    :param queue: the spool, or any :class:`~txsmtpclient.spool.queue.IQueue`.
     :param sender: sends one message; an
         :class:`~txsmtpclient.pool.SMTPConnectionPool` to the relay.
     :param relay: the relay's name, for records, logs and the status.

@@ -1,0 +1,550 @@
+"""
+The spool folder's files: names, atomic writes and renames, the queue index,
+and recovery after a crash.
+
+:class:`SpoolFiles` is the base of :class:`~txsmtpclient.spool.store.Spool`
+(whose module docstring describes the layout): it knows where each state's
+files are and how to change them safely (write to ``tmp/``, fsync, rename),
+and nothing about when to.  Every method does blocking file I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import builtins
+import contextlib
+import errno
+import math
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from typing import BinaryIO
+
+from txsmtpclient.spool.codec import decode_entry, encode_entry
+from txsmtpclient.spool.envelope import (
+    Entry,
+    EnvelopeError,
+    Outcome,
+    OutcomeKind,
+    State,
+    is_valid_id,
+    start_next_occurrence,
+)
+from txsmtpclient.spool.queue import (
+    EntryBusy,
+    EntryNotFound,
+    EntryStateError,
+    SpoolError,
+    SpoolFull,
+)
+
+__all__ = [
+    "FINISHED",
+    "ORPHAN_AGE",
+    "SpoolFiles",
+    "new_id",
+    "parse_held_name",
+    "parse_queue_name",
+    "queue_name",
+    "raise_if_full",
+    "unlink_if_present",
+]
+
+#: Files in ``tmp/`` and ``msg/`` whose writer is still alive are left alone
+#: by :meth:`SpoolFiles.recover` unless they are older than this (pid reuse).
+ORPHAN_AGE = 24 * 3600.0
+
+# A folder whose mtime is this close to now may still change within the same
+# timestamp tick, so its cached listing is not trusted (git's "racy" rule).
+_RACY_SECONDS = 2.0
+
+#: The states an entry ends in (until an operator retries it).
+FINISHED = (State.DONE, State.FAILED, State.CANCELLED)
+
+
+def new_id(now: float) -> str:
+    """
+    A spool id unique across processes and hosts sharing a spool: the time in
+    microseconds (hex), the pid, and 32 random bits.
+
+    :param now: the current time, epoch seconds.
+    """
+    return f"{int(now * 1_000_000):x}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+#: When this process loaded the store: files it wrote are newer.
+_LOADED_AT = time.time()
+
+
+def _pid_of_id(entry_id: str) -> int:
+    return int(entry_id.split("-")[1])
+
+
+def queue_name(due: float, entry_id: str) -> str:
+    """
+    A queued entry's file name: ``{due_ms:015d}.{id}.json``, so that name
+    order is due order.
+    """
+    return f"{max(0, math.floor(due * 1000)):015d}.{entry_id}.json"
+
+
+def parse_queue_name(name: str) -> tuple[int, str] | None:
+    """
+    ``(due_ms, id)`` from a queued entry's file name, or ``None`` if it is
+    not one.
+    """
+    parts = name.split(".")
+    if len(parts) != 3 or parts[2] != "json" or not parts[0].isdigit():
+        return None
+    if not is_valid_id(parts[1]):
+        return None
+    return int(parts[0]), parts[1]
+
+
+def parse_held_name(name: str) -> tuple[str, int] | None:
+    """
+    ``(id, holder pid)`` from a file name in ``sending/``, or ``None`` if it
+    is not one.
+    """
+    parts = name.split(".")
+    if len(parts) != 3 or parts[2] != "json" or not parts[1].isdigit():
+        return None
+    if not is_valid_id(parts[0]):
+        return None
+    return parts[0], int(parts[1])
+
+
+class SpoolFiles:
+    """
+    A spool folder's files and the safe ways to change them; the base of
+    :class:`~txsmtpclient.spool.store.Spool`, which documents the
+    parameters.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        fsync: bool = True,
+        on_set_aside: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self._clock = clock
+        self._fsync = fsync
+        self._on_set_aside = on_set_aside
+        self._lock = threading.Lock()
+        # The queue folder's listing: (mtime_ns, [(due_ms, id, name)] sorted,
+        # {id: name}).  Refreshed from names only.
+        self._index: _QueueIndex | None = None
+        # Paths of entries due() returned lately, so claim() finds them
+        # without building the whole id map.
+        self._recent: dict[str, str] = {}
+        for sub in ("tmp", "msg", *(s.value for s in State)):
+            os.makedirs(os.path.join(self.path, sub), exist_ok=True)
+
+    # --- paths and low-level file operations --------------------------------
+
+    def _dir(self, state: State | str) -> str:
+        return os.path.join(self.path, state.value if isinstance(state, State) else state)
+
+    def _msg_path(self, entry_id: str) -> str:
+        return os.path.join(self.path, "msg", f"{entry_id}.eml")
+
+    def _held_path(self, entry_id: str) -> str:
+        return os.path.join(self._dir(State.SENDING), f"{entry_id}.{os.getpid()}.json")
+
+    def _queued_path(self, entry: Entry) -> str:
+        return os.path.join(self._dir(State.QUEUED), queue_name(entry.due, entry.id))
+
+    def _final_path(self, state: State, entry_id: str) -> str:
+        return os.path.join(self._dir(state), f"{entry_id}.json")
+
+    def _sync_dir(self, *dirs: str) -> None:
+        if not self._fsync:
+            return
+        for d in dict.fromkeys(dirs):
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _write_tmp(self, data: bytes | BinaryIO) -> tuple[str, int]:
+        """
+        Write data to a new file in ``tmp/``, fsynced; returns (path, size).
+        The file is removed again if writing fails.
+        """
+        path = os.path.join(self.path, "tmp", f"{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(data, bytes):
+                    f.write(data)
+                    size = len(data)
+                else:
+                    shutil.copyfileobj(data, f, 1024 * 1024)
+                    size = f.tell()
+                f.flush()
+                if self._fsync:
+                    os.fsync(f.fileno())
+        except BaseException:
+            unlink_if_present(path)
+            raise
+        return path, size
+
+    def _write_entry(self, entry: Entry, path: str) -> None:
+        """
+        Replace the file at ``path`` (held by this process) with ``entry``,
+        atomically: tmp, fsync, rename.
+        """
+        try:
+            tmp, _ = self._write_tmp(encode_entry(entry))
+        except OSError as e:
+            raise_if_full(e, f"cannot update entry {entry.id}")
+            raise
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            unlink_if_present(tmp)
+            raise
+        self._sync_dir(os.path.dirname(path))
+
+    def _move(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+        self._sync_dir(os.path.dirname(dst), os.path.dirname(src))
+
+    def _read(self, path: str, entry_id: str, state: State) -> Entry:
+        with open(path, "rb") as f:
+            data = f.read()
+        return decode_entry(data, id=entry_id, state=state)
+
+    # --- the queue index ----------------------------------------------------
+
+    def _queue_index(self, *, fresh: bool = False) -> _QueueIndex:
+        """
+        The queue's file names, sorted (so by due time), relisted only if
+        the folder changed since the last listing: its mtime moves on every
+        rename in or out.
+        """
+        mtime = os.stat(self._dir(State.QUEUED)).st_mtime_ns
+        with self._lock:
+            index = self._index
+        if (
+            not fresh
+            and index is not None
+            and index.mtime_ns == mtime
+            and time.time() - mtime / 1e9 > _RACY_SECONDS
+        ):
+            return index
+        # listdir and a plain sort: the zero-padded due time makes name order
+        # due order, so nothing is parsed or read here.
+        names = os.listdir(self._dir(State.QUEUED))
+        names.sort()
+        index = _QueueIndex(mtime, names)
+        with self._lock:
+            self._index = index
+        return index
+
+    def _find_queued(self, entry_id: str) -> str | None:
+        """
+        The path of a queued entry, or ``None``.
+        """
+        with self._lock:
+            recent = self._recent.get(entry_id)
+        if recent is not None and os.path.exists(recent):
+            return recent
+        for fresh in (False, True):
+            name = self._queue_index(fresh=fresh).name_of(entry_id)
+            if name is not None:
+                path = os.path.join(self._dir(State.QUEUED), name)
+                if os.path.exists(path):
+                    return path
+        return None
+
+    def _find_held(self, entry_id: str) -> builtins.list[tuple[str, int]]:
+        """
+        Paths and holder pids of an entry in ``sending/``.
+        """
+        found = []
+        with os.scandir(self._dir(State.SENDING)) as it:
+            for dirent in it:
+                parsed = parse_held_name(dirent.name)
+                if parsed is not None and parsed[0] == entry_id:
+                    found.append((dirent.path, parsed[1]))
+        return found
+
+    def _locate(self, entry_id: str) -> tuple[State, str] | None:
+        """
+        Where an entry is now.  Looks twice, since an entry may move from a
+        folder not yet looked at to one already looked at.
+        """
+        for _ in range(2):
+            path = self._find_queued(entry_id)
+            if path is not None:
+                return State.QUEUED, path
+            held = self._find_held(entry_id)
+            if held:
+                return State.SENDING, held[0][0]
+            for state in FINISHED:
+                path = self._final_path(state, entry_id)
+                if os.path.exists(path):
+                    return state, path
+        return None
+
+    # --- held entries -----------------------------------------------------
+
+    def _read_held(self, entry_id: str) -> Entry:
+        path = self._held_path(entry_id)
+        try:
+            return self._read(path, entry_id, State.SENDING)
+        except FileNotFoundError:
+            raise EntryStateError(f"entry {entry_id} is not claimed by this process") from None
+
+    def _take_queued(self, entry_id: str, target: str) -> bool:
+        """
+        Move a queued entry to ``target`` in one rename.  Looks twice, since
+        another process may move it between finding and renaming.
+
+        :returns: whether it was moved; ``False`` if it is not queued.
+        """
+        for _ in range(2):
+            path = self._find_queued(entry_id)
+            if path is None:
+                return False
+            try:
+                self._move(path, target)
+            except FileNotFoundError:
+                continue  # moved by someone else meanwhile; look again
+            return True
+        return False
+
+    def _hold_queued(self, entry_id: str) -> str:
+        """
+        Claim a queued entry for an operator change; returns the held path.
+        """
+        held = self._held_path(entry_id)
+        if self._take_queued(entry_id, held):
+            return held
+        raise self._not_queued(entry_id)
+
+    def _not_queued(self, entry_id: str) -> SpoolError:
+        where = self._locate(entry_id)
+        if where is None:
+            return EntryNotFound(f"no entry {entry_id!r}")
+        if where[0] is State.SENDING:
+            return EntryBusy(f"entry {entry_id} is being sent; try again when it is back")
+        return EntryStateError(f"entry {entry_id} is {where[0].value}, not queued")
+
+    # --- setting aside and recovery ---------------------------------------
+
+    def set_aside(self, entry_id_or_path: str, reason: str) -> None:
+        """
+        Move an entry (by id, or the path of any file in the spool) to
+        ``corrupt/`` with a ``.reason`` file beside it, and its message too,
+        so the rest of the spool keeps being served.  Calls ``on_set_aside``.
+
+        :raises EntryNotFound: if an id is given and no such entry exists.
+        """
+        if os.sep in entry_id_or_path:
+            path = entry_id_or_path
+        else:
+            where = self._locate(entry_id_or_path) if is_valid_id(entry_id_or_path) else None
+            if where is None:
+                raise EntryNotFound(f"no entry {entry_id_or_path!r}")
+            path = where[1]
+        corrupt = self._dir(State.CORRUPT)
+        name = os.path.basename(path)
+        target = os.path.join(corrupt, name)
+        if os.path.exists(target):
+            target = os.path.join(corrupt, f"{name}.{secrets.token_hex(4)}")
+        try:
+            self._move(path, target)
+        except FileNotFoundError:
+            return
+        with open(target + ".reason", "w", encoding="utf-8") as f:
+            f.write(reason.rstrip("\n") + "\n")
+        for part in name.split("."):
+            if is_valid_id(part) and os.path.exists(self._msg_path(part)):
+                with contextlib.suppress(OSError):
+                    os.rename(self._msg_path(part), os.path.join(corrupt, f"{part}.eml"))
+                break
+        self._sync_dir(corrupt)
+        with self._lock:
+            self._index = None
+        if self._on_set_aside is not None:
+            self._on_set_aside(target, reason)
+
+    def recover(self, *, orphan_age: float = ORPHAN_AGE) -> dict[str, int]:
+        """
+        Call once when the daemon starts, before claiming anything.  Entries
+        left in ``sending/`` by a process that is gone (or by an earlier
+        process with this pid) go back to the queue to be sent again, or on
+        to ``done/`` / ``failed/`` if the server had already answered the
+        final dot for every recipient; unreadable ones are set aside.  Files
+        in ``tmp/``, and messages in ``msg/`` with no envelope, left by dead
+        processes (or older than ``orphan_age``) are removed.
+
+        :returns: counts: ``requeued``, ``finished``, ``set_aside``,
+            ``tmp_removed``, ``orphans_removed``.
+        """
+        report = dict.fromkeys(
+            ("requeued", "finished", "set_aside", "tmp_removed", "orphans_removed"), 0
+        )
+        me = os.getpid()
+        now = time.time()
+
+        def abandoned(pid: int) -> bool:
+            return pid == me or not _pid_alive(pid)
+
+        def left_behind(pid: int, mtime: float) -> bool:
+            # This process may be enqueueing right now (a daemon embedded in
+            # an application): only its files from before it loaded this
+            # module can be an earlier process's with a reused pid.
+            if pid == me:
+                return mtime < _LOADED_AT
+            return not _pid_alive(pid)
+
+        with os.scandir(self._dir(State.SENDING)) as it:
+            held = [(d.path, d.name) for d in it]
+        for path, name in held:
+            parsed = parse_held_name(name)
+            if parsed is None:
+                self.set_aside(path, "file name is not {id}.{pid}.json")
+                report["set_aside"] += 1
+                continue
+            entry_id, pid = parsed
+            if not abandoned(pid):
+                continue
+            try:
+                entry = self._read(path, entry_id, State.SENDING)
+            except FileNotFoundError:
+                continue
+            except (OSError, EnvelopeError) as e:
+                self.set_aside(path, str(e))
+                report["set_aside"] += 1
+                continue
+            if not entry.pending and entry.recurrence is not None:
+                # Every recipient answered but complete() never ran: this
+                # occurrence is over, queue the next.
+                last = entry.attempts[-1] if entry.attempts else None
+                kind = OutcomeKind.DELIVERED if entry.delivered else OutcomeKind.FAILED
+                outcome = (
+                    Outcome.from_attempt(last, kind) if last else Outcome(self._clock(), kind)
+                )
+                entry = start_next_occurrence(entry, outcome, self._clock())
+                self._write_entry(entry, path)
+            if entry.pending:
+                target = os.path.join(self._dir(State.QUEUED), queue_name(entry.due, entry_id))
+                report["requeued"] += 1
+            else:
+                state = State.DONE if entry.delivered else State.FAILED
+                target = self._final_path(state, entry_id)
+                report["finished"] += 1
+            try:
+                self._move(path, target)
+            except FileNotFoundError:
+                continue
+
+        with os.scandir(self._dir("tmp")) as it:
+            tmps = [(d.path, d.name, d.stat().st_mtime) for d in it]
+        for path, name, mtime in tmps:
+            head = name.split(".")[0]
+            pid = int(head) if head.isdigit() else me
+            if left_behind(pid, mtime) or now - mtime > orphan_age:
+                unlink_if_present(path)
+                report["tmp_removed"] += 1
+
+        known: set[str] = set()
+        for st in State:
+            with os.scandir(self._dir(st)) as it:
+                for d in it:
+                    known.update(p for p in d.name.split(".") if is_valid_id(p))
+        with os.scandir(os.path.join(self.path, "msg")) as it:
+            messages = [(d.path, d.name, d.stat().st_mtime) for d in it]
+        for path, name, mtime in messages:
+            entry_id = name.removesuffix(".eml")
+            if entry_id in known or not is_valid_id(entry_id):
+                continue
+            # A live writer may be between renaming the message and the
+            # envelope into place: leave its files alone.
+            # Look once more: the envelope may have landed meanwhile.
+            if (
+                left_behind(_pid_of_id(entry_id), mtime) or now - mtime > orphan_age
+            ) and self._locate(entry_id) is None:
+                unlink_if_present(path)
+                report["orphans_removed"] += 1
+        self._sync_dir(*(self._dir(s) for s in State), self._dir("tmp"))
+        with self._lock:
+            self._index = None
+        return report
+
+
+class _QueueIndex:
+    """
+    A listing of ``queue/``: names sorted, which is due order, and an id to
+    name map built only when first asked for.
+    """
+
+    __slots__ = ("_by_id", "mtime_ns", "names")
+
+    def __init__(self, mtime_ns: int, names: builtins.list[str]) -> None:
+        self.mtime_ns = mtime_ns
+        self.names = names
+        self._by_id: dict[str, str] | None = None
+
+    def due_count(self, now: float) -> int:
+        """
+        How many names, from the start, are due at ``now``.
+        """
+        # "/" sorts just after ".", so every "{now_ms}.{id}.json" is below.
+        bound = f"{max(0, math.floor(now * 1000)):015d}/"
+        return bisect.bisect_right(self.names, bound)
+
+    def name_of(self, entry_id: str) -> str | None:
+        """
+        The file name of a queued id, if listed.
+        """
+        if self._by_id is None:
+            by_id = {}
+            for name in self.names:
+                parts = name.split(".")
+                if len(parts) == 3:
+                    by_id[parts[1]] = name
+            self._by_id = by_id
+        return self._by_id.get(entry_id)
+
+
+def unlink_if_present(path: str) -> None:
+    """
+    Remove a file; one already gone is fine.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def raise_if_full(error: OSError, what: str) -> None:
+    """
+    Raise :class:`SpoolFull` for a full disk or quota; return otherwise.
+    """
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise SpoolFull(
+            error.errno, f"{what}: the spool's disk is full ({error.strerror})"
+        ) from error

@@ -1,0 +1,178 @@
+"""
+What the sending daemon needs from a queue (:class:`IQueue`), and the errors
+a queue raises.
+
+:class:`~txsmtpclient.spool.store.Spool` implements the interface over a
+folder; a shared database backend can implement it for several machines.
+Sans-IO: nothing here touches files or imports Twisted.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import datetime
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from txsmtpclient.spool.envelope import Attempt, Dsn, Entry, Outcome, State
+from txsmtpclient.spool.schedule import Recurrence
+
+__all__ = [
+    "EntryBusy",
+    "EntryNotFound",
+    "EntryStateError",
+    "IQueue",
+    "SpoolError",
+    "SpoolFull",
+]
+
+
+class SpoolError(Exception):
+    """
+    A spool operation that could not be done.
+    """
+
+
+class SpoolFull(SpoolError, OSError):
+    """
+    The spool's disk is full (or over quota): nothing was enqueued or changed,
+    and no partial entry was left behind.  ``errno`` is the original one.
+    """
+
+
+class EntryNotFound(SpoolError, KeyError):
+    """
+    No entry with this id is in the spool (in the states looked at).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "entry not found"
+
+
+class EntryBusy(SpoolError):
+    """
+    The entry is held by another process (being sent, or being changed) and
+    cannot be changed now.
+    """
+
+
+class EntryStateError(SpoolError):
+    """
+    The entry is not in a state that allows the operation (cancelling a
+    delivered message, completing one this process has not claimed).
+    """
+
+
+@runtime_checkable
+class IQueue(Protocol):
+    """
+    What the sending daemon needs from a queue.  :class:`~.store.Spool`
+    implements it over a folder; a shared database backend can implement it
+    for several machines.  Every method may block.
+
+    The daemon's cycle: :meth:`recover` once at start; then each tick
+    :meth:`due`, and for each entry :meth:`claim` (``None``: someone else took
+    it), :meth:`read_message`, send to ``entry.pending``, then
+    :meth:`record_attempt` and one of :meth:`complete`, :meth:`reschedule`,
+    :meth:`fail` or :meth:`release`.
+    """
+
+    def enqueue(
+        self,
+        message: bytes | str | BinaryIO,
+        sender: str,
+        recipients: Sequence[str] | str,
+        *,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+        dsn: Dsn | None = None,
+        at: datetime | float | None = None,
+        recurrence: Recurrence | str | None = None,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Queue a message durably; returns its id.  See :meth:`.store.Spool.enqueue`.
+        """
+
+    def due(self, now: float, limit: int) -> builtins.list[Entry]:
+        """
+        Up to ``limit`` queued entries due at ``now``, earliest first.
+        """
+
+    def claim(self, entry_id: str) -> Entry | None:
+        """
+        Take a queued entry for sending; ``None`` if it is no longer queued.
+        """
+
+    def read_message(self, entry_id: str) -> bytes:
+        """
+        The message bytes.
+        """
+
+    def message_path(self, entry_id: str) -> str:
+        """
+        A path to the message file, for streaming a big message.
+        """
+
+    def record_attempt(self, entry_id: str, attempt: Attempt) -> Entry:
+        """
+        Record an attempt on a claimed entry and its recipients' results.
+        """
+
+    def complete(self, entry_id: str, outcome: Outcome | None = None) -> Entry:
+        """
+        Finish a claimed entry as delivered (recurring: queue the next one).
+        """
+
+    def reschedule(
+        self, entry_id: str, when: datetime | float, attempt: Attempt | None = None
+    ) -> Entry:
+        """
+        Return a claimed entry to the queue, due at ``when``.
+        """
+
+    def fail(self, entry_id: str, outcome: Outcome) -> Entry:
+        """
+        Finish a claimed entry as failed (recurring: queue the next one).
+        """
+
+    def release(self, entry_id: str) -> Entry:
+        """
+        Return a claimed entry to the queue unchanged (not attempted).
+        """
+
+    def set_aside(self, entry_id_or_path: str, reason: str) -> None:
+        """
+        Move an unreadable or bad entry out of the way, with the reason.
+        """
+
+    def cancel(self, entry_id: str) -> Entry:
+        """
+        Cancel a queued entry.
+        """
+
+    def retry(self, entry_id: str) -> Entry:
+        """
+        Make a queued, failed or cancelled entry due now.
+        """
+
+    def get(self, entry_id: str) -> Entry:
+        """
+        An entry in any state but corrupt.
+        """
+
+    def list(self, state: State | None = None) -> builtins.list[Entry]:
+        """
+        Every entry in a state (or in all states but corrupt).
+        """
+
+    def counts(self) -> dict[str, int]:
+        """
+        How many entries are in each state, by state name.
+        """
+
+    def recover(self) -> dict[str, int]:
+        """
+        At daemon start: return abandoned in-flight entries to the queue and
+        remove orphan files.
+        """
