@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from txsmtpclient.api import send_message, sendmail
-    from txsmtpclient.client import LMTP, SMTP, SMTP_SSL
+    from txsmtpclient.client import SMTP, SMTP_SSL
     from txsmtpclient.connect import SMTPClientFactory
     from txsmtpclient.errors import (
         SMTPArgumentError,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         SMTPTLSError,
     )
     from txsmtpclient.extensions import Extensions
+    from txsmtpclient.lmtp import LMTP
     from txsmtpclient.protocol import SMTPClientProtocol, Timeouts
     from txsmtpclient.reply import Reply
 
@@ -43,7 +44,7 @@ _WHERE = {
     "send_message": "api",
     "SMTP": "client",
     "SMTP_SSL": "client",
-    "LMTP": "client",
+    "LMTP": "lmtp",
     "SMTPClientFactory": "connect",
     "Extensions": "extensions",
     "SMTPClientProtocol": "protocol",

@@ -11,17 +11,14 @@ error naming the earlier cause.
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from email.message import Message
 from typing import Any, ClassVar, TypeVar, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IReactorThreads,
@@ -30,18 +27,20 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.failure import Failure
 
 from txsmtpclient._body import Body, BodySource, body_source, send_bdat, send_data
+from txsmtpclient._calls import CallQueue
 from txsmtpclient._endpoints import resolve_endpoint
+from txsmtpclient._exchange import (
+    authenticate,
+    reset_after_failure,
+    send_envelope,
+    tls_handshake,
+)
 from txsmtpclient._log import Transcript
 from txsmtpclient._tls import TLSPolicy, check_policy, client_tls_options
 from txsmtpclient.auth import (
-    SASLError,
-    auth_command,
     choose_mechanism,
-    decode_challenge,
-    encode_response,
     mechanism_for,
 )
 from txsmtpclient.commands import (
@@ -57,7 +56,6 @@ from txsmtpclient.errors import (
     SMTPException,
     SMTPHeloError,
     SMTPNotSupportedError,
-    SMTPRecipientsRefused,
     SMTPServerDisconnected,
     SMTPTimeoutError,
     SMTPTLSError,
@@ -70,12 +68,10 @@ from txsmtpclient.transaction import (
     DSN,
     Envelope,
     Plan,
-    judge_recipients,
     plan_transaction,
-    sender_error,
 )
 
-__all__ = ["LMTP", "SMTP", "SMTP_SSL"]
+__all__ = ["SMTP", "SMTP_SSL"]
 
 T = TypeVar("T")
 
@@ -166,8 +162,7 @@ class SMTP:
         self._transcript = Transcript()
         self._proto: SMTPClientProtocol | None = None
         self._connect_error: BaseException | None = None
-        self._queue: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], Deferred[Any]]] = deque()
-        self._running: Deferred[Any] | None = None
+        self._calls = CallQueue()
         self._last_plan: (
             tuple[tuple[Envelope, Extensions | None, int | None, bool], Plan] | None
         ) = None
@@ -180,47 +175,7 @@ class SMTP:
     # -- the queue of calls ---------------------------------------------------
 
     def _call(self, op: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
-        result: Deferred[T] = Deferred(self._cancel_call)
-        self._queue.append((op, result))
-        if self._running is None:
-            self._next()
-        return result
-
-    def _next(self) -> None:
-        while self._running is None and self._queue:
-            op, result = self._queue.popleft()
-            inner: Deferred[Any] = Deferred.fromCoroutine(op())
-            if not inner.called:
-                self._running = inner
-                inner.addBoth(self._finished, result)
-                return
-            inner.addBoth(self._settle, result)
-
-    def _finished(self, outcome: object, result: Deferred[Any]) -> None:
-        self._running = None
-        self._settle(outcome, result)
-        self._next()
-
-    @staticmethod
-    def _settle(outcome: object, result: Deferred[Any]) -> None:
-        if result.called:  # cancelled while running
-            if isinstance(outcome, Failure):
-                outcome.trap(CancelledError, SMTPException)
-            return
-        if isinstance(outcome, Failure):
-            result.errback(outcome)
-        else:
-            result.callback(outcome)
-
-    def _cancel_call(self, result: Deferred[Any]) -> None:
-        # A call still queued is just dropped: nothing was sent for it.  A
-        # running one is cancelled, which aborts the connection.
-        for entry in self._queue:
-            if entry[1] is result:
-                self._queue.remove(entry)
-                return
-        if self._running is not None:
-            self._running.cancel()
+        return self._calls.call(op)
 
     # -- state ------------------------------------------------------------------
 
@@ -705,41 +660,7 @@ class SMTP:
         )
         pipelining = features is not None and features.has("pipelining")
         recipients = envelope.recipients
-        if pipelining:
-            stages = ["mail"] + ["rcpt"] * len(recipients) + ([] if bdat else ["data_init"])
-            batch = plan.mail + b"".join(plan.rcpts) + (b"" if bdat else b"DATA\r\n")
-            replies = await proto.send_batch(batch, stages)
-            mail_reply = replies[0]
-            rcpt_replies = replies[1 : 1 + len(recipients)]
-            error: SMTPException | None = sender_error(envelope.sender, mail_reply)
-            refused, all_refused = judge_recipients(recipients, rcpt_replies)
-            error = error or all_refused
-            if error is not None:
-                if not bdat and replies[-1].code == 354:
-                    # RFC 2920 section 3.1: DATA was accepted although the
-                    # transaction failed; end it with an empty message.
-                    await proto.send(b".\r\n", "data_end")
-                await self._reset_after_failure()
-                raise error
-            if not bdat and replies[-1].code != 354:
-                await self._reset_after_failure()
-                raise SMTPDataError(replies[-1].code, replies[-1].message)
-        else:
-            mail_reply = await proto.send(plan.mail, "mail")
-            error = sender_error(envelope.sender, mail_reply)
-            if error is not None:
-                await self._reset_after_failure()
-                raise error
-            rcpt_replies = [await proto.send(line, "rcpt") for line in plan.rcpts]
-            refused, all_refused = judge_recipients(recipients, rcpt_replies)
-            if all_refused is not None:
-                await self._reset_after_failure()
-                raise all_refused
-            if not bdat:
-                data_reply = await proto.send(b"DATA\r\n", "data_init")
-                if data_reply.code != 354:
-                    await self._reset_after_failure()
-                    raise SMTPDataError(data_reply.code, data_reply.message)
+        refused = await send_envelope(proto, plan, envelope.sender, recipients, pipelining, bdat)
         accepted = [r for r in recipients if r not in refused]
         expected = self._final_reply_count(len(accepted))
         try:
@@ -776,15 +697,8 @@ class SMTP:
         return refused
 
     async def _reset_after_failure(self) -> None:
-        """
-        RSET after a refused transaction so the session serves the next;
-        a failure here must not hide the refusal being reported.
-        """
-        proto = self._proto
-        if proto is None or not proto.usable:
-            return
-        with contextlib.suppress(SMTPException):
-            await proto.send(b"RSET\r\n")
+        if self._proto is not None:
+            await reset_after_failure(self._proto)
 
     # -- TLS and AUTH ------------------------------------------------------------
 
@@ -827,14 +741,7 @@ class SMTP:
         if reply.code != 220:
             return reply
         self._reset_session()
-        handshake = proto.wait_for_handshake()
-        if self.timeouts.command is not None:
-            handshake.addTimeout(self.timeouts.command, self._reactor)
-        try:
-            await handshake
-        except (SMTPException, DeferTimeoutError) as e:
-            proto.abort(SMTPTLSError(f"TLS handshake failed: {e}"))
-            raise SMTPTLSError(f"TLS handshake with the server failed: {e}") from e
+        await tls_handshake(proto, self.timeouts.command, self._reactor)
         ehlo = await self._ehlo(None)
         if ehlo.code != 250:
             raise SMTPHeloError(ehlo.code, ehlo.message)
@@ -905,25 +812,7 @@ class SMTP:
                     f"the server does not offer AUTH {name}; it offers {sorted(offered)}"
                 )
         mech = mechanism_for(name, user, password)
-        line = auth_command(mech) if initial_response_ok else b"AUTH " + name.encode("ascii")
-        reply = await proto.send(line + b"\r\n", "command", secret=True)
-        try:
-            while reply.code == 334:
-                response = mech.respond(decode_challenge(reply.message))
-                reply = await proto.send(encode_response(response) + b"\r\n", secret=True)
-            if reply.code == 235:
-                # RFC 4954 section 4: success data comes in a 334 challenge;
-                # the 235's text is for humans, not the mechanism.
-                mech.verify_success()
-        except SASLError as e:
-            if reply.code == 334:
-                # RFC 4954 section 4: "*" cancels the exchange.
-                with contextlib.suppress(SMTPException):
-                    await proto.send(b"*\r\n", secret=True)
-            else:
-                # The server's proof was wrong: it is not who it claims.
-                proto.close()
-            raise SMTPAuthenticationError(reply.code, f"authentication failed: {e}") from e
+        reply = await authenticate(proto, mech, initial_response_ok)
         if reply.code not in (235, 503):
             raise SMTPAuthenticationError(reply.code, reply.message)
         return reply
@@ -1013,81 +902,3 @@ class SMTP_SSL(SMTP):
             return self._tls_options
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
         return client_tls_options(self.server_hostname or name.strip("[]"))
-
-
-class LMTP(SMTP):
-    """
-    A Local Mail Transfer Protocol client (RFC 2033): LHLO instead of EHLO,
-    and after the message one reply per accepted recipient, so each
-    recipient's delivery is reported on its own.
-
-    ``connect`` also takes a Unix socket path (a host starting with "/"),
-    as smtplib's LMTP does.  :meth:`sendmail` fires with the recipients
-    refused at RCPT or at delivery, and fails with
-    :class:`SMTPRecipientsRefused` when none was delivered.
-    """
-
-    default_port: ClassVar[int] = 2003
-    ehlo_msg: ClassVar[str] = "LHLO"
-
-    def __init__(
-        self,
-        host: str | IStreamClientEndpoint | None = None,
-        port: int | None = None,
-        local_hostname: str | None = None,
-        timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
-        reactor: IReactorTime | None = None,
-        *,
-        tls: TLSPolicy = "opportunistic",
-        tls_options: IOpenSSLClientConnectionCreator | None = None,
-        server_hostname: str | None = None,
-        allow_plaintext_auth: bool = False,
-        bdat_threshold: int = 64 * 1024,
-    ) -> None:
-        super().__init__(
-            None,
-            None,
-            local_hostname,
-            timeout,
-            reactor,
-            tls=tls,
-            tls_options=tls_options,
-            server_hostname=server_hostname,
-            allow_plaintext_auth=allow_plaintext_auth,
-            bdat_threshold=bdat_threshold,
-        )
-        if host is not None:
-            self.connect(host, port).addErrback(lambda _: None)
-
-    def connect(
-        self, host: str | IStreamClientEndpoint = "localhost", port: int | None = None
-    ) -> Deferred[Reply]:
-        """
-        As :meth:`SMTP.connect`; a host starting with "/" is a Unix socket.
-        """
-        if isinstance(host, str) and host.startswith("/"):
-            check_argument(host, "host")
-            host = UNIXClientEndpoint(self._reactor, host)
-        return super().connect(host, port)
-
-    def helo(self, name: str | None = None) -> Deferred[Reply]:
-        """
-        LMTP has no HELO (RFC 2033 section 4.1): fails with
-        :class:`SMTPNotSupportedError`.
-        """
-        return fail(SMTPNotSupportedError("LMTP has no HELO; use ehlo(), which says LHLO"))
-
-    def _final_reply_count(self, accepted: int) -> int:
-        return accepted
-
-    async def _judge_final(
-        self, accepted: list[str], refused: dict[str, Reply], finals: list[Reply]
-    ) -> dict[str, Reply]:
-        refused = dict(refused)
-        for recipient, reply in zip(accepted, finals, strict=True):
-            if reply.code != 250:
-                refused[recipient] = reply
-        if all(r in refused for r in accepted):
-            await self._reset_after_failure()
-            raise SMTPRecipientsRefused(refused)
-        return refused
