@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from helpers import (
     EHLO_PIPELINING,
     GREETING,
@@ -27,10 +28,18 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from txsmtpclient.commands import DataEncoder
-from txsmtpclient.errors import SMTPProtocolError, SMTPServerDisconnected
+from txsmtpclient.commands import (
+    _PLAIN_ADDRESS,
+    DataEncoder,
+    check_argument,
+    plain_addresses,
+    quote_checked_address,
+)
+from txsmtpclient.errors import SMTPArgumentError, SMTPProtocolError, SMTPServerDisconnected
+from txsmtpclient.extensions import Extensions
 from txsmtpclient.protocol import SMTPClientProtocol
 from txsmtpclient.reply import Reply, ReplyParser
+from txsmtpclient.transaction import Envelope, plan_transaction
 
 
 class TLSStringTransport(StringTransport):
@@ -285,3 +294,146 @@ def test_encoder_crlf_chunk_is_passed_through_when_nothing_needs_changing() -> N
     encoder = DataEncoder()
     assert encoder.encode(chunk) is chunk
     assert encoder.encode(b"next.\r\n.dot\r\n") == b"next.\r\n..dot\r\n"
+
+
+def test_encoder_alternating_but_separated_cr_and_lf_are_normalised() -> None:
+    """CR and LF that alternate without touching are bare ones: each becomes a CRLF."""
+    encoder = DataEncoder()
+    assert encoder.encode(b"a\rb\nc\r\n") == b"a\r\nb\r\nc\r\n"
+    assert encoder.encode(b".\r.\n") == b"..\r\n..\r\n"
+
+
+# -- a thousand recipients checked and quoted in bulk -----------------------------------------
+
+
+def _one_by_one_plain(addresses: tuple[object, ...]) -> bool:
+    """Every address a str of ASCII matching the one-address fast path's pattern."""
+    return bool(addresses) and all(
+        isinstance(a, str) and a.isascii() and _PLAIN_ADDRESS.fullmatch(a) is not None
+        for a in addresses
+    )
+
+
+_ADDRESS_PARTS = st.sampled_from(
+    [
+        "a",
+        "b.c",
+        "@",
+        " ",
+        "<",
+        ">",
+        '"',
+        ",",
+        ";",
+        ":",
+        "\\",
+        "(",
+        "[",
+        "\r",
+        "\x00",
+        "\x7f",
+        "é",
+        "+x",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(_ADDRESS_PARTS, max_size=6).map("".join), max_size=6))
+def test_plain_addresses_agrees_with_checking_each(addresses: list[str]) -> None:
+    """The bulk check says "plain" exactly when every address alone would take the fast path."""
+    plain = plain_addresses(tuple(addresses))
+    assert plain == _one_by_one_plain(tuple(addresses))
+    if plain:
+        # So building the lines in bulk is safe: each passes and quotes as <it>.
+        for address in addresses:
+            assert check_argument(address, "address") == address
+            assert quote_checked_address(address) == f"<{address}>"
+
+
+def test_plain_addresses_refuses_non_strings() -> None:
+    """A bytes address is not plain (the one-by-one check then names it)."""
+    assert not plain_addresses(("a@b", b"c@d"))
+    with pytest.raises(TypeError, match="recipient address must be str"):
+        Envelope.check("s@x", ["a@b", b"c@d"])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        ("r500@x\r\nRSET", SMTPArgumentError, "control character"),
+        ("<>", SMTPArgumentError, "is empty"),
+    ],
+)
+def test_envelope_check_names_the_culprit_among_a_thousand(
+    bad: str, error: type[Exception], message: str
+) -> None:
+    """One bad address among 1,000 fails the check, naming it, as when checked alone."""
+    recipients = [f"r{n}@example.test" for n in range(1000)]
+    recipients[500] = bad
+    with pytest.raises(error, match=message) as raised:
+        Envelope.check("s@x", recipients)
+    assert repr(bad) in str(raised.value)
+
+
+def test_plan_quotes_plain_and_other_addresses_alike() -> None:
+    """RCPT lines for plain addresses built in bulk equal those built one by one."""
+    plain = Envelope.check("s@x", [f"r{n}@example.test" for n in range(3)])
+    mixed = Envelope.check("s@x", ["r0@example.test", "Name <r1@example.test>", "r2@example.test"])
+    features = Extensions.from_ehlo(b"mx\nSIZE 1000")
+    expected = tuple(b"RCPT TO:<r%d@example.test>\r\n" % n for n in range(3))
+    assert plan_transaction(plain, features, 10, False).rcpts == expected
+    assert plan_transaction(mixed, features, 10, False).rcpts == expected
+
+
+# -- batch replies taken in bulk, timers reused -----------------------------------------------
+
+
+def test_batch_of_differing_plain_replies_keeps_each_text() -> None:
+    """Accepted recipients' replies with different texts each keep their own text."""
+    proto, _transport = _protocol()
+    stages = ["mail"] + ["rcpt"] * 5 + ["data_init"]
+    d = proto.send_batch(b"(batch)\r\n", stages)
+    texts = [b"2.1.5 ok %d" % (n % 2) for n in range(5)]
+    proto.dataReceived(
+        b"250 sender\r\n" + b"".join(b"250 " + t + b"\r\n" for t in texts) + b"354 go\r\n"
+    )
+    assert success_result_of(d) == [
+        Reply(250, b"sender"),
+        *(Reply(250, t) for t in texts),
+        Reply(354, b"go"),
+    ]
+
+
+def test_command_sent_from_a_reply_callback_reuses_the_timer() -> None:
+    """A command written in answer to a reply moves the running timer instead of a new one."""
+    clock = MemoryReactorClock()
+    proto = SMTPClientProtocol(clock=clock)
+    proto.makeConnection(StringTransport())  # type: ignore[no-untyped-call]
+    timer = clock.getDelayedCalls()[0]
+    second: list[Deferred[Reply]] = []
+    proto.greeting.addCallback(lambda _: second.append(proto.send(b"EHLO x\r\n")))
+    clock.advance(100)
+    proto.dataReceived(GREETING)
+    assert clock.getDelayedCalls() == [timer]
+    # The new command still gets its whole timeout, counted from its write.
+    clock.advance(proto.timeouts.command - 0.5)  # type: ignore[operator]
+    assert proto.usable
+    clock.advance(1)
+    assert not proto.usable
+    failure_result_of(second[0], SMTPServerDisconnected)
+    assert not clock.getDelayedCalls()
+
+
+def test_shared_ehlo_features_are_read_only() -> None:
+    """Sessions hearing the same EHLO reply share its parse, which none can change."""
+    first = connected_session()
+    second = connected_session()
+    for s in (first, second):
+        s.smtp.ehlo()
+        s.take()
+        s.feed(EHLO_PIPELINING)
+    assert first.smtp.esmtp_features is second.smtp.esmtp_features
+    assert first.smtp.has_option("pipelining")
+    with pytest.raises(TypeError):
+        first.smtp.esmtp_features.features["auth"] = "PLAIN"  # type: ignore[index]

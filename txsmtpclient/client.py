@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Coroutine, Sequence
 from email.message import Message
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -89,6 +90,30 @@ async def _local_fqdn(reactor: Any) -> str:
         else:
             _fqdn = ""
     return _fqdn
+
+
+#: EHLO replies already parsed, by their text: a client opening connection
+#: after connection to one relay hears the same reply each time.
+_EXTENSIONS_SEEN: dict[bytes, Extensions] = {}
+_EXTENSIONS_SEEN_MAX = 64
+
+
+def _extensions(message: bytes) -> Extensions:
+    """
+    :meth:`Extensions.from_ehlo`, parsed once per distinct reply
+    (``Extensions`` is immutable, so sessions may share one).
+    """
+    features = _EXTENSIONS_SEEN.get(message)
+    if features is None:
+        parsed = Extensions.from_ehlo(message)
+        # Read-only, so that no session can change what another sees.
+        features = Extensions(MappingProxyType(dict(parsed.features)), parsed.domain)
+        if len(_EXTENSIONS_SEEN) >= _EXTENSIONS_SEEN_MAX:
+            # Bounded: replies naming the client or a session id differ
+            # every time; forgetting them all now and then is enough.
+            _EXTENSIONS_SEEN.clear()
+        _EXTENSIONS_SEEN[message] = features
+    return features
 
 
 class SMTP:
@@ -394,7 +419,7 @@ class SMTP:
         # Features count only from a 250 (RFC 5321 section 4.1.1.1).
         self.does_esmtp = reply.code == 250
         if self.does_esmtp:
-            self.esmtp_features = Extensions.from_ehlo(reply.message)
+            self.esmtp_features = _extensions(reply.message)
         return reply
 
     async def _ehlo_or_helo_if_needed(self, tls_policy: bool = True) -> None:

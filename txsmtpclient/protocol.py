@@ -434,8 +434,8 @@ class SMTPClientProtocol(LineReceiver):
         batch waiter at the head of the queue, without the per-line work of
         :meth:`lineReceived`.  It stops, leaving the rest to
         :meth:`lineReceived`, at anything else (a multi-line, 4xx or 5xx, or
-        malformed reply), at a change of stage, and before the batch's last
-        reply, so that completing a batch and every error keep one path.
+        malformed reply) and before the batch's last reply, so that
+        completing a batch and every error keep one path.
 
         :returns: the index of the first line not taken.
         """
@@ -445,31 +445,76 @@ class SMTPClientProtocol(LineReceiver):
         stages = waiter.stages
         assert stages is not None
         replies = waiter.replies
-        stage = waiter.stage
         last = len(stages) - 1
-        longest = min(self._parser.max_line_length, self._parser.max_reply_length + 3)
         start = index
         end = len(lines)
-        while index < end and len(replies) < last and stages[len(replies)] == stage:
-            line = lines[index]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not (
-                line[3:4] == b" "
-                and len(line) <= longest
-                and line[:3].isdigit()
-                and 0x32 <= line[0] <= 0x33
-            ):
+        while index < end and len(replies) < last:
+            position = len(replies)
+            stage = stages[position]
+            # The lines that may be taken for this stage: up to the next
+            # stage (found by C-level list operations: in a batch the stage
+            # changes twice, after MAIL and before DATA).
+            count = min(end - index, last - position)
+            run = stages[position : position + count]
+            if run.count(stage) != count:
+                count = next(i for i, s in enumerate(run) if s != stage)
+            taken = self._take_plain(lines, index, count, replies)
+            index += taken
+            if taken < count:
                 break
-            replies.append(Reply(int(line[:3]), line[4:]))
-            index += 1
         if index != start:
             next_stage = stages[len(replies)]
-            if next_stage != stage:
+            if next_stage != waiter.stage:
                 waiter.stage = next_stage
                 waiter.timeout = self._timeout(next_stage)
             self._arm_timer()
         return index
+
+    def _take_plain(self, lines: list[bytes], index: int, count: int, replies: list[Reply]) -> int:
+        """
+        Append to ``replies`` the replies of ``lines[index:index + count]``
+        while each is a plain one-line 2xx/3xx reply.
+
+        :returns: how many lines were taken.
+        """
+        segment = lines[index : index + count]
+        first = segment[0]
+        if segment.count(first) == count:
+            # All alike (a thousand "250 2.1.5 Ok"): one check, one Reply
+            # (immutable, so it may be shared).
+            reply = self._plain_reply(first)
+            if reply is None:
+                return 0
+            replies.extend([reply] * count)
+            return count
+        seen: dict[bytes, Reply] = {}
+        for taken, line in enumerate(segment):
+            reply = seen.get(line)
+            if reply is None:
+                reply = self._plain_reply(line)
+                if reply is None:
+                    return taken
+                seen[line] = reply
+            replies.append(reply)
+        return count
+
+    def _plain_reply(self, line: bytes) -> Reply | None:
+        """
+        The reply on ``line`` (CR and all) when it is a whole one-line
+        2xx/3xx reply within the length limits; ``None`` otherwise.
+        """
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        parser = self._parser
+        if (
+            line[3:4] == b" "
+            and len(line) <= parser.max_line_length
+            and len(line) <= parser.max_reply_length + 3
+            and line[:3].isdigit()
+            and 0x32 <= line[0] <= 0x33
+        ):
+            return Reply(int(line[:3]), line[4:])
+        return None
 
     def _unread(self, first: bytes) -> bytes:
         """
@@ -540,7 +585,9 @@ class SMTPClientProtocol(LineReceiver):
             self._switch_to_tls()
         if self.transcript.level:
             self.transcript.received(Reply(reply.code, REDACTED) if waiter.secret else reply)
-        self._arm_timer()
+        if self._waiters:
+            # The next reply is timed from this one.
+            self._arm_timer()
         if reply.code == 421 and stage != "quit":
             # RFC 5321 section 3.8: the server is closing.  The connection is
             # made unusable before the caller sees the reply, so that nothing
@@ -551,6 +598,11 @@ class SMTPClientProtocol(LineReceiver):
             )
         if done:
             waiter.deferred.callback(reply if stages is None else waiter.replies)
+        if not self._waiters:
+            # Stopped only now: the callback usually sends the next command
+            # at once, and its waiter then moves this timer's deadline
+            # instead of paying a callLater and a cancel per command.
+            self._arm_timer()
 
     def _switch_to_tls(self) -> None:
         # Before anything else is read: lines already buffered came in the

@@ -16,6 +16,7 @@ from txsmtpclient.commands import (
     check_options,
     encode_command,
     extension_for_option,
+    plain_addresses,
     quote_address,
     quote_checked_address,
     xtext_encode,
@@ -158,12 +159,18 @@ class Envelope:
             raise TypeError(
                 f"to_addrs must be a str or a sequence of str, not {type(recipients).__name__}"
             )
-        checked = tuple(check_argument(r, "recipient address") for r in recipients)
-        if not checked:
-            raise SMTPArgumentError("to_addrs is empty: a message needs at least one recipient")
-        for address in checked:
-            if quote_checked_address(address) == "<>":
-                raise SMTPArgumentError(f"recipient address {address!r} is empty")
+        checked = tuple(recipients)
+        if not plain_addresses(checked):
+            # Not all plain local@domain (or none at all): look at each, so
+            # that the error names the culprit.
+            checked = tuple(check_argument(r, "recipient address") for r in checked)
+            if not checked:
+                raise SMTPArgumentError(
+                    "to_addrs is empty: a message needs at least one recipient"
+                )
+            for address in checked:
+                if quote_checked_address(address) == "<>":
+                    raise SMTPArgumentError(f"recipient address {address!r} is empty")
         return cls(
             sender,
             checked,
@@ -177,7 +184,8 @@ class Envelope:
         """
         Whether an address holds non-ASCII characters (RFC 6531).
         """
-        return not (self.sender.isascii() and all(r.isascii() for r in self.recipients))
+        # One C-level pass over all the recipients, not a call for each.
+        return not (self.sender.isascii() and "".join(self.recipients).isascii())
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,15 +275,23 @@ def plan_transaction(
             for r in envelope.recipients
         )
     else:
-        text = "".join(
-            f"RCPT TO:{quote_checked_address(r)}{rcpt_tail}\r\n" for r in envelope.recipients
-        )
+        recipients = envelope.recipients
+        if plain_addresses(recipients):
+            # Each quotes as "<address>": one join builds every line.
+            joined = f">{rcpt_tail}\r\nRCPT TO:<".join(recipients)
+            text = f"RCPT TO:<{joined}>{rcpt_tail}\r\n"
+        else:
+            text = "".join(
+                f"RCPT TO:{quote_checked_address(r)}{rcpt_tail}\r\n" for r in envelope.recipients
+            )
     if not utf8 and not text.isascii():
         # Non-ASCII only in an option: encode_command names it.
         for line in text.split("\r\n")[:-1]:
             encode_command(line)
     encoded = text.encode("utf-8")
-    rcpts = tuple(line + b"\r\n" for line in encoded.split(b"\r\n")[:-1])
+    # No part holds a CR or LF (all were checked), so the only line breaks
+    # are the CRLFs put there above.
+    rcpts = tuple(encoded.splitlines(keepends=True))
     binary = "BODY=BINARYMIME" in upper
     if binary and (features is None or not features.has("chunking")):
         raise SMTPNotSupportedError("BODY=BINARYMIME needs the server's CHUNKING extension")
