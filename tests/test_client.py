@@ -118,6 +118,22 @@ def test_sendmail_pipelined_in_one_write() -> None:
     assert success_result_of(d) == {}
 
 
+def test_sendmail_result_carries_the_final_reply() -> None:
+    """The refused-recipients dict also holds the reply to the final dot (its queue id)."""
+    s = connected_session()
+    d = s.smtp.sendmail("a@x", ["b@x", "c@x"], b"hi\r\n")
+    _ehlo(s, EHLO_PIPELINING)
+    s.take()
+    s.feed(b"250 ok\r\n550 5.1.1 no\r\n250 ok\r\n354 go\r\n")
+    _step(s, b"hi\r\n.\r\n", b"250 2.0.0 Ok: queued as Q42\r\n")
+    result = success_result_of(d)
+    assert result == {"b@x": (550, b"5.1.1 no")}
+    assert isinstance(result, dict)
+    final = getattr(result, "final", None)
+    assert final == (250, b"2.0.0 Ok: queued as Q42")
+    assert getattr(result, "finals", None) == (final,)
+
+
 def test_one_string_recipient() -> None:
     """to_addrs may be a single string."""
     s = connected_session()

@@ -69,6 +69,7 @@ from txsmtpclient.transaction import (
     DSN,
     Envelope,
     Plan,
+    Refused,
     plan_transaction,
 )
 
@@ -598,7 +599,10 @@ class SMTP:
             ``"FAILURE"``, ``"DELAY"``, or ``("NEVER",)``.
         :param dsn_orcpt: send each recipient's address as ``ORCPT``.
         :returns: a Deferred firing, when at least one recipient was
-            accepted, with ``{address: reply}`` for each refused recipient.
+            accepted, with ``{address: reply}`` for each refused recipient:
+            a :class:`~txsmtpclient.transaction.Refused`, a dict that also
+            holds the reply to the end of the message as ``.final`` (with
+            the relay's queue id).
         :raises SMTPArgumentError: (at once) for bad arguments.
         :raises SMTPHeloError: when the server refuses EHLO and HELO.
         :raises SMTPSenderRefused: when MAIL is refused (or the message is
@@ -714,12 +718,12 @@ class SMTP:
 
     async def _judge_final(
         self, accepted: list[str], refused: dict[str, Reply], finals: list[Reply]
-    ) -> dict[str, Reply]:
+    ) -> Refused:
         final = finals[0]
         if final.code != 250:
             await self._reset_after_failure()
             raise SMTPDataError(final.code, final.message)
-        return refused
+        return Refused.with_replies(refused, finals)
 
     async def _reset_after_failure(self) -> None:
         if self._proto is not None:

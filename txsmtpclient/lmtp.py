@@ -20,6 +20,7 @@ from txsmtpclient.commands import check_argument
 from txsmtpclient.errors import SMTPNotSupportedError, SMTPRecipientsRefused
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
+from txsmtpclient.transaction import Refused
 
 __all__ = ["LMTP"]
 
@@ -91,7 +92,7 @@ class LMTP(SMTP):
 
     async def _judge_final(
         self, accepted: list[str], refused: dict[str, Reply], finals: list[Reply]
-    ) -> dict[str, Reply]:
+    ) -> Refused:
         refused = dict(refused)
         for recipient, reply in zip(accepted, finals, strict=True):
             if reply.code != 250:
@@ -99,4 +100,4 @@ class LMTP(SMTP):
         if all(r in refused for r in accepted):
             await self._reset_after_failure()
             raise SMTPRecipientsRefused(refused)
-        return refused
+        return Refused.with_replies(refused, finals)

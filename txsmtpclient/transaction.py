@@ -31,7 +31,15 @@ from txsmtpclient.errors import (
 from txsmtpclient.extensions import Extensions
 from txsmtpclient.reply import Reply
 
-__all__ = ["DSN", "Envelope", "Plan", "judge_recipients", "plan_transaction", "sender_error"]
+__all__ = [
+    "DSN",
+    "Envelope",
+    "Plan",
+    "Refused",
+    "judge_recipients",
+    "plan_transaction",
+    "sender_error",
+]
 
 
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
@@ -302,6 +310,33 @@ def _dsn_tail(dsn: DSN | None, supported: bool, recipient: str) -> str:
     if dsn is None or not supported:
         return ""
     return "".join(" " + option for option in dsn.rcpt_options(recipient))
+
+
+class Refused(dict[str, Reply]):
+    """
+    What ``sendmail`` fires with: smtplib's ``{address: reply}`` of refused
+    recipients (a plain dict to code written for smtplib), plus the server's
+    replies to the end of the message, where a relay's queue id is
+    ("250 2.0.0 Ok: queued as ABC123").
+
+    :ivar final: the reply to the final dot (or ``BDAT ... LAST``); for LMTP
+        the first recipient's.
+    :ivar finals: every reply to the end of the message (one per accepted
+        recipient for LMTP).
+    """
+
+    final: Reply | None = None
+    finals: tuple[Reply, ...] = ()
+
+    @classmethod
+    def with_replies(cls, refused: dict[str, Reply], finals: Sequence[Reply]) -> Refused:
+        """
+        ``refused`` with the replies to the end of the message attached.
+        """
+        result = cls(refused)
+        result.finals = tuple(finals)
+        result.final = result.finals[0] if result.finals else None
+        return result
 
 
 def judge_recipients(

@@ -59,6 +59,7 @@ from txsmtpclient.spool.envelope import (
 from txsmtpclient.spool.notice import failure_notice
 from txsmtpclient.spool.queue import EntryNotFound, IQueue, SpoolFull
 from txsmtpclient.spool.schedule import Jitter, RetryPolicy
+from txsmtpclient.transaction import Refused
 
 __all__ = [
     "Blocking",
@@ -102,30 +103,10 @@ class Sender(Protocol):
     ) -> Deferred[dict[str, Reply]]: ...
 
 
-class RepliedRefusals(dict[str, Reply]):
-    """
-    ``sendmail``'s ``{address: reply}`` of refused recipients, plus the
-    server's reply to the final dot (for the relay's queue id).
-
-    :ivar final: the reply to the end of the data, or ``None``.
-    """
-
-    final: Reply | None = None
-
-
-class FinalReplySMTP(SMTP):
-    """
-    An :class:`SMTP` whose ``sendmail`` result also carries the reply to the
-    final dot (a :class:`RepliedRefusals`), so the spool can record the
-    relay's queue id ("250 2.0.0 Ok: queued as ABC123").
-    """
-
-    async def _judge_final(
-        self, accepted: list[str], refused: dict[str, Reply], finals: list[Reply]
-    ) -> dict[str, Reply]:
-        result = RepliedRefusals(await super()._judge_final(accepted, refused, finals))
-        result.final = finals[0] if finals else None
-        return result
+#: ``sendmail``'s result, with the reply to the final dot as ``.final``
+#: (the names the spool used before the client offered it).
+RepliedRefusals = Refused
+FinalReplySMTP = SMTP
 
 
 class DeliveryAction(str, Enum):
