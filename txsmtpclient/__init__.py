@@ -12,26 +12,28 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The errors import nothing from Twisted: they load with the package.
+from txsmtpclient.errors import (
+    SMTPArgumentError,
+    SMTPAuthenticationError,
+    SMTPConnectError,
+    SMTPDataError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPNotSupportedError,
+    SMTPProtocolError,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+    SMTPSenderRefused,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+    SMTPTLSError,
+)
+
 if TYPE_CHECKING:
     from txsmtpclient.api import send_message, sendmail
     from txsmtpclient.client import SMTP, SMTP_SSL
     from txsmtpclient.connect import SMTPClientFactory
-    from txsmtpclient.errors import (
-        SMTPArgumentError,
-        SMTPAuthenticationError,
-        SMTPConnectError,
-        SMTPDataError,
-        SMTPException,
-        SMTPHeloError,
-        SMTPNotSupportedError,
-        SMTPProtocolError,
-        SMTPRecipientsRefused,
-        SMTPResponseException,
-        SMTPSenderRefused,
-        SMTPServerDisconnected,
-        SMTPTimeoutError,
-        SMTPTLSError,
-    )
     from txsmtpclient.extensions import Extensions
     from txsmtpclient.lmtp import LMTP
     from txsmtpclient.protocol import SMTPClientProtocol, Timeouts
@@ -50,25 +52,6 @@ _WHERE = {
     "SMTPClientProtocol": "protocol",
     "Timeouts": "protocol",
     "Reply": "reply",
-    **{
-        name: "errors"
-        for name in (
-            "SMTPArgumentError",
-            "SMTPAuthenticationError",
-            "SMTPConnectError",
-            "SMTPDataError",
-            "SMTPException",
-            "SMTPHeloError",
-            "SMTPNotSupportedError",
-            "SMTPProtocolError",
-            "SMTPRecipientsRefused",
-            "SMTPResponseException",
-            "SMTPSenderRefused",
-            "SMTPServerDisconnected",
-            "SMTPTLSError",
-            "SMTPTimeoutError",
-        )
-    },
 }
 
 __all__ = [
