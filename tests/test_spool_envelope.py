@@ -32,7 +32,6 @@ from txsmtpclient.spool.envelope import (
     make_recipients,
     parse_queue_id,
     start_next_occurrence,
-    xtext,
 )
 from txsmtpclient.spool.schedule import Recurrence
 
@@ -213,15 +212,6 @@ def test_is_valid_id() -> None:
         assert not is_valid_id(bad)
 
 
-def test_xtext() -> None:
-    """
-    RFC 3461 xtext encodes "+", "=", spaces, controls and non-ASCII bytes.
-    """
-    assert xtext("abc") == "abc"
-    assert xtext("a+b=c d") == "a+2Bb+3Dc+20d"
-    assert xtext("é") == "+C3+A9"
-
-
 @pytest.mark.parametrize(
     ("text", "queue_id"),
     [
@@ -299,22 +289,6 @@ def test_start_next_occurrence() -> None:
     assert after.outcome == outcome
     with pytest.raises(ValueError, match="does not recur"):
         start_next_occurrence(make_entry(), outcome, now=0)
-
-
-def test_smtp_options_add_dsn_only_when_supported() -> None:
-    """
-    DSN parameters (RFC 3461) go out only to a server that advertised DSN,
-    ENVID as xtext.
-    """
-    entry = make_entry(
-        mail_options=("SMTPUTF8",),
-        rcpt_options=("X=1",),
-        dsn=Dsn("full", "a b", ("success", "failure")),
-    )
-    assert entry.smtp_mail_options(dsn_supported=False) == ["SMTPUTF8"]
-    assert entry.smtp_mail_options(dsn_supported=True) == ["SMTPUTF8", "RET=FULL", "ENVID=a+20b"]
-    assert entry.smtp_rcpt_options(dsn_supported=False) == ["X=1"]
-    assert entry.smtp_rcpt_options(dsn_supported=True) == ["X=1", "NOTIFY=SUCCESS,FAILURE"]
 
 
 def test_dsn_validation() -> None:

@@ -38,7 +38,6 @@ __all__ = [
     "make_recipients",
     "parse_queue_id",
     "start_next_occurrence",
-    "xtext",
 ]
 
 #: Attempts kept per entry; older ones are dropped so a recurring message's
@@ -133,8 +132,8 @@ class Dsn:
     that advertises DSN.
 
     :ivar ret: ``"FULL"`` or ``"HDRS"`` (section 4.3), or ``None``.
-    :ivar envid: envelope identifier (section 4.4), plain text; xtext-encoded
-        on the wire by :meth:`Entry.smtp_mail_options`.
+    :ivar envid: envelope identifier (section 4.4), plain text; the client
+        sends it as xtext (``sendmail(dsn_envid=...)``).
     :ivar notify: ``("NEVER",)`` or some of ``SUCCESS``, ``FAILURE``,
         ``DELAY`` (section 4.1).
     """
@@ -296,32 +295,6 @@ class Entry:
         """
         return sum(1 for a in self.attempts if a.at >= self.occurrence_due)
 
-    def smtp_mail_options(self, *, dsn_supported: bool) -> list[str]:
-        """
-        The MAIL FROM parameters to send.
-
-        :param dsn_supported: whether the server advertised DSN (RFC 3461
-            section 4); without it the DSN parameters are left out.
-        """
-        options = list(self.mail_options)
-        if dsn_supported and self.dsn is not None:
-            if self.dsn.ret is not None:
-                options.append(f"RET={self.dsn.ret.upper()}")
-            if self.dsn.envid is not None:
-                options.append(f"ENVID={xtext(self.dsn.envid)}")
-        return options
-
-    def smtp_rcpt_options(self, *, dsn_supported: bool) -> list[str]:
-        """
-        The RCPT TO parameters to send with each recipient.
-
-        :param dsn_supported: whether the server advertised DSN.
-        """
-        options = list(self.rcpt_options)
-        if dsn_supported and self.dsn is not None and self.dsn.notify:
-            options.append("NOTIFY=" + ",".join(n.upper() for n in self.dsn.notify))
-        return options
-
 
 def is_valid_id(text: str) -> bool:
     """
@@ -366,20 +339,6 @@ def check_option(option: str) -> str:
         raise EnvelopeError(f"expected an ESMTP parameter like 'BODY=8BITMIME', got {option!r}")
     _check_text("ESMTP parameter", option)
     return option
-
-
-def xtext(text: str) -> str:
-    """
-    Encode text as RFC 3461 section 4 xtext: ``+``, ``=``, and characters
-    outside ``!``..``~`` become ``+HH`` for each UTF-8 byte.
-    """
-    out = []
-    for byte in text.encode("utf-8"):
-        if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D):
-            out.append(chr(byte))
-        else:
-            out.append(f"+{byte:02X}")
-    return "".join(out)
 
 
 _QUEUE_ID_PATTERNS = (
