@@ -911,9 +911,10 @@ class SMTP_SSL(SMTP):
         allow_plaintext_auth: bool = False,
         bdat_threshold: int = 64 * 1024,
     ) -> None:
+        # The connection is TLS from its first byte: no STARTTLS on top.
         super().__init__(
-            None,
-            None,
+            host,
+            port,
             local_hostname,
             timeout,
             reactor,
@@ -923,8 +924,6 @@ class SMTP_SSL(SMTP):
             allow_plaintext_auth=allow_plaintext_auth,
             bdat_threshold=bdat_threshold,
         )
-        if host is not None:
-            self.connect(host, port).addErrback(lambda _: None)
 
     def _tls_for_endpoint(self, host: str) -> Any:
         if self._tls_options is not None:

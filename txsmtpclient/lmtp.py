@@ -9,16 +9,12 @@ from typing import ClassVar
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
-    IReactorTime,
     IStreamClientEndpoint,
 )
 
-from txsmtpclient._tls import TLSPolicy
 from txsmtpclient.client import SMTP
 from txsmtpclient.commands import check_argument
 from txsmtpclient.errors import SMTPNotSupportedError, SMTPRecipientsRefused
-from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import Refused
 
@@ -39,35 +35,6 @@ class LMTP(SMTP):
 
     default_port: ClassVar[int] = 2003
     ehlo_msg: ClassVar[str] = "LHLO"
-
-    def __init__(
-        self,
-        host: str | IStreamClientEndpoint | None = None,
-        port: int | None = None,
-        local_hostname: str | None = None,
-        timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
-        reactor: IReactorTime | None = None,
-        *,
-        tls: TLSPolicy = "opportunistic",
-        tls_options: IOpenSSLClientConnectionCreator | None = None,
-        server_hostname: str | None = None,
-        allow_plaintext_auth: bool = False,
-        bdat_threshold: int = 64 * 1024,
-    ) -> None:
-        super().__init__(
-            None,
-            None,
-            local_hostname,
-            timeout,
-            reactor,
-            tls=tls,
-            tls_options=tls_options,
-            server_hostname=server_hostname,
-            allow_plaintext_auth=allow_plaintext_auth,
-            bdat_threshold=bdat_threshold,
-        )
-        if host is not None:
-            self.connect(host, port).addErrback(lambda _: None)
 
     def connect(
         self, host: str | IStreamClientEndpoint = "localhost", port: int | None = None
