@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import failure_result_of, success_result_of
+from helpers import success_result_of
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -30,8 +30,6 @@ from txsmtpclient.reply import Reply
 from txsmtpclient.spool.delivery import (
     Deliverer,
     DeliveryAction,
-    FinalReplySMTP,
-    RepliedRefusals,
     failure_notice,
 )
 from txsmtpclient.spool.envelope import (
@@ -44,6 +42,7 @@ from txsmtpclient.spool.envelope import (
 )
 from txsmtpclient.spool.schedule import RetryPolicy
 from txsmtpclient.spool.store import Spool, SpoolFull
+from txsmtpclient.transaction import Refused
 
 T = TypeVar("T")
 
@@ -83,9 +82,7 @@ class ScriptedSender:
 
 
 def accepted(refused: dict[str, Reply] | None = None, final: bytes = b"2.0.0 Ok") -> Any:
-    result = RepliedRefusals(refused or {})
-    result.final = Reply(250, final)
-    return result
+    return Refused.with_replies(refused or {}, [Reply(250, final)])
 
 
 @pytest.fixture
@@ -439,23 +436,6 @@ def test_unexpected_error_is_retried_not_lost(spool: Spool, clock: Clock) -> Non
         report = success_result_of(deliverer.deliver(claim(spool, "a@example.test")))
     assert report.action is DeliveryAction.RESCHEDULED
     assert any("log_failure" in e for e in events)
-
-
-def test_final_reply_smtp_keeps_final_reply() -> None:
-    """FinalReplySMTP's result carries the reply to the final dot."""
-    smtp = FinalReplySMTP(reactor=Clock())
-    d = Deferred.fromCoroutine(smtp._judge_final(["a@x"], {}, [Reply(250, b"Ok: queued as Q1")]))
-    result = success_result_of(d)
-    assert isinstance(result, RepliedRefusals)
-    assert result.final == Reply(250, b"Ok: queued as Q1")
-    assert result == {}
-
-
-def test_final_reply_smtp_refusal_still_raises() -> None:
-    """A refused final dot still fails with SMTPDataError."""
-    smtp = FinalReplySMTP(reactor=Clock())
-    d = Deferred.fromCoroutine(smtp._judge_final(["a@x"], {}, [Reply(554, b"no")]))
-    assert failure_result_of(d, SMTPDataError).smtp_code == 554
 
 
 def test_recipient_state_after_claim(spool: Spool) -> None:

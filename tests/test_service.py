@@ -20,11 +20,11 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from txsmtpclient.reply import Reply
-from txsmtpclient.spool.delivery import RepliedRefusals
 from txsmtpclient.spool.envelope import State
 from txsmtpclient.spool.schedule import RetryPolicy
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool, SpoolFull
+from txsmtpclient.transaction import Refused
 
 T = TypeVar("T")
 
@@ -57,8 +57,7 @@ class HeldSender:
         return d
 
     def accept(self, index: int) -> None:
-        result = RepliedRefusals()
-        result.final = Reply(250, b"2.0.0 Ok: queued as X")
+        result = Refused.with_replies({}, [Reply(250, b"2.0.0 Ok: queued as X")])
         self.sends[index][1].callback(result)
 
     def close(self) -> Deferred[None]:

@@ -29,9 +29,9 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from txsmtpclient._endpoints import _description_host, _is_description
+from txsmtpclient.client import SMTP
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.cli import default_spool
-from txsmtpclient.spool.delivery import FinalReplySMTP
 from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_duration
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
@@ -439,8 +439,8 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
     tls_options = _tls_options(settings)
     relay: str = settings["relay"]
 
-    def make_client() -> FinalReplySMTP:
-        return FinalReplySMTP(
+    def make_client() -> SMTP:
+        return SMTP(
             reactor=reactor,
             tls=settings["tls"],
             tls_options=tls_options,

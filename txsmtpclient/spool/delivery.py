@@ -39,7 +39,6 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from txsmtpclient._body import Body
-from txsmtpclient.client import SMTP
 from txsmtpclient.errors import (
     SMTPArgumentError,
     SMTPException,
@@ -66,8 +65,6 @@ __all__ = [
     "Deliverer",
     "DeliveryAction",
     "DeliveryReport",
-    "FinalReplySMTP",
-    "RepliedRefusals",
     "Sender",
     "failure_notice",
 ]
@@ -88,7 +85,7 @@ class Blocking(Protocol):
 class Sender(Protocol):
     """
     What sends one message: :class:`~txsmtpclient.pool.SMTPConnectionPool`
-    has this method.  The returned dict may be a :class:`RepliedRefusals`
+    has this method.  The returned dict may be a :class:`~txsmtpclient.transaction.Refused`
     carrying the reply to the final dot.
     """
 
@@ -101,12 +98,6 @@ class Sender(Protocol):
         rcpt_options: Sequence[str] = (),
         **dsn: Any,
     ) -> Deferred[dict[str, Reply]]: ...
-
-
-#: ``sendmail``'s result, with the reply to the final dot as ``.final``
-#: (the names the spool used before the client offered it).
-RepliedRefusals = Refused
-FinalReplySMTP = SMTP
 
 
 class DeliveryAction(str, Enum):
@@ -344,7 +335,7 @@ class Deliverer:
         else:
             refused = {a: _record(r) for a, r in result.items()}
             delivered = tuple(a for a in pending if a not in refused)
-            final = result.final if isinstance(result, RepliedRefusals) else None
+            final = result.final if isinstance(result, Refused) else None
             if final is not None:
                 code, text = final.code, _text(final.message)
                 queue_id = parse_queue_id(text)
