@@ -104,7 +104,6 @@ def test_sigkill_loses_nothing(smtp_server: AiosmtpdServer, tmp_path: Path) -> N
             SENDER,
             [f"r{n}@example.test"],
         )
-    started = time.monotonic()
     kills = 0
     for _ in range(KILLS):
         daemon = _start_daemon(smtp_server, folder, log)
@@ -148,4 +147,3 @@ def test_sigkill_loses_nothing(smtp_server: AiosmtpdServer, tmp_path: Path) -> N
     # twist re-raises SIGTERM on itself after a clean shutdown.
     assert exit_code in (0, -signal.SIGTERM), log.read_text()[-2000:]
     assert "Spool service stopped" in log.read_text()
-    assert time.monotonic() - started < 90
