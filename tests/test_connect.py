@@ -27,10 +27,11 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from txsmtpclient import SMTP, SMTPClientFactory, SMTPClientProtocol
+from txsmtpclient import SMTP, SMTP_SSL, SMTPClientFactory, SMTPClientProtocol, SMTPTLSError
 from txsmtpclient._endpoints import resolve_endpoint
 from txsmtpclient.errors import SMTPArgumentError, SMTPConnectError, SMTPServerDisconnected
 
@@ -232,3 +233,60 @@ def test_factory_builds_one_protocol() -> None:
     success_result_of(factory.deferred)
     address: Any = IPv4Address("TCP", "127.0.0.1", 2525)
     assert factory.buildProtocol(address) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "name"),
+    [
+        ("mail.example.com", None, "mail.example.com"),
+        ("mail.example.com:465", None, "mail.example.com"),
+        ("[::1]:465", None, "::1"),
+        ("::1", 465, "::1"),
+        ("127.0.0.1:465", None, "127.0.0.1"),
+        ("tcp:127.0.0.1:465", None, "127.0.0.1"),
+        ("tcp:host=mail.example.com:port=465", None, "mail.example.com"),
+    ],
+)
+def test_implicit_tls_gets_the_parsed_host_name(host: str, port: int | None, name: str) -> None:
+    """Implicit TLS is asked for options with the host name parsing found, however written."""
+    asked: list[str] = []
+
+    def options(hostname: str) -> Any:
+        asked.append(hostname)
+        return optionsForClientTLS("example.com")
+
+    endpoint, shown = resolve_endpoint(MemoryReactorClock(), host, port, 465, 7, options)
+    assert asked == [name] and shown == name
+    assert type(endpoint).__name__ == "_WrapperEndpoint"
+
+
+def test_implicit_tls_leaves_tls_descriptions_alone() -> None:
+    """A "tls:" description is TLS already: it is not wrapped twice."""
+    asked: list[str] = []
+    endpoint, _ = resolve_endpoint(
+        MemoryReactorClock(),
+        "tls:mail.example.com:465",
+        None,
+        465,
+        7,
+        asked.append,  # type: ignore[arg-type]
+    )
+    assert asked == [] and endpoint is not None
+
+
+@pytest.mark.parametrize("host", ["[::1]:465", "::1", "tcp:127.0.0.1:465", "mail.example.com"])
+def test_smtp_ssl_accepts_every_host_form_smtp_does(host: str) -> None:
+    """SMTP_SSL parses hosts as SMTP does (it once re-parsed them and choked on IPv6)."""
+    reactor = MemoryReactorClock()
+    smtp = SMTP_SSL(host, reactor=reactor)
+    assert len(reactor.tcpClients) == 1
+    smtp.close()
+
+
+def test_smtp_ssl_without_a_host_name_refuses_at_once() -> None:
+    """An endpoint object gives no name to verify against: a typed error, nothing connected."""
+    reactor = MemoryReactorClock()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", 465)
+    with pytest.raises(SMTPTLSError, match="no host name"):
+        SMTP_SSL(reactor=reactor).connect(endpoint)
+    assert reactor.tcpClients == []

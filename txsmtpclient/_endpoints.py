@@ -10,6 +10,7 @@ an IPv6 literal, bracketed or bare.  Host names are resolved by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -73,7 +74,7 @@ def resolve_endpoint(
     port: int | None,
     default_port: int,
     connect_timeout: float | None,
-    tls: IOpenSSLClientConnectionCreator | None = None,
+    tls: Callable[[str], IOpenSSLClientConnectionCreator] | None = None,
 ) -> tuple[IStreamClientEndpoint, str]:
     """
     Build the endpoint to connect to.
@@ -83,14 +84,29 @@ def resolve_endpoint(
     :param port: the port, when ``host`` names a host; overrides a suffix.
     :param default_port: used when neither gives a port.
     :param connect_timeout: seconds for the TCP connection.
-    :param tls: wrap a host/port endpoint in TLS with these options
-        (implicit TLS, port 465).
+    :param tls: for implicit TLS (port 465): called with the host name
+        parsed here (``""`` when there is none) for the TLS options to wrap
+        the endpoint in; ``tls:``/``ssl:`` descriptions are TLS already.
     :returns: the endpoint and the host name to show and to verify
         certificates against (``""`` for endpoints given as objects).
     :raises SMTPArgumentError: for control characters in ``host``.
     :raises ValueError: for a port out of range or a bad description.
     :raises TypeError: for a ``host`` of another type.
     """
+    endpoint, name = _parse(reactor, host, port, default_port, connect_timeout)
+    is_tls_description = isinstance(host, str) and host.split(":", 1)[0].lower() in ("tls", "ssl")
+    if tls is not None and not is_tls_description:
+        endpoint = wrapClientTLS(tls(name), endpoint)
+    return endpoint, name
+
+
+def _parse(
+    reactor: Any,
+    host: str | IStreamClientEndpoint,
+    port: int | None,
+    default_port: int,
+    connect_timeout: float | None,
+) -> tuple[IStreamClientEndpoint, str]:
     if IStreamClientEndpoint.providedBy(host):
         return host, ""
     if not isinstance(host, str):
@@ -127,6 +143,4 @@ def resolve_endpoint(
         endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     else:
         endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if tls is not None:
-        endpoint = wrapClientTLS(tls, endpoint)
     return endpoint, host

@@ -255,12 +255,9 @@ class SMTP:
 
     # -- connecting ---------------------------------------------------------------
 
-    def _tls_for_endpoint(self, host: str) -> Any:
-        """
-        TLS options for host/port endpoints; implicit TLS subclasses return
-        them.
-        """
-        return None
+    #: Implicit TLS subclasses give the options to wrap each connection in,
+    #: from the host name ``connect`` parsed.
+    _implicit_tls: Callable[[str], IOpenSSLClientConnectionCreator] | None = None
 
     def _new_protocol(self) -> SMTPClientProtocol:
         return SMTPClientProtocol(
@@ -299,7 +296,7 @@ class SMTP:
             port,
             self.default_port,
             self.timeouts.connect,
-            self._tls_for_endpoint(host) if isinstance(host, str) else None,
+            self._implicit_tls,
         )
         return self._call(lambda: self._connect(endpoint, name))
 
@@ -925,8 +922,17 @@ class SMTP_SSL(SMTP):
             bdat_threshold=bdat_threshold,
         )
 
-    def _tls_for_endpoint(self, host: str) -> Any:
+    def _implicit_tls(self, host: str) -> IOpenSSLClientConnectionCreator:
+        """
+        :raises SMTPTLSError: when no host name is known to verify the
+            certificate against.
+        """
         if self._tls_options is not None:
             return self._tls_options
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        return client_tls_options(self.server_hostname or name.strip("[]"))
+        name = self.server_hostname or host
+        if not name:
+            raise SMTPTLSError(
+                "cannot verify the server's certificate: no host name is known for it; "
+                "pass server_hostname= or context="
+            )
+        return client_tls_options(name)
