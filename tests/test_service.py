@@ -6,12 +6,13 @@ Tests for :mod:`txsmtpclient.spool.service`: the polling daemon on a
 from __future__ import annotations
 
 import json
-import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import pytest_twisted
 from helpers import success_result_of
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
@@ -301,17 +302,33 @@ def test_rejects_bad_settings(spool: Spool, clock: Clock) -> None:
         SpoolService(spool, HeldSender(), relay="r", clock=clock, blocking=inline, poll_interval=0)
 
 
-def test_own_thread_pool_is_started_and_stopped(spool: Spool) -> None:
-    """Without a blocking runner the service makes (and stops) its own thread pool."""
-    from twisted.internet.testing import MemoryReactorClock
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_own_thread_pool_runs_spool_calls_off_the_reactor_thread(tmp_path: Path) -> None:
+    """
+    Without a blocking runner the service makes its own thread pool, runs the
+    spool's blocking calls there, never in the reactor thread, and stops the
+    pool with the service.
+    """
+    from twisted.internet import reactor
 
-    reactor = MemoryReactorClock()
+    threads: list[str] = []
+    spool = Spool(tmp_path / "spool", fsync=False)
+    real_recover, real_due = spool.recover, spool.due
+
+    def recover() -> dict[str, int]:
+        threads.append(threading.current_thread().name)
+        return real_recover()
+
+    def due(now: float, limit: int) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_due(now, limit)
+
+    spool.recover, spool.due = recover, due  # type: ignore[method-assign, assignment]
     service = SpoolService(spool, HeldSender(), relay="r", clock=reactor, reactor=reactor)
     service.startService()
     pool = service._threadpool
     assert pool is not None and pool.started
-    service.stopping = True
-    assert os.path.isdir(spool.path)
-    service._threadpool = None
-    pool.stop()
-    assert not pool.started
+    await service.when_ready()
+    await service.stopService()
+    assert not pool.started and service._threadpool is None
+    assert threads and threading.main_thread().name not in threads
