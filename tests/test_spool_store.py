@@ -237,19 +237,16 @@ def test_due_scales_by_name(tmp_path: Path) -> None:
         reads.append(path)
         return real_read(self, path, entry_id, state)
 
-    started = time.perf_counter()
     Spool._read = counting_read  # type: ignore[method-assign]
     try:
         found = spool.due(now, 100)
         again = spool.due(now, 100)
     finally:
         Spool._read = real_read  # type: ignore[method-assign]
-    elapsed = time.perf_counter() - started
     assert sorted(e.id for e in found) == sorted(due_ids)
     assert [e.id for e in again] == [e.id for e in found]
     assert len(reads) == 10
     assert files(spool, "corrupt") == []
-    assert elapsed < 2.0
     assert spool.counts()["queue"] == 20_005
 
 
