@@ -128,7 +128,9 @@ async def test_eight_bit_body(postfix: PostfixInstance) -> None:
         + "Gr\u00fc\u00dfe, caf\u00e9, \u65e5\u672c\u8a9e, \u2603\r\n".encode()
         + b"latin-1 too: \xe9\xe8\r\n"
     )
-    await send(postfix, [f"eight@{TEST_DOMAIN}"], body)
+    features = await send(postfix, [f"eight@{TEST_DOMAIN}"], body)
+    # The client adds BODY=8BITMIME when advertised and refuses otherwise.
+    assert features.has("8bitmime")
     [message] = await postfix.when_messages(1)
     arrived_as_sent(message, body)
 
@@ -186,7 +188,7 @@ async def test_size_limit_from_postfix(postfix: PostfixInstance) -> None:
 async def test_dsn_parameters_accepted(postfix: PostfixInstance) -> None:
     """RET, ENVID, NOTIFY and ORCPT are accepted by Postfix."""
     body = headers(subject="dsn") + b"dsn\r\n"
-    await send(
+    features = await send(
         postfix,
         [f"dsn+tag@{TEST_DOMAIN}"],
         body,
@@ -195,6 +197,8 @@ async def test_dsn_parameters_accepted(postfix: PostfixInstance) -> None:
         dsn_notify=["NEVER"],
         dsn_orcpt=True,
     )
+    # Without DSN advertised the client would have left the parameters out.
+    assert features.has("dsn")
     [message] = await postfix.when_messages(1)
     arrived_as_sent(message, body)
 
