@@ -171,8 +171,8 @@ class SpoolFiles:
     def _held_path(self, entry_id: str) -> str:
         return os.path.join(self._dir(State.SENDING), f"{entry_id}.{os.getpid()}.json")
 
-    def _queued_path(self, entry: Entry) -> str:
-        return os.path.join(self._dir(State.QUEUED), queue_name(entry.due, entry.id))
+    def _queued_path(self, due: float, entry_id: str) -> str:
+        return os.path.join(self._dir(State.QUEUED), queue_name(due, entry_id))
 
     def _final_path(self, state: State, entry_id: str) -> str:
         return os.path.join(self._dir(state), f"{entry_id}.json")
@@ -452,7 +452,7 @@ class SpoolFiles:
                 entry = start_next_occurrence(entry, outcome, self._clock())
                 self._write_entry(entry, path)
             if entry.pending:
-                target = os.path.join(self._dir(State.QUEUED), queue_name(entry.due, entry_id))
+                target = self._queued_path(entry.due, entry_id)
                 report["requeued"] += 1
             else:
                 state = State.DONE if entry.delivered else State.FAILED

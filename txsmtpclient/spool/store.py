@@ -57,7 +57,6 @@ from txsmtpclient.spool._files import (
     new_id,
     parse_held_name,
     parse_queue_name,
-    queue_name,
     raise_if_full,
     unlink_if_present,
 )
@@ -204,7 +203,7 @@ class Spool(SpoolFiles):
             created[0] = msg_path
             self._sync_dir(os.path.dirname(msg_path))
             # The commit point: the envelope appears in queue/ whole.
-            queued = os.path.join(self._dir(State.QUEUED), queue_name(due, entry_id))
+            queued = self._queued_path(due, entry_id)
             os.rename(env_tmp, queued)
             created[1] = queued
             self._sync_dir(self._dir(State.QUEUED), self._dir("tmp"))
@@ -325,9 +324,7 @@ class Spool(SpoolFiles):
         if entry.recurrence is not None:
             entry = start_next_occurrence(entry, outcome, self._clock())
             self._write_entry(entry, held)
-            self._move(
-                held, os.path.join(self._dir(State.QUEUED), queue_name(entry.due, entry_id))
-            )
+            self._move(held, self._queued_path(entry.due, entry_id))
             return replace(entry, state=State.QUEUED)
         entry = replace(entry, outcome=outcome)
         self._write_entry(entry, held)
@@ -391,7 +388,7 @@ class Spool(SpoolFiles):
             raise ValueError(f"entry {entry_id} has no pending recipients to retry")
         entry = replace(entry, due=to_epoch(when))
         self._write_entry(entry, held)
-        self._move(held, self._queued_path(entry))
+        self._move(held, self._queued_path(entry.due, entry.id))
         return replace(entry, state=State.QUEUED)
 
     def release(self, entry_id: str) -> Entry:
@@ -403,7 +400,7 @@ class Spool(SpoolFiles):
         """
         held = self._held_path(entry_id)
         entry = self._read_held(entry_id)
-        self._move(held, self._queued_path(entry))
+        self._move(held, self._queued_path(entry.due, entry.id))
         return replace(entry, state=State.QUEUED)
 
     # --- operator commands ----------------------------------------------------
@@ -491,7 +488,7 @@ class Spool(SpoolFiles):
                 )
         entry = replace(entry, due=now)
         self._write_entry(entry, held)
-        self._move(held, os.path.join(self._dir(State.QUEUED), queue_name(now, entry_id)))
+        self._move(held, self._queued_path(now, entry_id))
         return replace(entry, state=State.QUEUED)
 
     def list(self, state: State | None = None) -> builtins.list[Entry]:
