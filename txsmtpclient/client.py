@@ -184,7 +184,6 @@ class SMTP:
         self._reactor: Any = reactor
         self.timeouts = timeout if isinstance(timeout, Timeouts) else Timeouts.every(timeout)
         self.local_hostname = local_hostname
-        self._explicit_hostname = local_hostname is not None
         self._transcript = Transcript()
         self._proto: SMTPClientProtocol | None = None
         self._connect_error: BaseException | None = None
@@ -522,8 +521,6 @@ class SMTP:
             opts = checked if self.does_esmtp else ()
             utf8 = not quoted.isascii() or any(o.upper() == "SMTPUTF8" for o in opts)
             if utf8 and not self.has_option("smtputf8"):
-                from txsmtpclient.errors import SMTPNotSupportedError
-
                 raise SMTPNotSupportedError("SMTPUTF8 is not supported by the server")
             tail = "".join(" " + o for o in opts)
             line = encode_command(verb, f"{prefix}{quoted}{tail}", utf8=utf8)
