@@ -12,6 +12,7 @@ its thousand replies, arriving in one segment, are matched one for one.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -78,16 +79,29 @@ def _collect(ds: list[Deferred[Reply]]) -> list[Any]:
 # -- many replies in one segment -------------------------------------------------------
 
 
-def test_thousand_replies_in_one_segment_each_reach_their_own_waiter() -> None:
+def _collect_replies(proto: Any, count: int, batch: bool) -> Callable[[], list[Reply]]:
+    """
+    Await ``count`` replies the way sendmail does (one batch waiter, with its
+    fast path for plain replies) or one waiter per reply.
+    """
+    if batch:
+        whole = proto.send_batch(b"(pipelined)\r\n", ["rcpt"] * count)
+        return lambda: success_result_of(whole)
+    waiters = proto.send_pipelined(b"(pipelined)\r\n", ["rcpt"] * count)
+    return lambda: [success_result_of(d) for d in waiters]
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["waiter-each", "batch"])
+def test_thousand_replies_in_one_segment_each_reach_their_own_waiter(batch: bool) -> None:
     """1,000 pipelined replies in one segment: each waiter gets its own, in order."""
     proto, _transport = _protocol()
-    waiters = proto.send_pipelined(b"(pipelined)\r\n", ["rcpt"] * 1000)
+    collect = _collect_replies(proto, 1000, batch)
     segment = b"".join(
         b"250 2.1.5 recipient %d ok\r\n" % n if n % 3 else b"550-5.1.1 no\r\n550 user %d\r\n" % n
         for n in range(1000)
     )
     proto.dataReceived(segment)
-    replies = [success_result_of(d) for d in waiters]
+    replies = collect()
     assert replies == [
         Reply(250, b"2.1.5 recipient %d ok" % n) if n % 3 else Reply(550, b"5.1.1 no\nuser %d" % n)
         for n in range(1000)
@@ -111,9 +125,12 @@ _REPLIES = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(replies=_REPLIES, data=st.data())
-def test_replies_cut_anywhere_give_the_same_replies(replies: Any, data: Any) -> None:
-    """However the stream is cut into segments, the same replies reach the same waiters."""
+@given(replies=_REPLIES, data=st.data(), batch=st.booleans())
+def test_replies_cut_anywhere_give_the_same_replies(replies: Any, data: Any, batch: bool) -> None:
+    """
+    However the stream is cut into segments, the same replies reach the same
+    waiters, one waiter each or one batch waiter (sendmail's fast path).
+    """
     stream = b""
     expected = []
     for code, texts, ending in replies:
@@ -124,10 +141,10 @@ def test_replies_cut_anywhere_give_the_same_replies(replies: Any, data: Any) -> 
         expected.append(results[-1])
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
     proto, _transport = _protocol()
-    waiters = proto.send_pipelined(b"x\r\n", ["command"] * len(replies))
+    collect = _collect_replies(proto, len(replies), batch)
     for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         proto.dataReceived(stream[start:end])
-    assert [success_result_of(d) for d in waiters] == expected
+    assert collect() == expected
 
 
 def test_reply_fed_one_byte_at_a_time() -> None:
