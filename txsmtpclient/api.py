@@ -143,15 +143,13 @@ def send_message(
     :raises ValueError: for more than one ``Resent-`` block.
     """
     prepared = prepare_message(msg, from_addr, to_addrs)
-    given = {o.upper() for o in mail_options}
-    extra = tuple(o for o in prepared.mail_options if o.upper() not in given)
     return sendmail(
         host,
         prepared.sender,
         prepared.recipients,
         prepared.data,
         port=port,
-        mail_options=tuple(mail_options) + extra,
+        mail_options=prepared.options_with(mail_options),
         rcpt_options=rcpt_options,
         local_hostname=local_hostname,
         timeout=timeout,

@@ -617,7 +617,13 @@ class SMTP:
             rcpt_options,
             dsn,
         )
-        source = body_source(msg)
+        return self._send_checked(envelope, body_source(msg))
+
+    def _send_checked(self, envelope: Envelope, source: BodySource) -> Deferred[dict[str, Reply]]:
+        """
+        :meth:`sendmail` for arguments already checked (the pool checks them
+        before it takes a connection, and need not pay for it twice).
+        """
         return self._call(lambda: self._sendmail(envelope, source))
 
     def send_message(
@@ -641,13 +647,11 @@ class SMTP:
         """
         prepared = prepare_message(msg, from_addr, to_addrs)
         mail_options = check_options(mail_options, "mail option")
-        given = {o.upper() for o in mail_options}
-        extra = tuple(o for o in prepared.mail_options if o.upper() not in given)
         return self.sendmail(
             prepared.sender,
             prepared.recipients,
             prepared.data,
-            tuple(mail_options) + extra,
+            prepared.options_with(mail_options),
             rcpt_options,
         )
 

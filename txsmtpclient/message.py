@@ -188,6 +188,14 @@ class PreparedMessage:
             return ("BODY=8BITMIME",)
         return ()
 
+    def options_with(self, mail_options: Sequence[str]) -> tuple[str, ...]:
+        """
+        The caller's MAIL parameters, then those the message needs that the
+        caller did not already give (compared case-insensitively).
+        """
+        given = {o.upper() for o in mail_options}
+        return tuple(mail_options) + tuple(o for o in self.mail_options if o.upper() not in given)
+
 
 def prepare_message(
     msg: Message,

@@ -171,11 +171,11 @@ class SMTPConnectionPool:
             dsn.get("dsn_notify"),
             dsn.get("dsn_orcpt", False),
         )
-        Envelope.check(from_addr, to_addrs, mail_options, rcpt_options, checked)
-        body_source(msg)
+        envelope = Envelope.check(from_addr, to_addrs, mail_options, rcpt_options, checked)
+        source = body_source(msg)
 
         def send(smtp: SMTP) -> Deferred[dict[str, Reply]]:
-            return smtp.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options, **dsn)
+            return smtp._send_checked(envelope, source)
 
         return Deferred.fromCoroutine(self._with_connection(send))
 
@@ -194,13 +194,11 @@ class SMTPConnectionPool:
             be found.
         """
         prepared = prepare_message(msg, from_addr, to_addrs)
-        given = {o.upper() for o in mail_options}
-        extra = tuple(o for o in prepared.mail_options if o.upper() not in given)
         return self.sendmail(
             prepared.sender,
             prepared.recipients,
             prepared.data,
-            tuple(mail_options) + extra,
+            prepared.options_with(mail_options),
             rcpt_options,
         )
 
