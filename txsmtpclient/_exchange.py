@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 
 from txsmtpclient.auth import (
+    CANCEL,
     SASLError,
     SASLMechanism,
     auth_command,
@@ -126,7 +127,7 @@ async def authenticate(
         if reply.code == 334:
             # RFC 4954 section 4: "*" cancels the exchange.
             with contextlib.suppress(SMTPException):
-                await proto.send(b"*\r\n", secret=True)
+                await proto.send(CANCEL + b"\r\n", secret=True)
         else:
             # The server's proof was wrong: it is not who it claims.
             proto.close()
