@@ -29,6 +29,7 @@ from twisted.logger import capturedLogs
 
 from txsmtpclient import SMTP, Reply, Timeouts
 from txsmtpclient.errors import (
+    SMTPAmbiguousDelivery,
     SMTPArgumentError,
     SMTPConnectError,
     SMTPDataError,
@@ -420,6 +421,8 @@ def test_server_disconnects_at_each_stage(answered: int) -> None:
     s.lose(ConnectionLost("gone"))
     error = failure_result_of(sendmail, SMTPServerDisconnected)
     assert "gone" in str(error)
+    # Only a hang-up after the final dot leaves the outcome unknown.
+    assert isinstance(error, SMTPAmbiguousDelivery) == (STAGE_NAMES[answered] == "body")
     failure_result_of(quit, SMTPServerDisconnected)
     failure_result_of(s.smtp.noop(), SMTPServerDisconnected)
     assert s.transport.io.getvalue() == b""
@@ -451,6 +454,11 @@ def test_server_silent_at_each_stage(answered: int) -> None:
         # connect() is the call that timed out; the queued sendmail names it.
         error = failure_result_of(sendmail, SMTPServerDisconnected)
         assert "stage 'greeting' within 11 seconds" in str(error)
+    elif stage == "data_end":
+        # The final dot went out: the message may be at the server.
+        ambiguous = failure_result_of(sendmail, SMTPAmbiguousDelivery)
+        assert isinstance(ambiguous.__cause__, SMTPTimeoutError)
+        assert ambiguous.__cause__.stage == stage
     else:
         timeout = failure_result_of(sendmail, SMTPTimeoutError)
         assert timeout.stage == stage

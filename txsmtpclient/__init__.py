@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 # The errors import nothing from Twisted: they load with the package.
 from txsmtpclient.errors import (
+    SMTPAmbiguousDelivery,
     SMTPArgumentError,
     SMTPAuthenticationError,
     SMTPConnectError,
@@ -60,6 +61,7 @@ __all__ = [
     "SMTP_SSL",
     "Extensions",
     "Reply",
+    "SMTPAmbiguousDelivery",
     "SMTPArgumentError",
     "SMTPAuthenticationError",
     "SMTPClientFactory",

@@ -18,6 +18,7 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
     Iterable,
     Iterator,
     Sequence,
@@ -33,6 +34,7 @@ from zope.interface import implementer
 
 from txsmtpclient.commands import DataEncoder, message_bytes
 from txsmtpclient.errors import (
+    SMTPAmbiguousDelivery,
     SMTPDataError,
     SMTPNotSupportedError,
     SMTPServerDisconnected,
@@ -469,9 +471,11 @@ async def send_data(
     data = source.data
     if data is not None and len(data) <= CHUNK_SIZE:
         # One write, one waiter for every reply to the final dot.
-        return await proto.send_batch(
+        written = proto.usable
+        batch = proto.send_batch(
             encoder.encode(data) + encoder.finish(), ("data_end",) * replies, data=True
         )
+        return await _final_replies(batch, written)
     try:
         with _Writer(proto, reactor) as writer:
             pending = b""
@@ -484,13 +488,14 @@ async def send_data(
                         proto.write_data(pending)
                     pending = out
                     await writer.drained()
+            written = proto.usable
             finals = proto.send_final(pending + encoder.finish(), replies)
     except BaseException as e:
         # Never end a message that was not read whole: drop the connection
         # so the server discards what it has.
         proto.abort(SMTPServerDisconnected(f"message abandoned part way: {e!r}"))
         raise
-    return await gather_replies(finals)
+    return await _final_replies(gather_replies(finals), written)
 
 
 async def send_bdat(
@@ -536,6 +541,7 @@ async def send_bdat(
                     pending = out
                     await writer.drained()
             last = (pending or b"") + (encoder.finish() if encoder is not None else b"")
+            written = proto.usable
             finals = proto.send_final(b"BDAT %d LAST\r\n" % len(last) + last, replies)
     except SMTPDataError:
         raise
@@ -546,4 +552,25 @@ async def send_bdat(
         if reply.code != 250:
             await gather_replies(finals)
             raise SMTPDataError(reply.code, reply.message)
-    return await gather_replies(finals)
+    return await _final_replies(gather_replies(finals), written)
+
+
+async def _final_replies(replies: Awaitable[list[Reply]], written: bool) -> list[Reply]:
+    """
+    Await the replies to the end of a message.
+
+    :param written: whether the end of the message was really written (the
+        connection was still usable when it was sent).
+    :raises SMTPAmbiguousDelivery: when the connection failed after the end
+        of the message was written and before its replies came: the server
+        may hold the message (RFC 5321 section 6.1), so it is not "sent".
+    """
+    try:
+        return await replies
+    except SMTPServerDisconnected as e:
+        if not written or isinstance(e, SMTPAmbiguousDelivery):
+            raise
+        raise SMTPAmbiguousDelivery(
+            f"the end of the message was sent but no reply came ({e}); "
+            "the server may or may not have accepted it"
+        ) from e

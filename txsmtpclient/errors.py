@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from txsmtpclient.reply import Reply
 
 __all__ = [
+    "SMTPAmbiguousDelivery",
     "SMTPArgumentError",
     "SMTPAuthenticationError",
     "SMTPConnectError",
@@ -116,6 +117,16 @@ class SMTPProtocolError(SMTPServerDisconnected):
     @property
     def temporary(self) -> bool:
         return True
+
+
+class SMTPAmbiguousDelivery(SMTPServerDisconnected):
+    """
+    The end of the message (its final dot, or ``BDAT ... LAST``) was written,
+    but the connection failed before the server's reply to it arrived: the
+    server may or may not have taken the message (RFC 5321 section 6.1).
+    Never report such a message as sent; a queue that sends it again may
+    deliver it twice (RFC 1047).  ``__cause__`` holds what broke.
+    """
 
 
 class SMTPResponseException(SMTPException, smtplib.SMTPResponseException):
