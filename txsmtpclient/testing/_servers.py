@@ -152,6 +152,9 @@ class LoopbackServer(_Recorded):
     :param implicit_tls: speak TLS from the first byte (port 465 style)
         instead of offering STARTTLS.
     :param reactor: the reactor to listen on (default: the global one).
+    :param interface: the loopback address to listen on (any of 127.0.0.0/8
+        on Linux, to play several hosts).
+    :param port: the port (default: one the kernel picks).
     """
 
     def __init__(
@@ -161,6 +164,8 @@ class LoopbackServer(_Recorded):
         tls: bool = False,
         implicit_tls: bool = False,
         reactor: Any = None,
+        interface: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -170,6 +175,8 @@ class LoopbackServer(_Recorded):
         self.certificate = TestCertificate.generate() if tls or implicit_tls else None
         options = self.certificate.server_options() if self.certificate is not None else None
         self._implicit = implicit_tls
+        self._interface = interface
+        self._wanted_port = port
         clock: IReactorTime = reactor
         self._factory = ScriptedServerFactory(
             script or Script(), clock, None if implicit_tls else options, self._wake, implicit_tls
@@ -189,15 +196,15 @@ class LoopbackServer(_Recorded):
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
             factory = TLSMemoryBIOFactory(self._server_options, False, self._factory)
-        self._port = self._reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self._port = self._reactor.listenTCP(self._wanted_port, factory, interface=self._interface)
         return self
 
     @property
     def host(self) -> str:
         """
-        ``"127.0.0.1"``.
+        The address listened on, ``"127.0.0.1"`` by default.
         """
-        return "127.0.0.1"
+        return self._interface
 
     @property
     def port(self) -> int:
@@ -215,7 +222,7 @@ class LoopbackServer(_Recorded):
     @property
     def address(self) -> str:
         """
-        ``"127.0.0.1:PORT"``, as ``SMTP(...)`` and ``sendmail(...)`` take it.
+        ``"HOST:PORT"``, as ``SMTP(...)`` and ``sendmail(...)`` take it.
         """
         return f"{self.host}:{self.port}"
 

@@ -1,0 +1,298 @@
+"""
+Direct delivery (RFC 5321 section 5.1): each recipient's domain is looked up
+and its mail hosts are tried in MX order, over IPv6 and IPv4, with no relay
+in between.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IResolver
+
+from txsmtpclient._tls import TLSPolicy, check_policy
+from txsmtpclient.client import SMTP
+from txsmtpclient.commands import message_bytes
+from txsmtpclient.direct._dns import default_resolver, lookup_addresses, lookup_mx
+from txsmtpclient.direct._route import Destination, group_by_domain, order_mx
+from txsmtpclient.errors import (
+    SMTPAmbiguousDelivery,
+    SMTPConnectError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPNotSupportedError,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+    SMTPRoutingError,
+    SMTPServerDisconnected,
+    SMTPTLSError,
+)
+from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
+from txsmtpclient.reply import Reply
+
+__all__ = ["DirectResult", "send_direct"]
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResult:
+    """
+    What happened to one recipient.
+
+    :ivar recipient: the address.
+    :ivar delivered: a mail host accepted the message for it.
+    :ivar final: the outcome will not change by trying again: delivered, or
+        refused permanently (5xx, null MX, no such domain).  ``False``: try
+        again later.
+    :ivar reply: the server's reply that decided (the RCPT refusal or the
+        reply to the end of the message), if a server decided.
+    :ivar mx: the mail host that gave the reply, if any.
+    :ivar error: what went wrong when no reply decided, or the error the
+        reply was part of.
+    """
+
+    recipient: str
+    delivered: bool
+    final: bool
+    reply: Reply | None = None
+    mx: str | None = None
+    error: SMTPException | None = None
+
+    @property
+    def temporary(self) -> bool:
+        """
+        Not delivered, and worth trying again later.
+        """
+        return not self.delivered and not self.final
+
+
+class _MoveOn(Exception):
+    """This mail host could not take the message; try the next."""
+
+    def __init__(self, error: SMTPException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    sender: str
+    data: bytes
+    mail_options: tuple[str, ...]
+    rcpt_options: tuple[str, ...]
+    resolver: IResolver
+    reactor: Any
+    local_hostname: str | None
+    port: int
+    tls: TLSPolicy
+    timeout: Timeouts | float | None
+    dns_timeout: float
+    rng: random.Random | None
+
+
+def send_direct(
+    from_addr: str,
+    to_addrs: str | Sequence[str],
+    msg: str | bytes,
+    mail_options: Sequence[str] = (),
+    rcpt_options: Sequence[str] = (),
+    *,
+    resolver: IResolver | None = None,
+    reactor: Any = None,
+    local_hostname: str | None = None,
+    port: int = 25,
+    tls: TLSPolicy = "opportunistic",
+    timeout: Timeouts | float | None = None,
+    dns_timeout: float = 10.0,
+    rng: random.Random | None = None,
+) -> Deferred[dict[str, DirectResult]]:
+    """
+    Deliver a message straight to each recipient's mail hosts.
+
+    The recipients are grouped by domain; each domain's MX records are
+    looked up (``twisted.names``, never the blocking resolver) and tried by
+    preference, randomly among equal preferences.  A domain with no MX is
+    its own mail host (implicit MX); a null MX (RFC 7505) or a domain that
+    does not exist fails its recipients permanently, a DNS failure or
+    timeout temporarily.  Each host's IPv6 and IPv4 addresses are tried in
+    turn; the next host is tried after a refused or failed connection, a 4xx
+    greeting or EHLO reply, or a TLS failure; a 5xx stops.  A connection lost
+    after the final dot is not retried elsewhere: the outcome is unknown
+    (:class:`~txsmtpclient.SMTPAmbiguousDelivery`).
+
+    :param msg: the message; read once, sent to each domain.
+    :param resolver: the ``IResolver`` to query (default: the system's
+        resolvers through ``twisted.names``).
+    :param port: the port of every mail host (25; tests use others).
+    :param tls: the STARTTLS policy for every host, as for :class:`SMTP`;
+        certificates are checked against the MX host name.
+    :param timeout: the SMTP stage timeouts, as for :class:`SMTP`.
+    :param dns_timeout: seconds for each DNS query.
+    :param rng: the random source for ordering equal preferences.
+    :returns: a Deferred firing with a :class:`DirectResult` per recipient;
+        it never fails for a recipient's sake.
+    :raises SMTPArgumentError: (at once) for a message that cannot be sent.
+    :raises SMTPRoutingError: (at once) for an address with no domain or a
+        malformed domain.
+    :raises TypeError: for arguments of the wrong type.
+    """
+    if isinstance(to_addrs, str):
+        to_addrs = [to_addrs]
+    destinations = group_by_domain(to_addrs)
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    job = _Job(
+        from_addr,
+        message_bytes(msg),
+        tuple(mail_options),
+        tuple(rcpt_options),
+        resolver if resolver is not None else default_resolver(),
+        reactor,
+        local_hostname,
+        port,
+        check_policy(tls),
+        timeout,
+        dns_timeout,
+        rng,
+    )
+
+    def merge(parts: list[dict[str, DirectResult]]) -> dict[str, DirectResult]:
+        return {r: part[r] for part in parts for r in part}
+
+    return gatherResults(
+        [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations]
+    ).addCallback(merge)
+
+
+def _all(
+    destination: Destination, *, delivered: bool = False, final: bool, **kwargs: Any
+) -> dict[str, DirectResult]:
+    return {
+        r: DirectResult(r, delivered, final or delivered, **kwargs) for r in destination.recipients
+    }
+
+
+async def _mail_hosts(job: _Job, destination: Destination) -> list[str]:
+    if destination.lookup is None:
+        return []
+    records = await lookup_mx(job.resolver, destination.lookup, job.dns_timeout)
+    return order_mx(records, destination.domain, job.rng) or [destination.lookup]
+
+
+async def _deliver_domain(job: _Job, destination: Destination) -> dict[str, DirectResult]:
+    try:
+        if destination.literal is not None:
+            hosts = [(destination.literal, [destination.literal])]
+        else:
+            hosts = [(name, []) for name in await _mail_hosts(job, destination)]
+    except SMTPRoutingError as e:
+        return _all(destination, final=not e.temporary, error=e)
+    errors: list[SMTPException] = []
+    for host, known in hosts:
+        try:
+            addresses = known or await lookup_addresses(job.resolver, host, job.dns_timeout)
+        except SMTPRoutingError as e:
+            errors.append(e)
+            continue
+        for address in addresses:
+            try:
+                return await _try_host(job, destination, host, address)
+            except _MoveOn as move:
+                errors.append(move.error)
+    if not errors:
+        error: SMTPException = SMTPRoutingError(
+            f"550 5.1.2 no mail host of {destination.domain} has an address", temporary=False
+        )
+        return _all(destination, final=True, error=error)
+    # Every host failed: temporary unless each failure was a permanent one.
+    last = errors[-1]
+    return _all(destination, final=not any(e.temporary for e in errors), error=last)
+
+
+async def _try_host(
+    job: _Job, destination: Destination, host: str, address: str
+) -> dict[str, DirectResult]:
+    """
+    Offer the domain's recipients to one mail host at one address.
+
+    :raises _MoveOn: when the next host should be tried.
+    """
+    smtp = SMTP(
+        local_hostname=job.local_hostname,
+        reactor=job.reactor,
+        tls=job.tls,
+        server_hostname=host,
+        timeout=DEFAULT_TIMEOUTS if job.timeout is None else job.timeout,
+    )
+    target = f"[{address}]:{job.port}" if ":" in address else f"{address}:{job.port}"
+    recipients = destination.recipients
+    try:
+        try:
+            await smtp.connect(target)
+            await smtp.ehlo_or_helo_if_needed()
+        except (SMTPConnectError, SMTPHeloError) as e:
+            if e.smtp_code >= 500:
+                return _all(destination, final=True, reply=_reply(e), mx=host, error=e)
+            raise _MoveOn(e) from e
+        except (SMTPServerDisconnected, ConnectError, OSError) as e:
+            raise _MoveOn(_disconnected(e, host, address)) from e
+        try:
+            refused = await smtp.sendmail(
+                job.sender, recipients, job.data, job.mail_options, job.rcpt_options
+            )
+        except SMTPAmbiguousDelivery as e:
+            return _all(destination, final=False, mx=host, error=e)
+        except SMTPRecipientsRefused as e:
+            return {
+                r: DirectResult(r, False, reply.code >= 500, reply, host, e)
+                for r, reply in ((r, Reply(*e.recipients[r])) for r in recipients)
+            }
+        except SMTPResponseException as e:
+            return _all(destination, final=e.smtp_code >= 500, reply=_reply(e), mx=host, error=e)
+        except SMTPTLSError as e:
+            raise _MoveOn(e) from e
+        except SMTPNotSupportedError as e:
+            return _all(destination, final=True, mx=host, error=e)
+        except SMTPServerDisconnected as e:
+            # Lost before the end of the message: nothing was accepted.
+            raise _MoveOn(e) from e
+        results = {}
+        for r in recipients:
+            if r in refused:
+                reply = refused[r]
+                results[r] = DirectResult(r, False, reply.code >= 500, reply, host)
+            else:
+                results[r] = DirectResult(r, True, True, getattr(refused, "final", None), host)
+        return results
+    finally:
+        await _close_quietly(smtp)
+
+
+def _reply(error: SMTPResponseException) -> Reply:
+    message = error.smtp_error
+    return Reply(error.smtp_code, message if isinstance(message, bytes) else message.encode())
+
+
+def _disconnected(error: BaseException, host: str, address: str) -> SMTPException:
+    if isinstance(error, SMTPException):
+        return error
+    wrapped = SMTPServerDisconnected(f"could not connect to {host} at {address}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
+async def _close_quietly(smtp: SMTP) -> None:
+    # The outcome is decided; a failing QUIT must not change it.
+    try:
+        if smtp.sock is not None and smtp.sock.usable:
+            await smtp.quit()
+        else:
+            await smtp.close()
+    except Exception:
+        await smtp.close()
