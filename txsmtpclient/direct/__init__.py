@@ -1,8 +1,22 @@
 """
 Direct delivery: mail sent straight to each recipient domain's mail hosts
-(RFC 5321 section 5.1), as Postfix's smtp(8) does, instead of to a relay.
+(RFC 5321 section 5.1), as Postfix's smtp(8) does, instead of to a relay;
+with MTA-STS (RFC 8461) and its failures recorded in the TLSRPT shape
+(RFC 8460).
 """
 
 from txsmtpclient.direct._deliver import DirectResult, send_direct
+from txsmtpclient.direct._fetch import MTASTS, Discovery
+from txsmtpclient.direct._mtasts import Mode, PolicyCache, PolicyError, STSPolicy, TLSReportEntry
 
-__all__ = ["DirectResult", "send_direct"]
+__all__ = [
+    "MTASTS",
+    "DirectResult",
+    "Discovery",
+    "Mode",
+    "PolicyCache",
+    "PolicyError",
+    "STSPolicy",
+    "TLSReportEntry",
+    "send_direct",
+]

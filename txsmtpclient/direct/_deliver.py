@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -19,6 +19,8 @@ from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.client import SMTP
 from txsmtpclient.commands import message_bytes
 from txsmtpclient.direct._dns import default_resolver, lookup_addresses, lookup_mx
+from txsmtpclient.direct._fetch import MTASTS, TLSOptionsFor
+from txsmtpclient.direct._mtasts import Mode, STSPolicy, TLSReportEntry
 from txsmtpclient.direct._route import Destination, group_by_domain, order_mx
 from txsmtpclient.errors import (
     SMTPAmbiguousDelivery,
@@ -53,6 +55,8 @@ class DirectResult:
     :ivar mx: the mail host that gave the reply, if any.
     :ivar error: what went wrong when no reply decided, or the error the
         reply was part of.
+    :ivar tls_report: transport-security failures met on the way, in the
+        TLSRPT shape (RFC 8460), for the operator's records.
     """
 
     recipient: str
@@ -61,6 +65,7 @@ class DirectResult:
     reply: Reply | None = None
     mx: str | None = None
     error: SMTPException | None = None
+    tls_report: tuple[TLSReportEntry, ...] = ()
 
     @property
     def temporary(self) -> bool:
@@ -71,11 +76,16 @@ class DirectResult:
 
 
 class _MoveOn(Exception):
-    """This mail host could not take the message; try the next."""
+    """
+    This mail host could not take the message; try the next.
 
-    def __init__(self, error: SMTPException) -> None:
+    :ivar result_type: the TLSRPT result type when TLS was the reason.
+    """
+
+    def __init__(self, error: SMTPException, result_type: str | None = None) -> None:
         super().__init__(str(error))
         self.error = error
+        self.result_type = result_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,8 @@ class _Job:
     timeout: Timeouts | float | None
     dns_timeout: float
     rng: random.Random | None
+    mta_sts: MTASTS | None
+    tls_options_for: TLSOptionsFor | None
 
 
 def send_direct(
@@ -109,6 +121,8 @@ def send_direct(
     timeout: Timeouts | float | None = None,
     dns_timeout: float = 10.0,
     rng: random.Random | None = None,
+    mta_sts: MTASTS | bool | None = True,
+    tls_options_for: TLSOptionsFor | None = None,
 ) -> Deferred[dict[str, DirectResult]]:
     """
     Deliver a message straight to each recipient's mail hosts.
@@ -133,6 +147,15 @@ def send_direct(
     :param timeout: the SMTP stage timeouts, as for :class:`SMTP`.
     :param dns_timeout: seconds for each DNS query.
     :param rng: the random source for ordering equal preferences.
+    :param mta_sts: apply MTA-STS (RFC 8461): ``True`` (the default) with a
+        cache for this call only, an :class:`MTASTS` to share its cache
+        between calls, ``False`` or ``None`` to ignore policies.  Under an
+        ``enforce`` policy only matching MX hosts are used, over verified
+        TLS, and a failure stays temporary; under ``testing`` delivery goes
+        on as without a policy and the failures are reported.
+    :param tls_options_for: host name -> TLS options verifying that host's
+        certificate, for STARTTLS to MX hosts and the MTA-STS policy fetch
+        (default: the system's trust roots).
     :returns: a Deferred firing with a :class:`DirectResult` per recipient;
         it never fails for a recipient's sake.
     :raises SMTPArgumentError: (at once) for a message that cannot be sent.
@@ -160,6 +183,8 @@ def send_direct(
         timeout,
         dns_timeout,
         rng,
+        _mta_sts(mta_sts, tls_options_for),
+        tls_options_for,
     )
 
     def merge(parts: list[dict[str, DirectResult]]) -> dict[str, DirectResult]:
@@ -170,29 +195,45 @@ def send_direct(
     ).addCallback(merge)
 
 
+def _mta_sts(choice: MTASTS | bool | None, tls_options_for: TLSOptionsFor | None) -> MTASTS | None:
+    if isinstance(choice, MTASTS):
+        return choice
+    return MTASTS(tls_options_for=tls_options_for) if choice else None
+
+
 def _all(
-    destination: Destination, *, delivered: bool = False, final: bool, **kwargs: Any
+    destination: Destination,
+    report: Sequence[TLSReportEntry],
+    *,
+    delivered: bool = False,
+    final: bool,
+    **kwargs: Any,
 ) -> dict[str, DirectResult]:
     return {
-        r: DirectResult(r, delivered, final or delivered, **kwargs) for r in destination.recipients
+        r: DirectResult(r, delivered, final or delivered, tls_report=tuple(report), **kwargs)
+        for r in destination.recipients
     }
 
 
-async def _mail_hosts(job: _Job, destination: Destination) -> list[str]:
-    if destination.lookup is None:
-        return []
-    records = await lookup_mx(job.resolver, destination.lookup, job.dns_timeout)
-    return order_mx(records, destination.domain, job.rng) or [destination.lookup]
-
-
 async def _deliver_domain(job: _Job, destination: Destination) -> dict[str, DirectResult]:
+    report: list[TLSReportEntry] = []
+    enforce: STSPolicy | None = None
     try:
         if destination.literal is not None:
-            hosts = [(destination.literal, [destination.literal])]
+            hosts: list[tuple[str, list[str]]] = [(destination.literal, [destination.literal])]
         else:
-            hosts = [(name, []) for name in await _mail_hosts(job, destination)]
+            assert destination.lookup is not None
+            records = await lookup_mx(job.resolver, destination.lookup, job.dns_timeout)
+            names = order_mx(records, destination.domain, job.rng) or [destination.lookup]
+            if job.mta_sts is not None:
+                found = await job.mta_sts.discover(
+                    destination.lookup, job.resolver, job.reactor, job.dns_timeout
+                )
+                report.extend(found.report)
+                names, enforce = _apply_policy(found.policy, destination.lookup, names, report)
+            hosts = [(name, []) for name in names]
     except SMTPRoutingError as e:
-        return _all(destination, final=not e.temporary, error=e)
+        return _all(destination, report, final=not e.temporary, error=e)
     errors: list[SMTPException] = []
     for host, known in hosts:
         try:
@@ -202,31 +243,72 @@ async def _deliver_domain(job: _Job, destination: Destination) -> dict[str, Dire
             continue
         for address in addresses:
             try:
-                return await _try_host(job, destination, host, address)
+                results = await _try_host(job, destination, host, address, enforce is not None)
             except _MoveOn as move:
                 errors.append(move.error)
+                if enforce is not None and move.result_type is not None:
+                    report.append(
+                        TLSReportEntry(
+                            "sts", destination.domain, move.result_type, host, str(move.error)
+                        )
+                    )
+                continue
+            return {r: replace(v, tls_report=tuple(report)) for r, v in results.items()}
     if not errors:
         error: SMTPException = SMTPRoutingError(
             f"550 5.1.2 no mail host of {destination.domain} has an address", temporary=False
         )
-        return _all(destination, final=True, error=error)
-    # Every host failed: temporary unless each failure was a permanent one.
-    last = errors[-1]
-    return _all(destination, final=not any(e.temporary for e in errors), error=last)
+        return _all(destination, report, final=True, error=error)
+    # Every host failed: temporary unless each failure was a permanent one,
+    # and always temporary under an enforced policy (RFC 8461 section 5.1).
+    final = enforce is None and not any(e.temporary for e in errors)
+    return _all(destination, report, final=final, error=errors[-1])
+
+
+def _apply_policy(
+    policy: STSPolicy | None, domain: str, names: list[str], report: list[TLSReportEntry]
+) -> tuple[list[str], STSPolicy | None]:
+    """
+    The MX hosts an MTA-STS policy lets us use, and the policy if enforced.
+
+    :raises SMTPRoutingError: (temporary) when an enforced policy leaves none.
+    """
+    if policy is None or policy.mode is Mode.NONE:
+        return names, None
+    for name in names:
+        if not policy.allows(name):
+            report.append(
+                TLSReportEntry(
+                    "sts", domain, "validation-failure", name, "MX host not named by the policy"
+                )
+            )
+    if policy.mode is Mode.TESTING:
+        return names, None
+    allowed = [n for n in names if policy.allows(n)]
+    if not allowed:
+        raise SMTPRoutingError(
+            f"451 4.7.5 no MX host of {domain} matches its MTA-STS policy", temporary=True
+        )
+    return allowed, policy
 
 
 async def _try_host(
-    job: _Job, destination: Destination, host: str, address: str
+    job: _Job, destination: Destination, host: str, address: str, verified_tls: bool
 ) -> dict[str, DirectResult]:
     """
     Offer the domain's recipients to one mail host at one address.
 
+    :param verified_tls: TLS with a certificate verified for ``host`` is
+        required (an enforced MTA-STS policy).
     :raises _MoveOn: when the next host should be tried.
     """
     smtp = SMTP(
         local_hostname=job.local_hostname,
         reactor=job.reactor,
-        tls=job.tls,
+        # Under a policy, STARTTLS is checked below rather than by the
+        # client, to tell "not offered" from "did not verify" (RFC 8460).
+        tls="opportunistic" if verified_tls else job.tls,
+        tls_options=job.tls_options_for(host) if job.tls_options_for is not None else None,
         server_hostname=host,
         timeout=DEFAULT_TIMEOUTS if job.timeout is None else job.timeout,
     )
@@ -238,27 +320,36 @@ async def _try_host(
             await smtp.ehlo_or_helo_if_needed()
         except (SMTPConnectError, SMTPHeloError) as e:
             if e.smtp_code >= 500:
-                return _all(destination, final=True, reply=_reply(e), mx=host, error=e)
+                return _all(destination, [], final=True, reply=_reply(e), mx=host, error=e)
             raise _MoveOn(e) from e
+        except SMTPTLSError as e:
+            raise _MoveOn(e, "validation-failure") from e
         except (SMTPServerDisconnected, ConnectError, OSError) as e:
             raise _MoveOn(_disconnected(e, host, address)) from e
+        session = smtp.sock
+        if verified_tls and (session is None or not session.tls):
+            await smtp.close()
+            error = SMTPTLSError(f"{host} does not offer STARTTLS, which the policy requires")
+            raise _MoveOn(error, "starttls-not-supported")
         try:
             refused = await smtp.sendmail(
                 job.sender, recipients, job.data, job.mail_options, job.rcpt_options
             )
         except SMTPAmbiguousDelivery as e:
-            return _all(destination, final=False, mx=host, error=e)
+            return _all(destination, [], final=False, mx=host, error=e)
         except SMTPRecipientsRefused as e:
             return {
                 r: DirectResult(r, False, reply.code >= 500, reply, host, e)
                 for r, reply in ((r, Reply(*e.recipients[r])) for r in recipients)
             }
         except SMTPResponseException as e:
-            return _all(destination, final=e.smtp_code >= 500, reply=_reply(e), mx=host, error=e)
+            return _all(
+                destination, [], final=e.smtp_code >= 500, reply=_reply(e), mx=host, error=e
+            )
         except SMTPTLSError as e:
-            raise _MoveOn(e) from e
+            raise _MoveOn(e, "validation-failure") from e
         except SMTPNotSupportedError as e:
-            return _all(destination, final=True, mx=host, error=e)
+            return _all(destination, [], final=True, mx=host, error=e)
         except SMTPServerDisconnected as e:
             # Lost before the end of the message: nothing was accepted.
             raise _MoveOn(e) from e

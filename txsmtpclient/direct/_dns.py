@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from txsmtpclient.direct._route import MAX_ADDRESSES_PER_HOST, MAX_CNAME_CHAIN, MAX_MX_RECORDS
 from txsmtpclient.errors import SMTPRoutingError
 
-__all__ = ["default_resolver", "lookup_addresses", "lookup_mx"]
+__all__ = ["default_resolver", "lookup_addresses", "lookup_mx", "lookup_txt"]
 
 #: Failures that say nothing about the name: try again later.
 _TEMPORARY = (
@@ -164,3 +164,14 @@ def _address(record: Any) -> str | None:
         return str(ipaddress.ip_address(socket.inet_ntop(family, record.address)))
     except (ValueError, OSError):
         return None
+
+
+async def lookup_txt(resolver: IResolver, name: str, timeout: float) -> list[str]:
+    """
+    ``name``'s TXT records, each record's strings joined (RFC 7208 section
+    3.3's rule, which MTA-STS follows); empty when there are none.
+
+    :raises SMTPRoutingError: (temporary) when the lookup failed.
+    """
+    _exists, records = await _query(resolver, name, dns.TXT, timeout)
+    return [b"".join(r.data).decode("utf-8", "replace") for r in records[:MAX_MX_RECORDS]]

@@ -155,6 +155,8 @@ class LoopbackServer(_Recorded):
     :param interface: the loopback address to listen on (any of 127.0.0.0/8
         on Linux, to play several hosts).
     :param port: the port (default: one the kernel picks).
+    :param hostnames: the names the generated certificate is valid for
+        (default ``localhost`` and ``127.0.0.1``).
     """
 
     def __init__(
@@ -166,13 +168,14 @@ class LoopbackServer(_Recorded):
         reactor: Any = None,
         interface: str = "127.0.0.1",
         port: int = 0,
+        hostnames: tuple[str, ...] = (),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self._reactor = reactor
-        self.certificate = TestCertificate.generate() if tls or implicit_tls else None
+        self.certificate = TestCertificate.generate(*hostnames) if tls or implicit_tls else None
         options = self.certificate.server_options() if self.certificate is not None else None
         self._implicit = implicit_tls
         self._interface = interface
