@@ -13,9 +13,32 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.names import client, common, dns, error, server
 
-__all__ = ["DNSServer", "Zone"]
+__all__ = ["DNSServer", "Record_TLSA", "Zone"]
 
 Zone = dict[str, list[Any]]
+
+
+class Record_TLSA(dns.UnknownRecord):
+    """A TLSA record (RFC 6698), which twisted.names has no class for."""
+
+    TYPE = 52
+
+    @classmethod
+    def of(cls, usage: int, selector: int, matching: int, data: bytes) -> Record_TLSA:
+        return cls(bytes([usage, selector, matching]) + data, 60)
+
+
+class _SecureFactory(server.DNSServerFactory):
+    """Sets the AD bit on answers about the names it is told are signed."""
+
+    def __init__(self, authority: _ZoneAuthority, secure: set[str]) -> None:
+        super().__init__(authorities=[authority])
+        self.secure = secure
+
+    def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
+        names = {str(q.name).lower().rstrip(".") for q in message.queries}
+        message.authenticData = bool(names) and names <= self.secure
+        super().sendReply(protocol, message, address)
 
 
 class _ZoneAuthority(common.ResolverBase):
@@ -48,14 +71,24 @@ class DNSServer:
 
     :param zone: name -> records (``dns.Record_MX``, ``dns.Record_A`` ...).
     :param servfail: names that answer SERVFAIL.
+    :param secure: names whose answers carry the AD bit (as a validating
+        resolver sets it for DNSSEC-signed data).
     """
 
-    def __init__(self, zone: Zone, servfail: Iterable[str] = ()) -> None:
+    def __init__(
+        self, zone: Zone, servfail: Iterable[str] = (), secure: Iterable[str] = ()
+    ) -> None:
         self.authority = _ZoneAuthority(zone, servfail)
+        self.secure = set(secure)
         self._port: Any = None
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the server listens."""
+        return ("127.0.0.1", self._port.getHost().port)
+
     def start(self, reactor: Any) -> DNSServer:
-        factory = server.DNSServerFactory(authorities=[self.authority])
+        factory = _SecureFactory(self.authority, self.secure)
         self._port = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         self._reactor = reactor
         return self

@@ -13,15 +13,18 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IResolver
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IResolver
+from twisted.names import dns
 
 from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.client import SMTP
 from txsmtpclient.commands import message_bytes
+from txsmtpclient.direct._dane import TLSARecord
 from txsmtpclient.direct._dns import default_resolver, lookup_addresses, lookup_mx
 from txsmtpclient.direct._fetch import MTASTS, TLSOptionsFor
 from txsmtpclient.direct._mtasts import Mode, STSPolicy, TLSReportEntry
 from txsmtpclient.direct._route import Destination, group_by_domain, order_mx
+from txsmtpclient.direct._secure import DANE, DANEOptions
 from txsmtpclient.errors import (
     SMTPAmbiguousDelivery,
     SMTPConnectError,
@@ -104,6 +107,7 @@ class _Job:
     rng: random.Random | None
     mta_sts: MTASTS | None
     tls_options_for: TLSOptionsFor | None
+    dane: DANE | None
 
 
 def send_direct(
@@ -123,6 +127,7 @@ def send_direct(
     rng: random.Random | None = None,
     mta_sts: MTASTS | bool | None = True,
     tls_options_for: TLSOptionsFor | None = None,
+    dane: DANE | None = None,
 ) -> Deferred[dict[str, DirectResult]]:
     """
     Deliver a message straight to each recipient's mail hosts.
@@ -156,6 +161,10 @@ def send_direct(
     :param tls_options_for: host name -> TLS options verifying that host's
         certificate, for STARTTLS to MX hosts and the MTA-STS policy fetch
         (default: the system's trust roots).
+    :param dane: DANE (RFC 7672) through a local validating resolver: an MX
+        host with DNSSEC-validated TLSA records (and a validated MX RRset)
+        must offer STARTTLS with a certificate they match, in place of the
+        WebPKI and ahead of MTA-STS.  ``None`` (the default): no DANE.
     :returns: a Deferred firing with a :class:`DirectResult` per recipient;
         it never fails for a recipient's sake.
     :raises SMTPArgumentError: (at once) for a message that cannot be sent.
@@ -185,6 +194,7 @@ def send_direct(
         rng,
         _mta_sts(mta_sts, tls_options_for),
         tls_options_for,
+        dane,
     )
 
     def merge(parts: list[dict[str, DirectResult]]) -> dict[str, DirectResult]:
@@ -217,39 +227,58 @@ def _all(
 
 async def _deliver_domain(job: _Job, destination: Destination) -> dict[str, DirectResult]:
     report: list[TLSReportEntry] = []
-    enforce: STSPolicy | None = None
+    # Host -> how its TLS is checked: DANE options, "sts" (verified WebPKI,
+    # enforced MTA-STS), or absent (the caller's TLS policy).
+    secured: dict[str, DANEOptions | str] = {}
+    errors: list[SMTPException] = []
     try:
         if destination.literal is not None:
             hosts: list[tuple[str, list[str]]] = [(destination.literal, [destination.literal])]
         else:
-            assert destination.lookup is not None
-            records = await lookup_mx(job.resolver, destination.lookup, job.dns_timeout)
-            names = order_mx(records, destination.domain, job.rng) or [destination.lookup]
+            lookup = destination.lookup
+            assert lookup is not None
+            records = await lookup_mx(job.resolver, lookup, job.dns_timeout)
+            names = order_mx(records, destination.domain, job.rng) or [lookup]
+            if job.dane is not None:
+                for name, found in (await _dane_hosts(job, lookup, names)).items():
+                    if isinstance(found, SMTPException):
+                        # RFC 7672 section 2.2: a host whose TLSA lookup
+                        # failed is not used.
+                        errors.append(found)
+                        names.remove(name)
+                    else:
+                        secured[name] = DANEOptions(name, found, (name, lookup))
             if job.mta_sts is not None:
-                found = await job.mta_sts.discover(
-                    destination.lookup, job.resolver, job.reactor, job.dns_timeout
+                found_policy = await job.mta_sts.discover(
+                    lookup, job.resolver, job.reactor, job.dns_timeout
                 )
-                report.extend(found.report)
-                names, enforce = _apply_policy(found.policy, destination.lookup, names, report)
+                report.extend(found_policy.report)
+                # DANE takes precedence over MTA-STS (RFC 8461 section 2).
+                names, enforced = _apply_policy(
+                    found_policy.policy, lookup, names, report, set(secured)
+                )
+                for name in enforced:
+                    secured.setdefault(name, "sts")
             hosts = [(name, []) for name in names]
     except SMTPRoutingError as e:
         return _all(destination, report, final=not e.temporary, error=e)
-    errors: list[SMTPException] = []
     for host, known in hosts:
         try:
             addresses = known or await lookup_addresses(job.resolver, host, job.dns_timeout)
         except SMTPRoutingError as e:
             errors.append(e)
             continue
+        check = secured.get(host)
         for address in addresses:
             try:
-                results = await _try_host(job, destination, host, address, enforce is not None)
+                results = await _try_host(job, destination, host, address, check)
             except _MoveOn as move:
                 errors.append(move.error)
-                if enforce is not None and move.result_type is not None:
+                if check is not None and move.result_type is not None:
+                    kind = "sts" if check == "sts" else "tlsa"
                     report.append(
                         TLSReportEntry(
-                            "sts", destination.domain, move.result_type, host, str(move.error)
+                            kind, destination.domain, move.result_type, host, str(move.error)
                         )
                     )
                 continue
@@ -260,55 +289,96 @@ async def _deliver_domain(job: _Job, destination: Destination) -> dict[str, Dire
         )
         return _all(destination, report, final=True, error=error)
     # Every host failed: temporary unless each failure was a permanent one,
-    # and always temporary under an enforced policy (RFC 8461 section 5.1).
-    final = enforce is None and not any(e.temporary for e in errors)
+    # and always temporary where DANE or MTA-STS applied (RFC 7672 section
+    # 2.2, RFC 8461 section 5.1).
+    final = not secured and not any(e.temporary for e in errors)
     return _all(destination, report, final=final, error=errors[-1])
 
 
-def _apply_policy(
-    policy: STSPolicy | None, domain: str, names: list[str], report: list[TLSReportEntry]
-) -> tuple[list[str], STSPolicy | None]:
+async def _dane_hosts(
+    job: _Job, domain: str, names: list[str]
+) -> dict[str, list[TLSARecord] | SMTPException]:
     """
-    The MX hosts an MTA-STS policy lets us use, and the policy if enforced.
+    The usable TLSA records of each MX host that has them, when the MX
+    RRset is DNSSEC-validated (RFC 7672 section 2.2.1); a failed TLSA
+    lookup maps to its error.
+    """
+    assert job.dane is not None
+    mx = await job.dane.query(job.reactor, domain, dns.MX)
+    if not mx.secure:
+        return {}
+    found: dict[str, list[TLSARecord] | SMTPException] = {}
+    for name in names:
+        try:
+            records = await job.dane.tlsa(job.reactor, name, job.port)
+        except SMTPRoutingError as e:
+            found[name] = e
+            continue
+        if records:
+            found[name] = records
+    return found
 
+
+def _apply_policy(
+    policy: STSPolicy | None,
+    domain: str,
+    names: list[str],
+    report: list[TLSReportEntry],
+    exempt: set[str],
+) -> tuple[list[str], list[str]]:
+    """
+    The MX hosts an MTA-STS policy lets us use, and those of them it binds
+    to verified TLS (none unless the policy is enforced).
+
+    :param exempt: hosts secured by DANE, to which the policy does not apply.
     :raises SMTPRoutingError: (temporary) when an enforced policy leaves none.
     """
     if policy is None or policy.mode is Mode.NONE:
-        return names, None
+        return names, []
     for name in names:
-        if not policy.allows(name):
+        if name not in exempt and not policy.allows(name):
             report.append(
                 TLSReportEntry(
                     "sts", domain, "validation-failure", name, "MX host not named by the policy"
                 )
             )
     if policy.mode is Mode.TESTING:
-        return names, None
-    allowed = [n for n in names if policy.allows(n)]
+        return names, []
+    allowed = [n for n in names if n in exempt or policy.allows(n)]
     if not allowed:
         raise SMTPRoutingError(
             f"451 4.7.5 no MX host of {domain} matches its MTA-STS policy", temporary=True
         )
-    return allowed, policy
+    return allowed, [n for n in allowed if n not in exempt]
 
 
 async def _try_host(
-    job: _Job, destination: Destination, host: str, address: str, verified_tls: bool
+    job: _Job,
+    destination: Destination,
+    host: str,
+    address: str,
+    check: DANEOptions | str | None,
 ) -> dict[str, DirectResult]:
     """
     Offer the domain's recipients to one mail host at one address.
 
-    :param verified_tls: TLS with a certificate verified for ``host`` is
-        required (an enforced MTA-STS policy).
+    :param check: how TLS must be verified, if it must: by the host's TLSA
+        records (DANE options), or ``"sts"`` for the WebPKI under an
+        enforced MTA-STS policy.
     :raises _MoveOn: when the next host should be tried.
     """
+    verified_tls = check is not None
+    if isinstance(check, DANEOptions):
+        tls_options: IOpenSSLClientConnectionCreator | None = check
+    else:
+        tls_options = job.tls_options_for(host) if job.tls_options_for is not None else None
     smtp = SMTP(
         local_hostname=job.local_hostname,
         reactor=job.reactor,
         # Under a policy, STARTTLS is checked below rather than by the
         # client, to tell "not offered" from "did not verify" (RFC 8460).
         tls="opportunistic" if verified_tls else job.tls,
-        tls_options=job.tls_options_for(host) if job.tls_options_for is not None else None,
+        tls_options=tls_options,
         server_hostname=host,
         timeout=DEFAULT_TIMEOUTS if job.timeout is None else job.timeout,
     )

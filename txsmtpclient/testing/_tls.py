@@ -114,12 +114,15 @@ class TestCertificate:
 
     def server_options(self) -> CertificateOptions:
         """
-        The server side's TLS options.
+        The server side's TLS options; the chain it presents holds the CA
+        certificate too, as a server sends its intermediates.
         """
-        options: CertificateOptions = PrivateCertificate.loadPEM(
-            self.cert_pem + self.key_pem
-        ).options()
-        return options
+        server = PrivateCertificate.loadPEM(self.cert_pem + self.key_pem)
+        return CertificateOptions(
+            privateKey=server.privateKey.original,
+            certificate=server.original,
+            extraCertChain=[Certificate.loadPEM(self.ca_pem).original],
+        )
 
     def client_options(self, hostname: str | None = None) -> IOpenSSLClientConnectionCreator:
         """
