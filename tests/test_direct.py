@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from dnsserver import DNSServer, Zone
+from servers import POSTFIX_HOSTNAME, TEST_DOMAIN, PostfixInstance
 from twisted.names import dns
 
 from txsmtpclient.direct import DirectResult, send_direct
@@ -321,3 +322,47 @@ async def test_lost_after_the_final_dot_is_ambiguous_and_not_resent(world: World
     result = _only(await world.send(["rcpt@dest.test"]))
     assert result.temporary and isinstance(result.error, SMTPAmbiguousDelivery)
     assert second.sessions == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_postfix_as_the_mx(postfix: PostfixInstance) -> None:
+    """Postfix as the MX, found by MX lookup, over verified STARTTLS: it arrives exactly."""
+    from twisted.internet import reactor
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    dns_server = DNSServer(
+        {
+            TEST_DOMAIN: [mx(10, POSTFIX_HOSTNAME)],
+            POSTFIX_HOSTNAME: [a("127.0.0.1")],
+        }
+    ).start(reactor)
+    trust = Certificate.loadPEM(postfix.tls.cert_pem)
+    # A header block Postfix's cleanup has nothing to add to.
+    sent = (
+        f"From: <sender@origin.test>\r\nTo: <direct@{TEST_DOMAIN}>\r\nSubject: direct\r\n"
+        "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        f"Message-ID: <txsmtpclient-direct@{TEST_DOMAIN}>\r\n\r\n.dot\r\nbody\r\n"
+    ).encode()
+    try:
+        results = await send_direct(
+            "sender@origin.test",
+            [f"direct@{TEST_DOMAIN}"],
+            sent,
+            resolver=dns_server.resolver(),
+            reactor=reactor,
+            local_hostname="client.origin.test",
+            port=postfix.port,
+            tls="required",
+            tls_options_for=lambda host: optionsForClientTLS(host, trustRoot=trust),
+            timeout=30,
+        )
+    finally:
+        stopped = dns_server.stop()
+        if stopped is not None:
+            await stopped
+    [result] = results.values()
+    assert result.delivered and result.mx == POSTFIX_HOSTNAME
+    assert result.reply is not None and b"queued as" in result.reply.message
+    [message] = await postfix.when_messages(1)
+    assert message.original == sent.replace(b"\r\n", b"\n")
+    assert message.delivered_to == f"direct@{TEST_DOMAIN}"
