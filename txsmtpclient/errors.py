@@ -37,6 +37,7 @@ __all__ = [
     "SMTPProtocolError",
     "SMTPRecipientsRefused",
     "SMTPResponseException",
+    "SMTPRoutingError",
     "SMTPSenderRefused",
     "SMTPServerDisconnected",
     "SMTPTLSError",
@@ -127,6 +128,22 @@ class SMTPAmbiguousDelivery(SMTPServerDisconnected):
     Never report such a message as sent; a queue that sends it again may
     deliver it twice (RFC 1047).  ``__cause__`` holds what broke.
     """
+
+
+class SMTPRoutingError(SMTPException):
+    """
+    No server could be found for a recipient's domain in direct delivery:
+    a null MX (RFC 7505), a domain that does not exist or has no address
+    (permanent), or a DNS failure or timeout (temporary).
+    """
+
+    def __init__(self, message: str, *, temporary: bool) -> None:
+        super().__init__(message)
+        self._temporary = temporary
+
+    @property
+    def temporary(self) -> bool:
+        return self._temporary
 
 
 class SMTPResponseException(SMTPException, smtplib.SMTPResponseException):
