@@ -9,7 +9,8 @@ Sans-IO; nothing here imports Twisted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from email.message import Message
 from typing import cast
 
 from txsmtpclient._checks import ArgumentError, check_dsn
@@ -31,6 +32,7 @@ from txsmtpclient.errors import (
     SMTPSenderRefused,
 )
 from txsmtpclient.extensions import Extensions
+from txsmtpclient.message import prepare_message
 from txsmtpclient.reply import Reply
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Refused",
     "envelope_for_call",
     "judge_recipients",
+    "message_for_call",
     "plan_transaction",
     "sender_error",
 ]
@@ -269,6 +272,59 @@ def envelope_for_call(
             "give it alone, without from_addr, to_addrs, mail_options, rcpt_options or dsn_*"
         )
     return envelope
+
+
+def message_for_call(
+    msg: Message,
+    from_addr: str | None,
+    to_addrs: str | Sequence[str] | None,
+    mail_options: Sequence[str],
+    rcpt_options: Sequence[str],
+    dsn_ret: str | None,
+    dsn_envid: str | None,
+    dsn_notify: str | Sequence[str] | None,
+    dsn_orcpt: bool,
+    envelope: Envelope | None,
+) -> tuple[Envelope, bytes]:
+    """
+    What a ``send_message`` call sends: the envelope (sender and recipients
+    from the headers unless given, see
+    :func:`~txsmtpclient.message.prepare_message`, with the MAIL parameters
+    the message needs added) and the message's bytes (``Bcc`` stripped).
+
+    :raises SMTPArgumentError: as :func:`envelope_for_call`, or when no
+        sender or recipient can be found.
+    :raises ValueError: for more than one ``Resent-`` block.
+    """
+    if envelope is not None:
+        given = envelope_for_call(
+            from_addr,
+            to_addrs,
+            mail_options,
+            rcpt_options,
+            dsn_ret,
+            dsn_envid,
+            dsn_notify,
+            dsn_orcpt,
+            envelope,
+        )
+        prepared = prepare_message(msg, given.sender, given.recipients)
+        options = prepared.options_with(given.mail_options)
+        return replace(given, mail_options=options), prepared.data
+    prepared = prepare_message(msg, from_addr, to_addrs)
+    options = prepared.options_with(check_options(mail_options, "mail option"))
+    checked = envelope_for_call(
+        prepared.sender,
+        prepared.recipients,
+        options,
+        rcpt_options,
+        dsn_ret,
+        dsn_envid,
+        dsn_notify,
+        dsn_orcpt,
+        None,
+    )
+    return checked, prepared.data
 
 
 @dataclass(frozen=True, slots=True)
