@@ -221,10 +221,12 @@ class SMTP:
             if self._connect_error is not None:
                 raise SMTPServerDisconnected(
                     f"not connected: connect() failed: {self._connect_error}"
-                )
+                ) from self._connect_error
             raise SMTPServerDisconnected("not connected: call connect() first")
         if not proto.usable:
-            raise SMTPServerDisconnected(f"the connection was lost earlier: {proto.failure}")
+            raise SMTPServerDisconnected(
+                f"the connection was lost earlier: {proto.failure}"
+            ) from proto.failure
         return proto
 
     @property
