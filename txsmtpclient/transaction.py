@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from email.message import Message
-from typing import cast
 
 from txsmtpclient._checks import ArgumentError, check_dsn
+from txsmtpclient._checks import check_argument as _check_argument
+from txsmtpclient._checks import check_options as _check_options
 from txsmtpclient.commands import (
-    check_argument,
     check_options,
     encode_command,
     extension_for_option,
@@ -168,34 +168,43 @@ class Envelope:
     dsn: DSN | None = None
 
     def __post_init__(self) -> None:
-        check_argument(self.sender, "from_addr")
-        recipients: object = self.recipients
-        if isinstance(recipients, str):
-            recipients = (recipients,)
-        elif isinstance(recipients, bytes) or not isinstance(recipients, Sequence):
-            raise TypeError(
-                f"to_addrs must be a str or a sequence of str, not {type(recipients).__name__}"
-            )
-        checked = tuple(recipients)
-        if not plain_addresses(checked):
-            # Not all plain local@domain (or none at all): look at each, so
-            # that the error names the culprit.
-            checked = tuple(check_argument(r, "recipient address") for r in checked)
-            if not checked:
-                raise SMTPArgumentError(
-                    "to_addrs is empty: a message needs at least one recipient"
+        # The shared checks, called directly (this runs for every message):
+        # their ArgumentError becomes the client's error once, at the end.
+        try:
+            _check_argument(self.sender, "from_addr")
+            recipients: object = self.recipients
+            if isinstance(recipients, str):
+                recipients = (recipients,)
+            elif isinstance(recipients, bytes) or not isinstance(recipients, Sequence):
+                raise TypeError(
+                    f"to_addrs must be a str or a sequence of str, not {type(recipients).__name__}"
                 )
-            for address in checked:
-                if quote_checked_address(address) == "<>":
-                    raise SMTPArgumentError(f"recipient address {address!r} is empty")
+            checked = tuple(recipients)
+            if not plain_addresses(checked):
+                # Not all plain local@domain (or none at all): look at each,
+                # so that the error names the culprit.
+                checked = tuple(_check_argument(r, "recipient address") for r in checked)
+                if not checked:
+                    raise ArgumentError(
+                        "to_addrs is empty: a message needs at least one recipient"
+                    )
+                for address in checked:
+                    if quote_checked_address(address) == "<>":
+                        raise ArgumentError(f"recipient address {address!r} is empty")
+            mail, rcpt = self.mail_options, self.rcpt_options
+            # No options (the usual case): nothing to check.
+            if mail.__class__ is not tuple or mail:
+                mail = _check_options(mail, "mail option")
+            if rcpt.__class__ is not tuple or rcpt:
+                rcpt = _check_options(rcpt, "recipient option")
+        except ArgumentError as e:
+            raise SMTPArgumentError(*e.args) from None
         if self.dsn is not None and not isinstance(self.dsn, DSN):
             raise TypeError(f"dsn must be a DSN, not {type(self.dsn).__name__}")
         # Normalised in place: the value is new and nobody holds it yet.
         object.__setattr__(self, "recipients", checked)
-        object.__setattr__(self, "mail_options", check_options(self.mail_options, "mail option"))
-        object.__setattr__(
-            self, "rcpt_options", check_options(self.rcpt_options, "recipient option")
-        )
+        object.__setattr__(self, "mail_options", mail)
+        object.__setattr__(self, "rcpt_options", rcpt)
 
     @classmethod
     def check(
@@ -212,14 +221,8 @@ class Envelope:
         :raises TypeError: for values of the wrong type.
         :raises SMTPArgumentError: as :class:`Envelope`.
         """
-        # The constructor checks and turns each into a tuple.
-        return cls(
-            sender,
-            cast("tuple[str, ...]", recipients),
-            cast("tuple[str, ...]", mail_options),
-            cast("tuple[str, ...]", rcpt_options),
-            dsn,
-        )
+        # The constructor checks each and makes it a tuple.
+        return cls(sender, recipients, mail_options, rcpt_options, dsn)  # type: ignore[arg-type]
 
     @property
     def needs_smtputf8(self) -> bool:
@@ -254,7 +257,8 @@ def envelope_for_call(
         if from_addr is None or to_addrs is None:
             raise TypeError("sendmail() needs from_addr and to_addrs, or envelope=")
         dsn = DSN.check(dsn_ret, dsn_envid, dsn_notify, dsn_orcpt)
-        return Envelope.check(from_addr, to_addrs, mail_options, rcpt_options, dsn)
+        # As Envelope.check, one call less: this runs for every message.
+        return Envelope(from_addr, to_addrs, mail_options, rcpt_options, dsn)  # type: ignore[arg-type]
     if not isinstance(envelope, Envelope):
         raise TypeError(f"envelope must be an Envelope, not {type(envelope).__name__}")
     if (
