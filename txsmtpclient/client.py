@@ -289,7 +289,10 @@ class SMTP:
         :raises SMTPConnectError: (through the Deferred) when the greeting is
             not 220.
         :raises SMTPTimeoutError: when the connection or greeting takes too
-            long; ``OSError`` subclasses when the connection is refused.
+            long.
+        :raises SMTPServerDisconnected: when the connection is refused or
+            the host unknown (temporary; Twisted's error as ``__cause__``).
+        :raises SMTPArgumentError: (at once) for a malformed host or port.
         """
         endpoint, name = resolve_endpoint(
             self._reactor,
