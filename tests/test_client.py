@@ -538,7 +538,9 @@ def test_failed_connect_fails_later_calls_naming_the_cause() -> None:
     c = smtp.connect(endpoint)
     d = smtp.sendmail("a@x", "b@x", b"hi")
     endpoint.attempts[0].errback(ConnectionRefusedError("nobody home"))
-    failure_result_of(c, ConnectionRefusedError)
+    # Issue 8 defect 4: an SMTPException (temporary), not Twisted's own error.
+    refused = failure_result_of(c, SMTPServerDisconnected)
+    assert refused.temporary and isinstance(refused.__cause__, ConnectionRefusedError)
     error = failure_result_of(d, SMTPServerDisconnected)
     assert "connect() failed" in str(error)
     assert "nobody home" in str(error)

@@ -234,7 +234,7 @@ async def test_server_closes_mid_dialogue() -> None:
 
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
 async def test_connect_refused() -> None:
-    """Connecting to a closed port fails with ConnectionRefusedError; later calls name it."""
+    """Connecting to a closed port fails with SMTPServerDisconnected; later calls name it."""
     reactor = _reactor()
     port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
     number = port.getHost().port
@@ -242,7 +242,8 @@ async def test_connect_refused() -> None:
     smtp = SMTP(local_hostname="client.example", reactor=reactor)
     connecting = smtp.connect("127.0.0.1", number)
     sending = smtp.sendmail(SENDER, RECIPIENT, b"hi")
-    with pytest.raises((ConnectionRefusedError, TwistedConnectionRefused)):
+    with pytest.raises(SMTPServerDisconnected) as refused:
         await connecting
+    assert isinstance(refused.value.__cause__, (ConnectionRefusedError, TwistedConnectionRefused))
     with pytest.raises(SMTPServerDisconnected, match="connect"):
         await sending

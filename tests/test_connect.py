@@ -171,7 +171,8 @@ def test_factory_connection_failed() -> None:
     connector = reactor.connectTCP("127.0.0.1", 2525, factory)
     assert_no_result(factory.deferred)
     factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
-    failure_result_of(factory.deferred, ConnectionRefusedError)
+    error = failure_result_of(factory.deferred, SMTPServerDisconnected)
+    assert error.temporary and isinstance(error.__cause__, ConnectionRefusedError)
 
 
 def test_factory_good_greeting_gives_a_working_smtp() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import email
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,7 +42,7 @@ from txsmtpclient.spool.envelope import (
 )
 from txsmtpclient.spool.schedule import RetryPolicy
 from txsmtpclient.spool.store import Spool, SpoolFull
-from txsmtpclient.transaction import Refused
+from txsmtpclient.transaction import DSN, Envelope, Refused
 
 T = TypeVar("T")
 
@@ -61,18 +61,12 @@ class ScriptedSender:
 
     def __init__(self, *results: Any) -> None:
         self.results = list(results)
-        self.calls: list[tuple[str, list[str], bytes, tuple[str, ...], dict[str, Any]]] = []
+        self.calls: list[tuple[str, list[str], bytes, tuple[str, ...], DSN | None]] = []
 
-    def sendmail(
-        self,
-        from_addr: str,
-        to_addrs: str | Sequence[str],
-        msg: Any,
-        mail_options: Sequence[str] = (),
-        rcpt_options: Sequence[str] = (),
-        **dsn: Any,
-    ) -> Deferred[dict[str, Reply]]:
-        self.calls.append((from_addr, list(to_addrs), msg, tuple(mail_options), dsn))
+    def sendmail(self, *, msg: Any, envelope: Envelope) -> Deferred[dict[str, Reply]]:
+        self.calls.append(
+            (envelope.sender, list(envelope.recipients), msg, envelope.mail_options, envelope.dsn)
+        )
         result = self.results.pop(0)
         if isinstance(result, Deferred):
             return result
@@ -354,18 +348,14 @@ def test_unsendable_envelope_is_set_aside(spool: Spool, clock: Clock) -> None:
 
 
 def test_dsn_requests_are_passed_to_the_client(spool: Spool, clock: Clock) -> None:
-    """The entry's DSN requests go to sendmail's dsn_* arguments."""
+    """The entry's DSN requests go to the client in the envelope."""
     from txsmtpclient.spool.envelope import Dsn
 
     sender = ScriptedSender(accepted())
     deliverer, _ = make(spool, clock, sender)
     entry = claim(spool, "a@example.test", dsn=Dsn("HDRS", "env1", ("FAILURE",)))
     success_result_of(deliverer.deliver(entry))
-    assert sender.calls[0][4] == {
-        "dsn_ret": "HDRS",
-        "dsn_envid": "env1",
-        "dsn_notify": ("FAILURE",),
-    }
+    assert sender.calls[0][4] == DSN("HDRS", "env1", ("FAILURE",))
 
 
 class FullOnce:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from txsmtpclient.spool.envelope import State
 from txsmtpclient.spool.schedule import RetryPolicy
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool, SpoolFull
-from txsmtpclient.transaction import Refused
+from txsmtpclient.transaction import Envelope, Refused
 
 T = TypeVar("T")
 
@@ -44,17 +44,9 @@ class HeldSender:
         self.sends: list[tuple[list[str], Deferred[dict[str, Reply]]]] = []
         self.closed = False
 
-    def sendmail(
-        self,
-        from_addr: str,
-        to_addrs: str | Sequence[str],
-        msg: Any,
-        mail_options: Sequence[str] = (),
-        rcpt_options: Sequence[str] = (),
-        **dsn: Any,
-    ) -> Deferred[dict[str, Reply]]:
+    def sendmail(self, *, msg: Any, envelope: Envelope) -> Deferred[dict[str, Reply]]:
         d: Deferred[dict[str, Reply]] = Deferred()
-        self.sends.append((list(to_addrs), d))
+        self.sends.append((list(envelope.recipients), d))
         return d
 
     def accept(self, index: int) -> None:

@@ -153,7 +153,7 @@ def envelope_with(**changes: Any) -> bytes:
         (envelope_with(due="soon"), "expected a number"),
         (envelope_with(due=True), "expected a number"),
         (envelope_with(recipients=[]), "no recipients"),
-        (envelope_with(recipients=[{"address": "a@b\r\nRSET"}]), "control characters"),
+        (envelope_with(recipients=[{"address": "a@b\r\nRSET"}]), "control character"),
         (envelope_with(recipients=[{"address": "a@b", "state": "lost"}]), "bad state"),
         (envelope_with(sender="<a@b>"), "bare mailbox"),
         (envelope_with(mail_options=["BODY=8BITMIME X"]), "ESMTP parameter"),

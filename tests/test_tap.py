@@ -209,13 +209,12 @@ def test_config_file_refuses_password_and_unknown_keys(tmp_path: Path) -> None:
         parse("--config", str(tmp_path / "missing.toml"))
 
 
-def test_relay_hostname() -> None:
-    """The host to verify a certificate against is found in each relay form."""
-    assert tap.relay_hostname("mail.example.test:587") == "mail.example.test"
-    assert tap.relay_hostname("tcp:mail.example.test:587") == "mail.example.test"
-    assert tap.relay_hostname("tcp:host=mx.example.test:port=25") == "mx.example.test"
-    assert tap.relay_hostname("[::1]:25") == "::1"
-    assert tap.relay_hostname("unix:/run/smtp.sock") == ""
+@pytest.mark.parametrize("relay", ["foo:bar:baz", "localhost:notaport", "[::1", "tcp6:[x]:25"])
+def test_malformed_relay_is_a_usage_error(tmp_path: Path, relay: str) -> None:
+    """The relay is read by the client's parser at start-up: a bad one is a usage error."""
+    options = parse("--spool", str(tmp_path / "s"), "--relay", relay)
+    with pytest.raises(usage.UsageError, match="--relay"):
+        tap.makeService(options)
 
 
 def test_make_service_builds_spool_and_status(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from txsmtpclient import (
     SMTPServerDisconnected,
     Timeouts,
 )
+from txsmtpclient.pool import SMTPConnectionPool
+from txsmtpclient.transaction import DSN, Envelope
 
 
 async def typical(reactor: IReactorTime) -> None:
@@ -81,6 +83,19 @@ async def one_shot(reactor: IReactorTime) -> None:
     )
     refused = await txsmtpclient.sendmail("localhost", "a@x", "b@x", "hi", port=2525)
     print(refused)
+
+
+async def with_envelope(reactor: IReactorTime) -> None:
+    envelope = Envelope("a@x", ("b@x",), dsn=DSN(ret="HDRS", notify=("FAILURE",)))
+    smtp = SMTP("127.0.0.1:2525", reactor=reactor)
+    refused: dict[str, Reply] = await smtp.sendmail(msg=b"hi", envelope=envelope)
+    pool = SMTPConnectionPool("127.0.0.1", 2525, reactor=reactor)
+    refused = await pool.sendmail("a@x", ["b@x"], b"hi", dsn_ret="FULL")
+    refused = await txsmtpclient.sendmail(
+        "127.0.0.1:2525", msg=b"hi", envelope=envelope, pool=pool
+    )
+    served: bool = pool.serves("127.0.0.1:2525")
+    print(refused, served)
 
 
 async def with_factory(reactor: IReactorTime) -> None:

@@ -15,27 +15,32 @@ from twisted.internet.interfaces import (
 )
 
 from txsmtpclient._body import Body, body_source
+from txsmtpclient._endpoints import parse_relay
 from txsmtpclient._tls import TLSPolicy
 from txsmtpclient.client import SMTP, SMTP_SSL
-from txsmtpclient.errors import SMTPException
-from txsmtpclient.message import prepare_message
+from txsmtpclient.errors import SMTPArgumentError, SMTPException
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
-from txsmtpclient.transaction import Envelope
+from txsmtpclient.transaction import Envelope, envelope_for_call, message_for_call
 
 __all__ = ["send_message", "sendmail"]
 
 
 def sendmail(
     host: str | IStreamClientEndpoint,
-    from_addr: str,
-    to_addrs: str | Sequence[str],
-    msg: Body,
-    *,
-    port: int | None = None,
+    from_addr: str | None = None,
+    to_addrs: str | Sequence[str] | None = None,
+    msg: Body | None = None,
     mail_options: Sequence[str] = (),
     rcpt_options: Sequence[str] = (),
+    *,
+    dsn_ret: str | None = None,
+    dsn_envid: str | None = None,
+    dsn_notify: str | Sequence[str] | None = None,
+    dsn_orcpt: bool = False,
+    envelope: Envelope | None = None,
+    port: int | None = None,
     local_hostname: str | None = None,
     timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
     reactor: IReactorTime | None = None,
@@ -50,32 +55,46 @@ def sendmail(
     """
     Connect to ``host``, send one message, and quit.
 
-    The arguments are those of :class:`~txsmtpclient.SMTP` and its
-    :meth:`~txsmtpclient.SMTP.sendmail`; ``implicit_tls`` connects with
-    :class:`~txsmtpclient.SMTP_SSL` (port 465) instead, and ``username`` with
-    ``password`` log in first (over TLS unless ``allow_plaintext_auth``).
-    A failure of QUIT after the message was accepted does not fail the
-    call: the message was sent.
+    After ``host``, the arguments up to ``envelope`` are
+    :meth:`SMTP.sendmail <txsmtpclient.SMTP.sendmail>`'s; the rest are
+    :class:`~txsmtpclient.SMTP`'s, ``implicit_tls`` connects with
+    :class:`~txsmtpclient.SMTP_SSL` (port 465) instead, and ``username``
+    with ``password`` log in first (over TLS unless
+    ``allow_plaintext_auth``).  A failure of QUIT after the message was
+    accepted does not fail the call: the message was sent.
 
     With ``pool``, the message goes over one of the pool's connections
-    (reused, not closed), and ``host`` must be the pool's relay; the
-    connection options are then the pool's own.
+    (reused, not closed), and ``host`` (with ``port``) must name the pool's
+    relay, in any spelling; the connection options are then the pool's own.
 
     :returns: a Deferred firing with the refused recipients
         (``{address: reply}``).
-    :raises SMTPArgumentError: (at once) for bad arguments.
+    :raises SMTPArgumentError: (at once) for bad arguments, a malformed
+        host, or a host that is not the pool's relay.
     :raises SMTPException: (through the Deferred) as ``SMTP.sendmail``, or
-        for the connection.
+        for the connection (:class:`SMTPServerDisconnected`, temporary, when
+        it is refused or the host is unknown).
     """
     # Check everything before connecting.
-    Envelope.check(from_addr, to_addrs, mail_options, rcpt_options)
-    body_source(msg)  # type check only: the client wraps it again
+    checked = envelope_for_call(
+        from_addr,
+        to_addrs,
+        mail_options,
+        rcpt_options,
+        dsn_ret,
+        dsn_envid,
+        dsn_notify,
+        dsn_orcpt,
+        envelope,
+    )
+    body_source(msg)  # type: ignore[arg-type]  # (type check only: the client wraps it again)
     if (username is None) != (password is None):
         raise TypeError("username and password go together")
     if pool is not None:
-        if host != pool.host:
-            raise ValueError(f"host {host!r} is not the pool's relay {pool.host!r}")
-        return pool.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
+        if not pool.serves(host, port):
+            raise SMTPArgumentError(f"host {host!r} is not the pool's relay {str(pool.relay)!r}")
+        return pool.sendmail(msg=msg, envelope=checked)
+    parse_relay(host, port)  # a malformed host is refused now, not once connecting
     smtp: SMTP
     if implicit_tls:
         smtp = SMTP_SSL(
@@ -94,23 +113,31 @@ def sendmail(
             tls_options=tls_options,
             allow_plaintext_auth=allow_plaintext_auth,
         )
+    return Deferred.fromCoroutine(_one_shot(smtp, host, port, username, password, checked, msg))
 
-    async def run() -> dict[str, Reply]:
-        await smtp.connect(host, port)
-        try:
-            if username is not None and password is not None:
-                await smtp.login(username, password)
-            refused = await smtp.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
-        except BaseException:
-            await smtp.close()
-            raise
-        try:
-            await smtp.quit()
-        except SMTPException:
-            await smtp.close()
-        return refused
 
-    return Deferred.fromCoroutine(run())
+async def _one_shot(
+    smtp: SMTP,
+    host: str | IStreamClientEndpoint,
+    port: int | None,
+    username: str | None,
+    password: str | None,
+    envelope: Envelope,
+    msg: Body | None,
+) -> dict[str, Reply]:
+    await smtp.connect(host, port)
+    try:
+        if username is not None and password is not None:
+            await smtp.login(username, password)
+        refused = await smtp.sendmail(msg=msg, envelope=envelope)
+    except BaseException:
+        await smtp.close()
+        raise
+    try:
+        await smtp.quit()
+    except SMTPException:
+        await smtp.close()
+    return refused
 
 
 def send_message(
@@ -118,10 +145,15 @@ def send_message(
     msg: Message,
     from_addr: str | None = None,
     to_addrs: str | Sequence[str] | None = None,
-    *,
-    port: int | None = None,
     mail_options: Sequence[str] = (),
     rcpt_options: Sequence[str] = (),
+    *,
+    dsn_ret: str | None = None,
+    dsn_envid: str | None = None,
+    dsn_notify: str | Sequence[str] | None = None,
+    dsn_orcpt: bool = False,
+    envelope: Envelope | None = None,
+    port: int | None = None,
     local_hostname: str | None = None,
     timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
     reactor: IReactorTime | None = None,
@@ -137,20 +169,28 @@ def send_message(
     Connect to ``host``, send an :class:`email.message.Message` as
     :meth:`SMTP.send_message` does (sender and recipients from the headers
     unless given, ``Bcc`` stripped, SMTPUTF8 when needed), and quit.  The
-    keyword arguments are those of :func:`sendmail`.
+    other arguments are those of :func:`sendmail`.
 
     :raises SMTPArgumentError: when no sender or recipient can be found.
     :raises ValueError: for more than one ``Resent-`` block.
     """
-    prepared = prepare_message(msg, from_addr, to_addrs)
+    checked, data = message_for_call(
+        msg,
+        from_addr,
+        to_addrs,
+        mail_options,
+        rcpt_options,
+        dsn_ret,
+        dsn_envid,
+        dsn_notify,
+        dsn_orcpt,
+        envelope,
+    )
     return sendmail(
         host,
-        prepared.sender,
-        prepared.recipients,
-        prepared.data,
+        msg=data,
+        envelope=checked,
         port=port,
-        mail_options=prepared.options_with(mail_options),
-        rcpt_options=rcpt_options,
         local_hostname=local_hostname,
         timeout=timeout,
         reactor=reactor,

@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from txsmtpclient._body import Body, BodySource, body_source, send_bdat, send_data
 from txsmtpclient._calls import CallQueue
-from txsmtpclient._endpoints import resolve_endpoint
+from txsmtpclient._endpoints import connect_error, resolve_endpoint
 from txsmtpclient._exchange import (
     authenticate,
     reset_after_failure,
@@ -62,14 +62,14 @@ from txsmtpclient.errors import (
     SMTPTLSError,
 )
 from txsmtpclient.extensions import Extensions
-from txsmtpclient.message import prepare_message
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, SMTPClientProtocol, Timeouts
 from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import (
-    DSN,
     Envelope,
     Plan,
     Refused,
+    envelope_for_call,
+    message_for_call,
     plan_transaction,
 )
 
@@ -221,10 +221,12 @@ class SMTP:
             if self._connect_error is not None:
                 raise SMTPServerDisconnected(
                     f"not connected: connect() failed: {self._connect_error}"
-                )
+                ) from self._connect_error
             raise SMTPServerDisconnected("not connected: call connect() first")
         if not proto.usable:
-            raise SMTPServerDisconnected(f"the connection was lost earlier: {proto.failure}")
+            raise SMTPServerDisconnected(
+                f"the connection was lost earlier: {proto.failure}"
+            ) from proto.failure
         return proto
 
     @property
@@ -287,7 +289,10 @@ class SMTP:
         :raises SMTPConnectError: (through the Deferred) when the greeting is
             not 220.
         :raises SMTPTimeoutError: when the connection or greeting takes too
-            long; ``OSError`` subclasses when the connection is refused.
+            long.
+        :raises SMTPServerDisconnected: when the connection is refused or
+            the host unknown (temporary; Twisted's error as ``__cause__``).
+        :raises SMTPArgumentError: (at once) for a malformed host or port.
         """
         endpoint, name = resolve_endpoint(
             self._reactor,
@@ -319,8 +324,12 @@ class SMTP:
             )
             raise self._connect_error from e
         except BaseException as e:
-            self._connect_error = e
-            raise
+            # Refused, unreachable, no such host: an SMTPException like
+            # every other failure, the original as its __cause__.
+            self._connect_error = connect_error(e, name or endpoint)
+            if self._connect_error is e:
+                raise
+            raise self._connect_error from e
         self._proto = proto
         self._transcript.note(f"connected to {name or endpoint}")
         self._server_name = name
@@ -557,17 +566,17 @@ class SMTP:
 
     def sendmail(
         self,
-        from_addr: str,
-        to_addrs: str | Sequence[str],
-        msg: Body,
+        from_addr: str | None = None,
+        to_addrs: str | Sequence[str] | None = None,
+        msg: Body | None = None,
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
         *,
-        options: Sequence[str] = (),
         dsn_ret: str | None = None,
         dsn_envid: str | None = None,
-        dsn_notify: Sequence[str] | None = None,
+        dsn_notify: str | Sequence[str] | None = None,
         dsn_orcpt: bool = False,
+        envelope: Envelope | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
         Send one message: EHLO (or HELO) if not yet said, STARTTLS as the TLS
@@ -584,14 +593,17 @@ class SMTP:
         :param to_addrs: one address or a sequence of addresses.
         :param msg: ``bytes``, an ASCII ``str``, a binary file, an iterable
             or async iterable of ``bytes``, or an ``IBodyProducer``.
-        :param mail_options: MAIL parameters (smtplib's name; ``options`` is
-            accepted too, as in the original documentation).
+        :param mail_options: MAIL parameters.
         :param rcpt_options: RCPT parameters for every recipient.
         :param dsn_ret: RFC 3461 ``RET``: ``"FULL"`` or ``"HDRS"``.
         :param dsn_envid: RFC 3461 ``ENVID``, sent as xtext.
         :param dsn_notify: RFC 3461 ``NOTIFY``: some of ``"SUCCESS"``,
             ``"FAILURE"``, ``"DELAY"``, or ``("NEVER",)``.
         :param dsn_orcpt: send each recipient's address as ``ORCPT``.
+        :param envelope: the whole envelope as one
+            :class:`~txsmtpclient.transaction.Envelope`, instead of
+            ``from_addr``, ``to_addrs``, the options and ``dsn_*`` (which are
+            then left out): ``sendmail(msg=data, envelope=envelope)``.
         :returns: a Deferred firing, when at least one recipient was
             accepted, with ``{address: reply}`` for each refused recipient:
             a :class:`~txsmtpclient.transaction.Refused`, a dict that also
@@ -607,17 +619,18 @@ class SMTP:
             the server cannot take, or TLS the policy requires and the server
             lacks.
         """
-        dsn = DSN.check(dsn_ret, dsn_envid, dsn_notify, dsn_orcpt)
-        envelope = Envelope.check(
+        checked = envelope_for_call(
             from_addr,
             to_addrs,
-            # Checked before joining: tuple("SMTPUTF8") would split a bare
-            # string into letters instead of refusing it.
-            check_options(mail_options, "mail option") + check_options(options, "mail option"),
+            mail_options,
             rcpt_options,
-            dsn,
+            dsn_ret,
+            dsn_envid,
+            dsn_notify,
+            dsn_orcpt,
+            envelope,
         )
-        return self._send_checked(envelope, body_source(msg))
+        return self._send_checked(checked, body_source(msg))  # type: ignore[arg-type]
 
     def _send_checked(self, envelope: Envelope, source: BodySource) -> Deferred[dict[str, Reply]]:
         """
@@ -633,27 +646,38 @@ class SMTP:
         to_addrs: str | Sequence[str] | None = None,
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
+        *,
+        dsn_ret: str | None = None,
+        dsn_envid: str | None = None,
+        dsn_notify: str | Sequence[str] | None = None,
+        dsn_orcpt: bool = False,
+        envelope: Envelope | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
         Send an :class:`email.message.Message` (or ``EmailMessage``) as
         smtplib does: the sender from ``Sender`` or ``From`` and the
         recipients from ``To``, ``Cc`` and ``Bcc`` (the latest ``Resent-*``
-        block when there is one) unless given; ``Bcc`` and ``Resent-Bcc``
-        left out of what is sent; SMTPUTF8 when an address needs it.
+        block when there is one) unless given (or ``envelope`` gives them);
+        ``Bcc`` and ``Resent-Bcc`` left out of what is sent; SMTPUTF8 when an
+        address needs it.  The other arguments are :meth:`sendmail`'s.
 
         :returns: as :meth:`sendmail`.
         :raises SMTPArgumentError: when no sender or recipient can be found.
         :raises ValueError: for more than one ``Resent-`` block.
         """
-        prepared = prepare_message(msg, from_addr, to_addrs)
-        mail_options = check_options(mail_options, "mail option")
-        return self.sendmail(
-            prepared.sender,
-            prepared.recipients,
-            prepared.data,
-            prepared.options_with(mail_options),
+        checked, data = message_for_call(
+            msg,
+            from_addr,
+            to_addrs,
+            mail_options,
             rcpt_options,
+            dsn_ret,
+            dsn_envid,
+            dsn_notify,
+            dsn_orcpt,
+            envelope,
         )
+        return self._send_checked(checked, body_source(data))
 
     async def _sendmail(self, envelope: Envelope, source: BodySource) -> dict[str, Reply]:
         # A stream's first chunk is read (and its type checked) before

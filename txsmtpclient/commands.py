@@ -11,6 +11,8 @@ import email.utils
 import re
 from collections.abc import Iterable
 
+from txsmtpclient import _checks
+from txsmtpclient._checks import ArgumentError
 from txsmtpclient.errors import SMTPArgumentError
 
 __all__ = [
@@ -28,32 +30,18 @@ __all__ = [
 
 CRLF = b"\r\n"
 
-# Every C0 control and DEL: CR and LF would end the command early and let an
-# argument smuggle a second command (RFC 5321 section 4.1.1); NUL and the rest
-# have no place in a command line either.
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
-
 
 def check_argument(value: str, what: str) -> str:
     """
-    Check one command argument given by the caller.
+    :func:`txsmtpclient._checks.check_argument` (``value`` unchanged, or
+    ``TypeError`` for a non-``str``) raising the client's error.
 
-    :param value: the argument.
-    :param what: its name, for the error message.
-    :returns: ``value`` unchanged.
-    :raises TypeError: if ``value`` is not a ``str``.
-    :raises SMTPArgumentError: if it holds a control character (CR, LF, NUL,
-        any other C0 control, or DEL).
+    :raises SMTPArgumentError: if ``value`` holds a control character.
     """
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be str, not {type(value).__name__}")
-    match = _FORBIDDEN.search(value)
-    if match is not None:
-        raise SMTPArgumentError(
-            f"{what} holds the control character {match.group()!r} at offset "
-            f"{match.start()}: {value!r}"
-        )
-    return value
+    try:
+        return _checks.check_argument(value, what)
+    except ArgumentError as e:
+        raise SMTPArgumentError(*e.args) from None
 
 
 # local@domain with nothing parseaddr would change: no spaces, quotes,
@@ -198,19 +186,16 @@ def xtext_encode(value: str) -> str:
 
 def check_options(options: Iterable[str], what: str) -> tuple[str, ...]:
     """
-    Check a sequence of ESMTP parameters given by the caller.
+    Check a sequence of ESMTP parameters given by the caller (the shared
+    check, see :func:`txsmtpclient._checks.check_options`).
 
     :raises TypeError: if ``options`` is a bare string or holds non-strings.
     :raises SMTPArgumentError: if one holds a control character or a space.
     """
-    if isinstance(options, (str, bytes)):
-        raise TypeError(f"{what} must be a sequence of str, not a single {type(options).__name__}")
-    checked = tuple(options)
-    for option in checked:
-        check_argument(option, what)
-        if " " in option or not option:
-            raise SMTPArgumentError(f"{what} entry {option!r} must be one non-empty word")
-    return checked
+    try:
+        return _checks.check_options(options, what)
+    except ArgumentError as e:
+        raise SMTPArgumentError(*e.args) from None
 
 
 #: Every byte but CR and LF, for ``bytes.translate(None, delete)``.

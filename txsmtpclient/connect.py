@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IAddress, IConnector, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
+from txsmtpclient._endpoints import connect_error
 from txsmtpclient.client import SMTP
 from txsmtpclient.errors import SMTPConnectError, SMTPServerDisconnected
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, SMTPClientProtocol, Timeouts
@@ -38,9 +39,9 @@ class SMTPClientFactory(ClientFactory):
         subclass such as ``LMTP``).
 
     :ivar deferred: fires with the connected :class:`SMTP` after a 220
-        greeting; fails with the connection error (``ConnectionRefusedError``
-        and the like), :class:`SMTPConnectError` for another greeting, or
-        :class:`SMTPServerDisconnected` when the connection drops first.
+        greeting; fails with :class:`SMTPServerDisconnected` when the
+        connection cannot be made (the reason as its ``__cause__``) or drops
+        before the greeting, :class:`SMTPConnectError` for another greeting.
     """
 
     protocol = SMTPClientProtocol
@@ -86,7 +87,8 @@ class SMTPClientFactory(ClientFactory):
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         if not self.deferred.called:
-            self.deferred.errback(reason)
+            error = reason.value if reason.value is not None else reason
+            self.deferred.errback(connect_error(error, connector.getDestination()))
 
     def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
         if not self.deferred.called:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Mapping
 
+from txsmtpclient._checks import ArgumentError
 from txsmtpclient.reply import Reply
 
 __all__ = [
@@ -58,12 +59,14 @@ class SMTPException(smtplib.SMTPException):
         return False
 
 
-class SMTPArgumentError(SMTPException, ValueError):
+class SMTPArgumentError(SMTPException, ArgumentError):
     """
     A caller passed a value that cannot be sent: CR, LF, NUL or another
     control character in a command argument, a non-ASCII address for a server
-    without SMTPUTF8, a ``str`` message with non-ASCII characters, or an empty
-    recipient list.  Raised before anything is written to the connection.
+    without SMTPUTF8, a ``str`` message with non-ASCII characters, an empty
+    recipient list, or a malformed host or port.  Raised before anything is
+    written to the connection.  A ``ValueError``, and the client's form of
+    the light checks' :class:`txsmtpclient._checks.ArgumentError`.
     """
 
 

@@ -16,16 +16,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
-from txsmtpclient._body import Body, body_source
+from txsmtpclient._body import Body, BodySource, body_source
+from txsmtpclient._endpoints import Relay, parse_relay
 from txsmtpclient.client import SMTP
-from txsmtpclient.errors import SMTPException, SMTPServerDisconnected
-from txsmtpclient.message import prepare_message
+from txsmtpclient.errors import SMTPArgumentError, SMTPException, SMTPServerDisconnected
 from txsmtpclient.reply import Reply
-from txsmtpclient.transaction import DSN, Envelope
+from txsmtpclient.transaction import Envelope, envelope_for_call, message_for_call
 
 __all__ = ["SMTPConnectionPool"]
-
-_DSN_KEYWORDS = frozenset({"dsn_ret", "dsn_envid", "dsn_notify", "dsn_orcpt"})
 
 
 class _Connection:
@@ -52,8 +50,11 @@ class SMTPConnectionPool:
     A send whose connection cannot be opened fails with that error; each
     waiting send gets its own attempt, so none waits for ever.
 
-    :param host: as for :meth:`SMTP.connect`.
+    :param host: as for :meth:`SMTP.connect`; any spelling (see
+        :meth:`serves`).
     :param port: as for :meth:`SMTP.connect`.
+    :raises SMTPArgumentError: for a malformed ``host`` or ``port``, or
+        limits below 1.
     :param make_client: builds an unconnected :class:`SMTP` (or ``LMTP``,
         ``SMTP_SSL``) with the TLS policy, timeouts and reactor wanted; a
         plain ``SMTP(reactor=reactor)`` by default.
@@ -84,10 +85,12 @@ class SMTPConnectionPool:
 
             reactor = global_reactor
         if max_connections < 1 or max_messages < 1:
-            raise ValueError("max_connections and max_messages must be at least 1")
+            raise SMTPArgumentError("max_connections and max_messages must be at least 1")
         if (username is None) != (password is None):
             raise TypeError("username and password go together")
         self._reactor: Any = reactor
+        # Read once: a malformed relay is refused here, not at each send.
+        self._relay = parse_relay(host, port)
         self._host = host
         self._port = port
         self.max_connections = max_connections
@@ -115,6 +118,14 @@ class SMTPConnectionPool:
         return self._host
 
     @property
+    def relay(self) -> Relay:
+        """
+        The relay, parsed (``str()`` of it is a spelling :meth:`serves`
+        accepts).
+        """
+        return self._relay
+
+    @property
     def size(self) -> int:
         """
         Connections open or being opened.
@@ -135,49 +146,58 @@ class SMTPConnectionPool:
         """
         return len(self._waiting)
 
+    def serves(self, host: str | IStreamClientEndpoint, port: int | None = None) -> bool:
+        """
+        Whether ``host`` (and ``port``) name this pool's relay, however
+        spelled: ``SMTPConnectionPool("127.0.0.1", 8025)`` serves
+        ``"127.0.0.1:8025"`` and ``"tcp:127.0.0.1:8025"``; a missing port
+        is taken as 25.
+
+        :raises SMTPArgumentError: for a malformed ``host`` or ``port``.
+        """
+        other = parse_relay(host, port).with_default_port(SMTP.default_port)
+        return other == self._relay.with_default_port(SMTP.default_port)
+
     def sendmail(
         self,
-        from_addr: str,
-        to_addrs: str | Sequence[str],
-        msg: Body,
+        from_addr: str | None = None,
+        to_addrs: str | Sequence[str] | None = None,
+        msg: Body | None = None,
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
-        **dsn: Any,
+        *,
+        dsn_ret: str | None = None,
+        dsn_envid: str | None = None,
+        dsn_notify: str | Sequence[str] | None = None,
+        dsn_orcpt: bool = False,
+        envelope: Envelope | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
-        Send one message over a pooled connection, as :meth:`SMTP.sendmail`.
-
-        :param dsn: ``dsn_ret``, ``dsn_envid``, ``dsn_notify`` and
-            ``dsn_orcpt``, as :meth:`SMTP.sendmail` takes them.  (Left as
-            keywords so the pool fits :class:`txsmtpclient.spool.delivery.Sender`.)
+        Send one message over a pooled connection; the arguments are
+        :meth:`SMTP.sendmail`'s.
 
         :returns: a Deferred firing with the refused recipients
             (``{address: reply}``).
         :raises SMTPArgumentError: (at once) for bad arguments, before a
             connection is taken.
-        :raises TypeError: (at once) for a message of the wrong type, or a
-            keyword other than the four DSN ones.
+        :raises TypeError: (at once) for a value of the wrong type.
         :raises SMTPException: (through the Deferred) as
             :meth:`SMTP.sendmail`, or for the connection;
             :class:`SMTPServerDisconnected` once the pool is closed.
         """
         # Misuse raises here, not after a connection was opened for it.
-        unknown = sorted(set(dsn) - _DSN_KEYWORDS)
-        if unknown:
-            raise TypeError(f"sendmail() got unexpected keyword arguments: {unknown}")
-        checked = DSN.check(
-            dsn.get("dsn_ret"),
-            dsn.get("dsn_envid"),
-            dsn.get("dsn_notify"),
-            dsn.get("dsn_orcpt", False),
+        checked = envelope_for_call(
+            from_addr,
+            to_addrs,
+            mail_options,
+            rcpt_options,
+            dsn_ret,
+            dsn_envid,
+            dsn_notify,
+            dsn_orcpt,
+            envelope,
         )
-        envelope = Envelope.check(from_addr, to_addrs, mail_options, rcpt_options, checked)
-        source = body_source(msg)
-
-        def send(smtp: SMTP) -> Deferred[dict[str, Reply]]:
-            return smtp._send_checked(envelope, source)
-
-        return Deferred.fromCoroutine(self._with_connection(send))
+        return self._send(checked, body_source(msg))  # type: ignore[arg-type]
 
     def send_message(
         self,
@@ -186,6 +206,12 @@ class SMTPConnectionPool:
         to_addrs: str | Sequence[str] | None = None,
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
+        *,
+        dsn_ret: str | None = None,
+        dsn_envid: str | None = None,
+        dsn_notify: str | Sequence[str] | None = None,
+        dsn_orcpt: bool = False,
+        envelope: Envelope | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
         Send an :class:`email.message.Message`, as :meth:`SMTP.send_message`.
@@ -193,14 +219,25 @@ class SMTPConnectionPool:
         :raises SMTPArgumentError: (at once) when no sender or recipient can
             be found.
         """
-        prepared = prepare_message(msg, from_addr, to_addrs)
-        return self.sendmail(
-            prepared.sender,
-            prepared.recipients,
-            prepared.data,
-            prepared.options_with(mail_options),
+        checked, data = message_for_call(
+            msg,
+            from_addr,
+            to_addrs,
+            mail_options,
             rcpt_options,
+            dsn_ret,
+            dsn_envid,
+            dsn_notify,
+            dsn_orcpt,
+            envelope,
         )
+        return self._send(checked, body_source(data))
+
+    def _send(self, envelope: Envelope, source: BodySource) -> Deferred[dict[str, Reply]]:
+        def send(smtp: SMTP) -> Deferred[dict[str, Reply]]:
+            return smtp._send_checked(envelope, source)
+
+        return Deferred.fromCoroutine(self._with_connection(send))
 
     def close(self) -> Deferred[None]:
         """

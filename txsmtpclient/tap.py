@@ -28,8 +28,9 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python import usage
 from twisted.web.server import Site
 
-from txsmtpclient._endpoints import _description_host, _is_description
+from txsmtpclient._endpoints import Relay, parse_relay
 from txsmtpclient.client import SMTP
+from txsmtpclient.errors import SMTPArgumentError
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.cli import default_spool
 from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_duration
@@ -389,18 +390,16 @@ def read_password(settings: Mapping[str, Any], environ: Mapping[str, str]) -> st
     return None
 
 
-def relay_hostname(relay: str) -> str:
+def _relay(relay: str) -> Relay:
     """
-    The host name in a relay (``host:port`` or an endpoint description), to
-    check its certificate against; ``""`` when it names none (``unix:``).
+    The relay, read by the client's own parser.
+
+    :raises usage.UsageError: for a malformed relay.
     """
-    if ":" in relay and _is_description(relay):
-        return _description_host(relay)
-    if relay.startswith("["):
-        return relay[1:].partition("]")[0]
-    if relay.count(":") == 1:
-        return relay.partition(":")[0]
-    return relay
+    try:
+        return parse_relay(relay)
+    except (SMTPArgumentError, TypeError) as e:
+        raise usage.UsageError(f"--relay: {e}") from e
 
 
 def _tls_options(settings: Mapping[str, Any]) -> IOpenSSLClientConnectionCreator | None:
@@ -414,7 +413,7 @@ def _tls_options(settings: Mapping[str, Any]) -> IOpenSSLClientConnectionCreator
             ca = Certificate.loadPEM(f.read())
     except (OSError, ValueError) as e:
         raise usage.UsageError(f"--tls-ca: cannot load {path}: {e}") from e
-    hostname = relay_hostname(settings["relay"])
+    hostname = _relay(settings["relay"]).host
     if not hostname:
         raise usage.UsageError("--tls-ca needs a relay that names a host to verify")
     return optionsForClientTLS(hostname, trustRoot=ca)
@@ -438,6 +437,7 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
     password = read_password(settings, os.environ)
     tls_options = _tls_options(settings)
     relay: str = settings["relay"]
+    _relay(relay)  # a malformed relay is a usage error now, not at each send
 
     def make_client() -> SMTP:
         return SMTP(

@@ -9,10 +9,13 @@ Sans-IO; nothing here imports Twisted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from email.message import Message
 
+from txsmtpclient._checks import ArgumentError, check_dsn
+from txsmtpclient._checks import check_argument as _check_argument
+from txsmtpclient._checks import check_options as _check_options
 from txsmtpclient.commands import (
-    check_argument,
     check_options,
     encode_command,
     extension_for_option,
@@ -29,6 +32,7 @@ from txsmtpclient.errors import (
     SMTPSenderRefused,
 )
 from txsmtpclient.extensions import Extensions
+from txsmtpclient.message import prepare_message
 from txsmtpclient.reply import Reply
 
 __all__ = [
@@ -36,24 +40,25 @@ __all__ = [
     "Envelope",
     "Plan",
     "Refused",
+    "envelope_for_call",
     "judge_recipients",
+    "message_for_call",
     "plan_transaction",
     "sender_error",
 ]
 
 
-_NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
-
-
 @dataclass(frozen=True, slots=True)
 class DSN:
     """
-    Delivery status notification requests (RFC 3461).
+    Delivery status notification requests (RFC 3461), checked when made.
 
     :ivar ret: ``"FULL"`` or ``"HDRS"``: what a bounce returns.
     :ivar envid: the envelope id echoed in notices.
-    :ivar notify: when to notify for each recipient.
+    :ivar notify: when to notify for each recipient: ``("NEVER",)`` or some
+        of ``SUCCESS``, ``FAILURE``, ``DELAY``.
     :ivar orcpt: send each recipient's original address as ``ORCPT``.
+    :raises SMTPArgumentError: (when made) as :meth:`check`.
     """
 
     ret: str | None = None
@@ -61,16 +66,27 @@ class DSN:
     notify: tuple[str, ...] = ()
     orcpt: bool = False
 
+    def __post_init__(self) -> None:
+        try:
+            ret, _envid, notify = check_dsn(self.ret, self.envid, self.notify)
+        except ArgumentError as e:
+            raise SMTPArgumentError(*e.args) from None
+        # Normalised in place: the value is new and nobody holds it yet.
+        object.__setattr__(self, "ret", ret)
+        object.__setattr__(self, "notify", notify)
+        object.__setattr__(self, "orcpt", bool(self.orcpt))
+
     @classmethod
     def check(
         cls,
         ret: str | None = None,
         envid: str | None = None,
-        notify: Sequence[str] | None = None,
+        notify: str | Sequence[str] | None = None,
         orcpt: bool = False,
     ) -> DSN | None:
         """
-        Check a caller's DSN requests; ``None`` when there are none.
+        Check a caller's DSN requests (``sendmail``'s ``dsn_*`` arguments);
+        ``None`` when there are none.
 
         :raises SMTPArgumentError: for a RET other than FULL/HDRS, NOTIFY
             values other than SUCCESS/FAILURE/DELAY or NEVER alone, or an
@@ -78,25 +94,8 @@ class DSN:
         """
         if ret is None and envid is None and not notify and not orcpt:
             return None
-        if ret is not None:
-            ret = check_argument(ret, "dsn_ret").upper()
-            if ret not in ("FULL", "HDRS"):
-                raise SMTPArgumentError(f'dsn_ret must be "FULL" or "HDRS", not {ret!r}')
-        if envid is not None:
-            check_argument(envid, "dsn_envid")
-            if not envid.isascii() or not 0 < len(envid) <= 100:
-                raise SMTPArgumentError("dsn_envid must be 1 to 100 ASCII characters (RFC 3461)")
-        values: tuple[str, ...] = ()
-        if notify:
-            if isinstance(notify, str):
-                notify = notify.split(",")
-            values = tuple(check_argument(v, "dsn_notify").strip().upper() for v in notify)
-            if values != ("NEVER",) and not set(values) <= _NOTIFY:
-                raise SMTPArgumentError(
-                    "dsn_notify must be some of SUCCESS, FAILURE, DELAY, or NEVER alone; "
-                    f"got {values!r}"
-                )
-        return cls(ret, envid, values, bool(orcpt))
+        words = tuple(notify.split(",")) if isinstance(notify, str) else tuple(notify or ())
+        return cls(ret, envid, words, orcpt)
 
     def mail_options(self) -> list[str]:
         """
@@ -136,7 +135,30 @@ def _utf8_xtext(value: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """
-    A checked envelope: the caller's sender, recipients and options.
+    Everything about one message but its content: the value every send path
+    takes (``SMTP.sendmail``, ``SMTPConnectionPool.sendmail``, the one-shot
+    ``txsmtpclient.sendmail`` and their ``send_message``, as ``envelope=``;
+    the daemon builds one per delivery attempt).
+
+    Checked when made, however it is made, so that no unchecked value
+    reaches a command line::
+
+        Envelope("me@example.com", ("you@example.com",),
+                 dsn=DSN(ret="HDRS", notify=("FAILURE",)))
+
+    Options added later (DKIM signing, REQUIRETLS, FUTURERELEASE ...) are
+    fields here, keyword-only with a default: no send path's signature
+    changes for them.
+
+    :ivar sender: the envelope sender (``""`` for the null sender).
+    :ivar recipients: the recipients; a single ``str`` is taken as one.
+    :ivar mail_options: MAIL parameters, sent only when the server
+        advertises their extension.
+    :ivar rcpt_options: RCPT parameters for every recipient.
+    :ivar dsn: delivery status notification requests.
+    :raises TypeError: (when made) for values of the wrong type.
+    :raises SMTPArgumentError: (when made) for control characters, an empty
+        recipient, no recipients, or an option that is not one word.
     """
 
     sender: str
@@ -144,6 +166,45 @@ class Envelope:
     mail_options: tuple[str, ...] = ()
     rcpt_options: tuple[str, ...] = ()
     dsn: DSN | None = None
+
+    def __post_init__(self) -> None:
+        # The shared checks, called directly (this runs for every message):
+        # their ArgumentError becomes the client's error once, at the end.
+        try:
+            _check_argument(self.sender, "from_addr")
+            recipients: object = self.recipients
+            if isinstance(recipients, str):
+                recipients = (recipients,)
+            elif isinstance(recipients, bytes) or not isinstance(recipients, Sequence):
+                raise TypeError(
+                    f"to_addrs must be a str or a sequence of str, not {type(recipients).__name__}"
+                )
+            checked = tuple(recipients)
+            if not plain_addresses(checked):
+                # Not all plain local@domain (or none at all): look at each,
+                # so that the error names the culprit.
+                checked = tuple(_check_argument(r, "recipient address") for r in checked)
+                if not checked:
+                    raise ArgumentError(
+                        "to_addrs is empty: a message needs at least one recipient"
+                    )
+                for address in checked:
+                    if quote_checked_address(address) == "<>":
+                        raise ArgumentError(f"recipient address {address!r} is empty")
+            mail, rcpt = self.mail_options, self.rcpt_options
+            # No options (the usual case): nothing to check.
+            if mail.__class__ is not tuple or mail:
+                mail = _check_options(mail, "mail option")
+            if rcpt.__class__ is not tuple or rcpt:
+                rcpt = _check_options(rcpt, "recipient option")
+        except ArgumentError as e:
+            raise SMTPArgumentError(*e.args) from None
+        if self.dsn is not None and not isinstance(self.dsn, DSN):
+            raise TypeError(f"dsn must be a DSN, not {type(self.dsn).__name__}")
+        # Normalised in place: the value is new and nobody holds it yet.
+        object.__setattr__(self, "recipients", checked)
+        object.__setattr__(self, "mail_options", mail)
+        object.__setattr__(self, "rcpt_options", rcpt)
 
     @classmethod
     def check(
@@ -155,37 +216,13 @@ class Envelope:
         dsn: DSN | None = None,
     ) -> Envelope:
         """
-        Check what a caller gave ``sendmail``.
+        The envelope for smtplib-style arguments (any sequences).
 
         :raises TypeError: for values of the wrong type.
-        :raises SMTPArgumentError: for control characters, or no recipients.
+        :raises SMTPArgumentError: as :class:`Envelope`.
         """
-        check_argument(sender, "from_addr")
-        if isinstance(recipients, str):
-            recipients = (recipients,)
-        elif isinstance(recipients, bytes) or not isinstance(recipients, Sequence):
-            raise TypeError(
-                f"to_addrs must be a str or a sequence of str, not {type(recipients).__name__}"
-            )
-        checked = tuple(recipients)
-        if not plain_addresses(checked):
-            # Not all plain local@domain (or none at all): look at each, so
-            # that the error names the culprit.
-            checked = tuple(check_argument(r, "recipient address") for r in checked)
-            if not checked:
-                raise SMTPArgumentError(
-                    "to_addrs is empty: a message needs at least one recipient"
-                )
-            for address in checked:
-                if quote_checked_address(address) == "<>":
-                    raise SMTPArgumentError(f"recipient address {address!r} is empty")
-        return cls(
-            sender,
-            checked,
-            check_options(mail_options, "mail option"),
-            check_options(rcpt_options, "recipient option"),
-            dsn,
-        )
+        # The constructor checks each and makes it a tuple.
+        return cls(sender, recipients, mail_options, rcpt_options, dsn)  # type: ignore[arg-type]
 
     @property
     def needs_smtputf8(self) -> bool:
@@ -194,6 +231,104 @@ class Envelope:
         """
         # One C-level pass over all the recipients, not a call for each.
         return not (self.sender.isascii() and "".join(self.recipients).isascii())
+
+
+def envelope_for_call(
+    from_addr: str | None,
+    to_addrs: str | Sequence[str] | None,
+    mail_options: Sequence[str],
+    rcpt_options: Sequence[str],
+    dsn_ret: str | None,
+    dsn_envid: str | None,
+    dsn_notify: str | Sequence[str] | None,
+    dsn_orcpt: bool,
+    envelope: Envelope | None,
+) -> Envelope:
+    """
+    The envelope a ``sendmail`` call asks for, from its arguments (the one
+    place every send path turns them into an :class:`Envelope`).
+
+    :raises TypeError: when neither ``envelope`` nor ``from_addr`` and
+        ``to_addrs`` are given, or for values of the wrong type.
+    :raises SMTPArgumentError: for bad values, or ``envelope`` given together
+        with the arguments it replaces.
+    """
+    if envelope is None:
+        if from_addr is None or to_addrs is None:
+            raise TypeError("sendmail() needs from_addr and to_addrs, or envelope=")
+        dsn = DSN.check(dsn_ret, dsn_envid, dsn_notify, dsn_orcpt)
+        # As Envelope.check, one call less: this runs for every message.
+        return Envelope(from_addr, to_addrs, mail_options, rcpt_options, dsn)  # type: ignore[arg-type]
+    if not isinstance(envelope, Envelope):
+        raise TypeError(f"envelope must be an Envelope, not {type(envelope).__name__}")
+    if (
+        from_addr is not None
+        or to_addrs is not None
+        or mail_options
+        or rcpt_options
+        or dsn_ret is not None
+        or dsn_envid is not None
+        or dsn_notify
+        or dsn_orcpt
+    ):
+        raise SMTPArgumentError(
+            "envelope= holds the sender, recipients, options and DSN requests: "
+            "give it alone, without from_addr, to_addrs, mail_options, rcpt_options or dsn_*"
+        )
+    return envelope
+
+
+def message_for_call(
+    msg: Message,
+    from_addr: str | None,
+    to_addrs: str | Sequence[str] | None,
+    mail_options: Sequence[str],
+    rcpt_options: Sequence[str],
+    dsn_ret: str | None,
+    dsn_envid: str | None,
+    dsn_notify: str | Sequence[str] | None,
+    dsn_orcpt: bool,
+    envelope: Envelope | None,
+) -> tuple[Envelope, bytes]:
+    """
+    What a ``send_message`` call sends: the envelope (sender and recipients
+    from the headers unless given, see
+    :func:`~txsmtpclient.message.prepare_message`, with the MAIL parameters
+    the message needs added) and the message's bytes (``Bcc`` stripped).
+
+    :raises SMTPArgumentError: as :func:`envelope_for_call`, or when no
+        sender or recipient can be found.
+    :raises ValueError: for more than one ``Resent-`` block.
+    """
+    if envelope is not None:
+        given = envelope_for_call(
+            from_addr,
+            to_addrs,
+            mail_options,
+            rcpt_options,
+            dsn_ret,
+            dsn_envid,
+            dsn_notify,
+            dsn_orcpt,
+            envelope,
+        )
+        prepared = prepare_message(msg, given.sender, given.recipients)
+        options = prepared.options_with(given.mail_options)
+        return replace(given, mail_options=options), prepared.data
+    prepared = prepare_message(msg, from_addr, to_addrs)
+    options = prepared.options_with(check_options(mail_options, "mail option"))
+    checked = envelope_for_call(
+        prepared.sender,
+        prepared.recipients,
+        options,
+        rcpt_options,
+        dsn_ret,
+        dsn_envid,
+        dsn_notify,
+        dsn_orcpt,
+        None,
+    )
+    return checked, prepared.data
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ from txsmtpclient.spool.envelope import (
 from txsmtpclient.spool.notice import failure_notice
 from txsmtpclient.spool.queue import EntryNotFound, IQueue, SpoolFull
 from txsmtpclient.spool.schedule import Jitter, RetryPolicy
-from txsmtpclient.transaction import Refused
+from txsmtpclient.transaction import DSN, Envelope, Refused
 
 __all__ = [
     "Blocking",
@@ -89,15 +89,7 @@ class Sender(Protocol):
     carrying the reply to the final dot.
     """
 
-    def sendmail(
-        self,
-        from_addr: str,
-        to_addrs: str | Sequence[str],
-        msg: Body,
-        mail_options: Sequence[str] = (),
-        rcpt_options: Sequence[str] = (),
-        **dsn: Any,
-    ) -> Deferred[dict[str, Reply]]: ...
+    def sendmail(self, *, msg: Body, envelope: Envelope) -> Deferred[dict[str, Reply]]: ...
 
 
 class DeliveryAction(str, Enum):
@@ -274,15 +266,6 @@ class Deliverer:
             be sent; ``None`` when it was cancelled (stopping).
         """
         pending = entry.pending
-        dsn: dict[str, Any] = {}
-        if entry.dsn is not None:
-            # The client leaves these out where the server lacks DSN
-            # (RFC 3461 section 4).
-            dsn = {
-                "dsn_ret": entry.dsn.ret,
-                "dsn_envid": entry.dsn.envid,
-                "dsn_notify": entry.dsn.notify or None,
-            }
         start = self.clock.seconds()
         code: int | None = None
         text = ""
@@ -291,14 +274,7 @@ class Deliverer:
         refused: dict[str, ReplyRecord] = {}
         delivered: tuple[str, ...] = ()
         try:
-            d = self.sender.sendmail(
-                entry.sender,
-                list(pending),
-                message,
-                entry.mail_options,
-                entry.rcpt_options,
-                **dsn,
-            )
+            d = self.sender.sendmail(msg=message, envelope=_envelope(entry, pending))
             self.sending[entry.id] = d
             try:
                 result = await d
@@ -534,6 +510,20 @@ class Deliverer:
             sender=entry.sender,
             id=entry.id,
         )
+
+
+def _envelope(entry: Entry, pending: Sequence[str]) -> Envelope:
+    """
+    The client's envelope for an entry's pending recipients.
+
+    :raises SMTPArgumentError: for what the client will not send.
+    """
+    dsn = None
+    if entry.dsn is not None:
+        # The client leaves these out where the server lacks DSN
+        # (RFC 3461 section 4).
+        dsn = DSN.check(entry.dsn.ret, entry.dsn.envid, entry.dsn.notify)
+    return Envelope.check(entry.sender, pending, entry.mail_options, entry.rcpt_options, dsn)
 
 
 class _GaveUp(Exception):

@@ -12,10 +12,13 @@ that move an entry along (:func:`apply_attempt`, :func:`start_next_occurrence`,
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import TypeVar
 
+from txsmtpclient._checks import ArgumentError, check_argument, check_dsn
+from txsmtpclient._checks import check_options as check_options_
 from txsmtpclient.spool.schedule import Recurrence, next_occurrence
 
 __all__ = [
@@ -43,6 +46,9 @@ __all__ = [
 #: Attempts kept per entry; older ones are dropped so a recurring message's
 #: envelope does not grow without bound.
 MAX_ATTEMPTS_KEPT = 100
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 _ID = re.compile(r"[0-9a-f]{1,16}-[0-9]{1,10}-[0-9a-f]{8}")
 
@@ -143,18 +149,14 @@ class Dsn:
     notify: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.ret is not None and self.ret.upper() not in ("FULL", "HDRS"):
-            raise EnvelopeError(f"expected DSN RET FULL or HDRS, got {self.ret!r}")
-        words = {n.upper() for n in self.notify}
-        if not words <= {"NEVER", "SUCCESS", "FAILURE", "DELAY"} or (
-            "NEVER" in words and len(words) > 1
-        ):
-            raise EnvelopeError(
-                "expected DSN NOTIFY NEVER, or some of SUCCESS, FAILURE, DELAY; "
-                f"got {','.join(self.notify)!r}"
-            )
-        if self.envid is not None:
-            _check_text("DSN ENVID", self.envid)
+        # The client's own DSN check, so that what the spool accepts the
+        # client will send.
+        try:
+            ret, _envid, notify = check_dsn(self.ret, self.envid, self.notify)
+        except (TypeError, ArgumentError) as e:
+            raise EnvelopeError(str(e)) from None
+        object.__setattr__(self, "ret", ret)
+        object.__setattr__(self, "notify", notify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,13 +306,6 @@ def is_valid_id(text: str) -> bool:
     return _ID.fullmatch(text) is not None
 
 
-def _check_text(what: str, value: str) -> None:
-    # RFC 5321 section 4.1.2 has no place for controls in a path or a
-    # parameter; CR or LF would let one command smuggle in another.
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise EnvelopeError(f"{what} must not contain control characters, got {value!r}")
-
-
 def check_address(address: str, *, what: str = "address") -> str:
     """
     Check an envelope address before it is queued.
@@ -320,9 +315,7 @@ def check_address(address: str, *, what: str = "address") -> str:
     :returns: the address.
     :raises EnvelopeError: if it contains controls, spaces or angle brackets.
     """
-    if not isinstance(address, str):
-        raise EnvelopeError(f"{what} must be a str, got {type(address).__name__}")
-    _check_text(what, address)
+    _checked(check_argument, address, what)
     if any(c in address for c in " <>"):
         raise EnvelopeError(f"{what} must be a bare mailbox without spaces or <>, got {address!r}")
     return address
@@ -331,14 +324,22 @@ def check_address(address: str, *, what: str = "address") -> str:
 def check_option(option: str) -> str:
     """
     Check one ESMTP parameter (``KEYWORD`` or ``KEYWORD=value``, RFC 5321
-    section 4.1.2).
+    section 4.1.2), with the client's own check.
 
     :raises EnvelopeError: if it is empty or contains spaces or controls.
     """
-    if not isinstance(option, str) or not option or " " in option:
-        raise EnvelopeError(f"expected an ESMTP parameter like 'BODY=8BITMIME', got {option!r}")
-    _check_text("ESMTP parameter", option)
-    return option
+    return _checked(check_options_, (option,), "ESMTP parameter")[0]
+
+
+def _checked(check: Callable[[T, str], U], value: T, what: str) -> U:
+    """
+    One of the client's checks (:mod:`txsmtpclient._checks`), its errors
+    made :class:`EnvelopeError`.
+    """
+    try:
+        return check(value, what)
+    except (TypeError, ArgumentError) as e:
+        raise EnvelopeError(str(e)) from None
 
 
 _QUEUE_ID_PATTERNS = (
@@ -441,6 +442,4 @@ def check_options(options: Sequence[str]) -> tuple[str, ...]:
     :raises EnvelopeError: for a malformed one, or a bare string passed where
         a sequence was expected.
     """
-    if isinstance(options, str):
-        raise EnvelopeError(f"expected a sequence of ESMTP parameters, got the string {options!r}")
-    return tuple(check_option(o) for o in options)
+    return _checked(check_options_, options, "ESMTP parameter")
