@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import txsmtpclient  # noqa: E402
+import txsmtpclient
 
 project = "txsmtpclient"
 author = "The txsmtpclient developers"
@@ -51,7 +51,9 @@ def _inventory(*paths: str) -> str | None:
 intersphinx_mapping = {
     "python": (
         "https://docs.python.org/3",
-        _inventory("/usr/share/doc/python3.11/html/objects.inv", "/usr/share/doc/python3/html/objects.inv"),
+        _inventory(
+            "/usr/share/doc/python3.11/html/objects.inv", "/usr/share/doc/python3/html/objects.inv"
+        ),
     ),
     "twisted": (
         "https://docs.twisted.org/en/stable/api/",
