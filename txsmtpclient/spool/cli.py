@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 
-from txsmtpclient.spool.codec import encode_entry
+from txsmtpclient.spool.codec import entry_json
 from txsmtpclient.spool.envelope import Dsn, Entry, EnvelopeError, State
 from txsmtpclient.spool.queue import (
     EntryBusy,
@@ -194,9 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(encode_entry(entry))
-    data["state"] = entry.state.value
-    return data
+    return entry_json(entry)
 
 
 def _show(entry: Entry, out: TextIO) -> None:
