@@ -16,8 +16,8 @@ the reactor thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -145,13 +145,38 @@ class DaemonMetrics:
 
     def resource(self) -> IResource:
         """
-        The ``/metrics`` resource (``prometheus_client.twisted``), rendering in
-        the reactor's thread pool.
+        The ``/metrics`` resource: what ``prometheus_client.twisted.MetricsResource``
+        builds (a ``WSGIResource`` over ``make_wsgi_app``, rendering in the
+        reactor's thread pool), with the answer sized by ``Content-Length``
+        rather than chunked (Twisted's chunked path also trips a BytesWarning
+        under ``python -bb``).
         """
-        from prometheus_client.twisted import MetricsResource
+        from prometheus_client import make_wsgi_app
+        from twisted.internet import reactor
+        from twisted.web.wsgi import WSGIResource
 
-        resource: IResource = MetricsResource(registry=self.registry)  # type: ignore[no-untyped-call]
-        return resource
+        threads = reactor.getThreadPool()  # type: ignore[attr-defined]
+        return WSGIResource(reactor, threads, _sized(make_wsgi_app(self.registry)))
+
+
+def _sized(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes]]:
+    """
+    A WSGI app answering as ``app`` does, in one piece with ``Content-Length``.
+    """
+
+    def sized(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            started.append((status, headers))
+
+        body = b"".join(app(environ, keep))
+        status, headers = started[-1]
+        headers = [h for h in headers if h[0].lower() != "content-length"]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+    return sized
 
 
 class _DaemonCollector(Collector):
