@@ -510,12 +510,15 @@ def _control(
 def makeService(options: Mapping[str, Any]) -> MultiService:
     """
     Build the daemon: the spool service (named ``"spool"``) sending through a
-    connection pool to the relay, and the HTTP status endpoint (named
-    ``"status"``) when ``--status-port`` is given.
+    connection pool to the relay, the control plane (named ``"control"``,
+    with its metrics as the spool service's observer) when ``--control-port``
+    is given, and the older HTTP status endpoint (named ``"status"``) when
+    ``--status-port`` is.
 
     :param options: parsed :class:`Options`.
     :returns: a MultiService to run, or to embed in another application.
-    :raises usage.UsageError: for an unreadable password or CA file.
+    :raises usage.UsageError: for an unreadable password or CA file, or a
+        control port Twisted cannot listen on as described.
     """
     from twisted.internet import reactor
 
