@@ -10,12 +10,14 @@ from __future__ import annotations
 import hmac
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_service import MESSAGE, NOW, HeldSender, clock, service_for, spool
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
@@ -378,6 +380,56 @@ def test_unexpected_error_is_a_bare_json_500(control: Control) -> None:
     assert code == 500
     text = json.dumps(body)
     assert "secret" not in text and "Traceback" not in text and "RuntimeError" not in text
+    assert any(e.get("log_failure") is not None for e in events)
+
+
+def test_requests_wait_for_startup_recovery(spool: Spool, clock: Clock) -> None:
+    """While start-up recovery runs, an API call waits; it is answered once recovery ends."""
+    recovering: list[Deferred[Any]] = []
+
+    def blocking(f: Callable[..., Any], /, *args: Any) -> Deferred[Any]:
+        if f == spool.recover:
+            d: Deferred[Any] = Deferred()
+            recovering.append(d)
+            return d.addCallback(lambda _: f(*args))
+        return maybeDeferred(f, *args)
+
+    sender = HeldSender()
+    service = SpoolService(
+        spool, sender, relay="relay.test:25", clock=clock, blocking=blocking, concurrency=1
+    )
+    site = make_site(service, token=None)
+    service.startService()
+    request = DummyRequest([b"v1", b"messages"])
+    resource = getChildForRequest(site.resource, request)
+    assert resource.render(request) == NOT_DONE_YET
+    assert request.finished == 0
+    recovering[0].callback(None)
+    assert request.finished == 1
+    assert json.loads(b"".join(request.written)) == {"messages": [], "next_cursor": None}
+    service.stopService()
+
+
+def test_render_error_is_a_json_500(control: Control, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resource raising while rendering still answers JSON 500, no HTML, no traceback."""
+
+    def explode(self: ApiResource, request: Any) -> bytes:
+        raise RuntimeError("secret render detail")
+
+    monkeypatch.setattr(ApiResource, "render", explode)
+    with capturedLogs() as events:
+        answer = _raw_http(
+            control,
+            b"GET /v1/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN + b"\r\n\r\n",
+        )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 ")
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body) == {
+        "error": "internal error; the daemon's log has the details",
+        "field": None,
+    }
+    assert b"secret" not in answer and b"Traceback" not in answer
     assert any(e.get("log_failure") is not None for e in events)
 
 

@@ -185,6 +185,20 @@ class CappedRequest(Request):
         if not self.body_too_large:
             super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
+    def processingFailed(self, reason: Failure) -> Failure:
+        """
+        A resource raised while rendering: log it and answer a bare JSON 500
+        (never Twisted's HTML page).
+        """
+        _log.failure(
+            "Control request {uri} failed", reason, uri=self.uri.decode("ascii", "replace")
+        )
+        if not self.startedWriting:
+            _write_error(self, ApiError(500, "internal error; the daemon's log has the details"))
+        elif not self.finished:
+            self.finish()  # type: ignore[no-untyped-call]
+        return reason
+
 
 class ControlSite(Site):
     """

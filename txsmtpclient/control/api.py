@@ -150,9 +150,12 @@ class ApiResource(Resource):
 
     async def _call(self, f: Callable[..., T], /, *args: Any) -> T:
         """
-        Run a blocking call off the reactor thread, turning the spool's
-        errors into API errors.
+        Run a blocking call off the reactor thread, once the service's
+        start-up recovery is over (it moves this process's held entries),
+        turning the spool's errors into API errors.
         """
+        if self.service.running:
+            await self.service.when_ready()
         try:
             return await self.service.run_blocking(f, *args)
         except EntryNotFound as e:
