@@ -410,6 +410,19 @@ def test_requests_wait_for_startup_recovery(spool: Spool, clock: Clock) -> None:
     service.stopService()
 
 
+def test_unwritable_answer_is_a_json_500(
+    control: Control, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer that cannot be written as JSON (a bug) still finishes the request: 500."""
+
+    async def odd(self: ApiResource, request: Any, params: Any) -> tuple[int, Any]:
+        return 200, {"value": object()}
+
+    monkeypatch.setattr(ApiResource, "stats", odd)
+    code, body, _ = control.call("GET", "/v1/stats")
+    assert (code, body["field"]) == (500, None)
+
+
 def test_render_error_is_a_json_500(control: Control, monkeypatch: pytest.MonkeyPatch) -> None:
     """A resource raising while rendering still answers JSON 500, no HTML, no traceback."""
 

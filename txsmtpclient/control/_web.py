@@ -122,10 +122,11 @@ def respond(request: Request, answer: Callable[[], Awaitable[tuple[int, Any]]]) 
                 uri=(getattr(request, "uri", None) or b"").decode("ascii", "replace"),
             )
             error = ApiError(500, "internal error; the daemon's log has the details")
-        if not gone:
+        if not gone and not request.finished:
             _write_error(request, error)
 
-    Deferred.fromCoroutine(run()).addCallbacks(written, failed)
+    # failed() also catches a fault in written(), so no request is left open.
+    Deferred.fromCoroutine(run()).addCallback(written).addErrback(failed)
     return NOT_DONE_YET
 
 
