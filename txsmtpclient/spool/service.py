@@ -443,7 +443,11 @@ class StatusResource(Resource):
             if gone:
                 return  # the client hung up meanwhile
             request.setResponseCode(code)
-            request.write(json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+            data = json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+            # Sized, not chunked: Twisted's chunked path trips a BytesWarning
+            # under python -bb once an HTTP client ran in the process.
+            request.setHeader(b"content-length", b"%d" % len(data))
+            request.write(data)
             request.finish()
 
         def write(status: dict[str, Any]) -> None:
