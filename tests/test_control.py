@@ -336,8 +336,12 @@ def test_cancel_retry_reschedule(control: Control) -> None:
     code, body, _ = control.call("POST", path + "/hold")
     code, body, _ = control.call("POST", path + "/reschedule", {"in": 10})
     assert (code, body["state"], body["due"]) == (200, "held", NOW + 10)
-    code, body, _ = control.call("POST", path + "/cancel")
+    with capturedLogs() as events:
+        code, body, _ = control.call("POST", path + "/cancel")
     assert (code, body["state"]) == (200, "cancelled")
+    assert [(e["action"], e["id"], e["state"]) for e in events if "action" in e] == [
+        ("cancel", entry_id, "cancelled")
+    ]
     code, body, _ = control.call("POST", path + "/cancel")
     assert code == 409 and "cancelled" in body["error"]
     code, body, _ = control.call("POST", path + "/reschedule", {"in": 10})

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -109,6 +110,7 @@ class ApiResource(Resource):
     """
 
     isLeaf = True
+    log = Logger()
 
     def __init__(self, service: SpoolService, spec: Mapping[str, Any]) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -178,9 +180,20 @@ class ApiResource(Resource):
 
     async def _change(self, f: Callable[[str], Entry], params: dict[str, str]) -> Answer:
         entry = await self._call(f, self._id(params))
+        self._changed(f.__name__, entry)
+        return 200, summary(entry)
+
+    def _changed(self, action: str, entry: Entry) -> None:
+        # An operator's change is worth a line in the daemon's log.
+        self.log.info(
+            "Control plane: {action} {id}: now {state}, due {due}",
+            action=action,
+            id=entry.id,
+            state=entry.state.value,
+            due=entry.due,
+        )
         if entry.state is State.QUEUED:
             self.service.wake()
-        return 200, summary(entry)
 
     # -- handlers ---------------------------------------------------------------
 
@@ -252,7 +265,7 @@ class ApiResource(Resource):
             return queue.get(entry_id)
 
         entry = await self._call(store)
-        self.service.wake()
+        self._changed("enqueue", entry)
         return 201, summary(entry)
 
     async def show(self, request: Request, params: dict[str, str]) -> Answer:
@@ -309,8 +322,7 @@ class ApiResource(Resource):
             return queue.set_due(entry_id, when["at"])
 
         entry = await self._call(move)
-        if entry.state is State.QUEUED:
-            self.service.wake()
+        self._changed("set_due", entry)
         return 200, summary(entry)
 
     async def stats(self, request: Request, params: dict[str, str]) -> Answer:
