@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,37 @@ def test_twist_refuses_open_control_port_without_traceback(tmp_path: Path) -> No
     assert "--control-port: 'tcp:8025' is reachable from other machines" in (
         result.stderr + result.stdout
     )
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_unix_socket_control_port_is_private(tmp_path: Path) -> None:
+    """A Unix socket control port is made mode 600, so only its owner can steer the daemon."""
+    import stat
+
+    socket_path = tmp_path / "control.sock"
+    service = tap.makeService(
+        _options(tmp_path, "127.0.0.1:2525", "--control-port", f"unix:{socket_path}")
+    )
+    with warnings.catch_warnings():
+        # Twisted's listenUNIX compares the bytes path with "\0" (a str),
+        # which python -bb makes an error; it is Twisted's, not ours.
+        warnings.simplefilter("ignore", BytesWarning)
+        service.startService()
+    try:
+        control: Any = service.getServiceNamed("control")
+        await control._waitingForPort
+        assert stat.S_ISSOCK(socket_path.stat().st_mode)
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+        from twisted.internet.endpoints import UNIXClientEndpoint
+        from twisted.web.client import Agent, readBody
+
+        class ToSocket:
+            def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
+                return UNIXClientEndpoint(_reactor(), str(socket_path))
+
+        agent = Agent.usingEndpointFactory(_reactor(), ToSocket())
+        response = await agent.request(b"GET", b"http://control/v1/stats")
+        body = json.loads(await readBody(response))
+        assert (response.code, body["counts"]["queue"]) == (200, 0)
+    finally:
+        await service.stopService()
