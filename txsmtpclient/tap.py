@@ -4,7 +4,8 @@
 :class:`Options` reads the command line (and a config file);
 :func:`makeService` builds a :class:`~twisted.application.service.MultiService`
 holding the :class:`~txsmtpclient.spool.service.SpoolService` (named
-``"spool"``) and, when asked, the HTTP status endpoint (named
+``"spool"``) and, when asked, the HTTP control plane (named ``"control"``,
+see :mod:`txsmtpclient.control`) and the older status endpoint (named
 ``"status"``).  Any Twisted application can embed the same service::
 
     from txsmtpclient.tap import Options, makeService
@@ -18,13 +19,14 @@ from __future__ import annotations
 import configparser
 import json
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -37,7 +39,13 @@ from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_durati
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
 
+if TYPE_CHECKING:
+    from txsmtpclient.control.metrics import DaemonMetrics
+    from txsmtpclient.control.server import ListenPlan
+
 __all__ = ["DEFAULTS", "Options", "makeService"]
+
+_log = Logger(namespace="txsmtpclient.tap")
 
 #: Every option's default, as it would be written on the command line.
 DEFAULTS: Mapping[str, str] = {
@@ -162,6 +170,22 @@ class Options(usage.Options):
             f"On stop, how long sends in flight may take to finish [default: {DEFAULTS['grace']}]",
         ],
         [
+            "control-port",
+            None,
+            None,
+            "Serve the control plane (JSON API under /v1/, Prometheus metrics at "
+            "/metrics) on this endpoint: a port number (loopback), "
+            "tcp:8025:interface=127.0.0.1, unix:/run/txsmtp/control.sock, or with "
+            "a token ssl:8025:privateKey=KEY.pem:certKey=CERT.pem [default: none]",
+        ],
+        [
+            "control-token-file",
+            None,
+            None,
+            "A file whose first line is the bearer token every control plane "
+            "request must carry (required beyond loopback)",
+        ],
+        [
             "config",
             None,
             None,
@@ -192,6 +216,7 @@ class Options(usage.Options):
             "auth-password-file": usage.CompleteFiles(),
             "spool": usage.CompleteDirs(),
             "config": usage.CompleteFiles(),
+            "control-token-file": usage.CompleteFiles(),
         }
     )
 
@@ -302,9 +327,37 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     settings["poll_interval"] = poll
     settings["grace"] = _seconds("grace", text("grace") or "")
     settings["status_port"] = text("status-port")
+    settings.update(_control_settings(text("control-port"), text("control-token-file")))
     settings["notify_sender"] = _flag("notify-sender", given.get("notify-sender", False))
     settings["fsync"] = not _flag("no-fsync", given.get("no-fsync", False))
     return settings
+
+
+def _control_settings(port: str | None, token_file: str | None) -> dict[str, Any]:
+    """
+    ``control_port`` (a checked :class:`~txsmtpclient.control.server.ListenPlan`
+    or ``None``) and ``control_token`` (bytes or ``None``).
+
+    :raises usage.UsageError: for an unreadable token file, or a port that
+        must not be used as given.
+    """
+    if not port:
+        if token_file:
+            raise usage.UsageError("--control-token-file needs --control-port")
+        return {"control_port": None, "control_token": None}
+    from txsmtpclient.control.server import ControlPortError, check_control_port, read_token
+
+    token = None
+    if token_file:
+        try:
+            token = read_token(token_file)
+        except ControlPortError as e:
+            raise usage.UsageError(f"--control-token-file: {e}") from e
+    try:
+        plan = check_control_port(port, has_token=token is not None)
+    except ControlPortError as e:
+        raise usage.UsageError(f"--control-port: {e}") from e
+    return {"control_port": plan, "control_token": token}
 
 
 _KNOWN_KEYS = frozenset(
@@ -419,15 +472,52 @@ def _tls_options(settings: Mapping[str, Any]) -> IOpenSSLClientConnectionCreator
     return optionsForClientTLS(hostname, trustRoot=ca)
 
 
+def _control(
+    settings: Mapping[str, Any],
+    service: SpoolService,
+    pool: SMTPConnectionPool,
+    metrics: DaemonMetrics,
+) -> IService:
+    """
+    The control plane's listening service, named ``"control"``.
+
+    :raises usage.UsageError: if Twisted cannot build its endpoint.
+    """
+    from txsmtpclient.control.server import ControlPortError, control_service, make_site
+
+    plan: ListenPlan = settings["control_port"]
+    token: bytes | None = settings["control_token"]
+    site = make_site(service, token=token, metrics=metrics, pool=pool)
+    try:
+        listening = control_service(plan, site)
+    except ControlPortError as e:
+        raise usage.UsageError(f"--control-port: {e}") from e
+    _log.info(
+        "Control plane on {endpoint}: /v1/ and /metrics, {auth}",
+        endpoint=plan.description,
+        auth="bearer token required" if token is not None else "no token (local only)",
+    )
+    if not plan.local and not plan.tls:
+        _log.warn(
+            "The control plane's token crosses the network in clear on {endpoint}; "
+            "prefer an ssl: endpoint",
+            endpoint=plan.description,
+        )
+    return listening
+
+
 def makeService(options: Mapping[str, Any]) -> MultiService:
     """
     Build the daemon: the spool service (named ``"spool"``) sending through a
-    connection pool to the relay, and the HTTP status endpoint (named
-    ``"status"``) when ``--status-port`` is given.
+    connection pool to the relay, the control plane (named ``"control"``,
+    with its metrics as the spool service's observer) when ``--control-port``
+    is given, and the older HTTP status endpoint (named ``"status"``) when
+    ``--status-port`` is.
 
     :param options: parsed :class:`Options`.
     :returns: a MultiService to run, or to embed in another application.
-    :raises usage.UsageError: for an unreadable password or CA file.
+    :raises usage.UsageError: for an unreadable password or CA file, or a
+        control port Twisted cannot listen on as described.
     """
     from twisted.internet import reactor
 
@@ -454,7 +544,19 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         password=password,
         reactor=reactor,
     )
-    spool = Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=SetAsideReporter())
+    reporter = SetAsideReporter()
+    on_set_aside: Callable[[str, str], None] = reporter
+    metrics = None
+    if settings.get("control_port") is not None:
+        from txsmtpclient.control.metrics import DaemonMetrics
+
+        metrics = DaemonMetrics()
+
+        def on_set_aside(path: str, reason: str) -> None:
+            reporter(path, reason)
+            metrics.entry_set_aside(path, reason)
+
+    spool = Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=on_set_aside)
     service = SpoolService(
         spool,
         pool,
@@ -465,9 +567,16 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         grace=settings["grace"],
         policy=settings["policy"],
         notify_sender=settings["notify_sender"],
+        observer=metrics,
     )
     top = MultiService()
+    if metrics is not None:
+        _control(settings, service, pool, metrics).setServiceParent(top)
     if settings["status_port"]:
+        _log.warn(
+            "--status-port is superseded by --control-port (GET /v1/stats, /metrics); "
+            "it still serves the counts at /"
+        )
         site = Site(StatusResource(service))
         site.noisy = False
         status: IService = strports.service(settings["status_port"], site)

@@ -1,6 +1,6 @@
 """
 The command line: ``python -m txsmtpclient enqueue | list | show | cancel |
-retry | counts | sendmail``.  The ``sendmail`` command and the
+retry | hold | release | counts | sendmail``.  The ``sendmail`` command and the
 ``txsmtp-sendmail`` console script are :mod:`.sendmail`'s, re-exported here.
 
 The spool folder is ``--spool DIR``, else the ``TXSMTP_SPOOL`` environment
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 
-from txsmtpclient.spool.codec import encode_entry
+from txsmtpclient.spool.codec import entry_json
 from txsmtpclient.spool.envelope import Dsn, Entry, EnvelopeError, State
 from txsmtpclient.spool.queue import (
     EntryBusy,
@@ -175,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         "retry", parents=[common], help="make a queued, failed or cancelled entry due now"
     )
     retry.add_argument("id")
+    hold = commands.add_parser(
+        "hold", parents=[common], help="hold a queued entry: never sent until released"
+    )
+    hold.add_argument("id")
+    release = commands.add_parser(
+        "release", parents=[common], help="return a held entry to the queue"
+    )
+    release.add_argument("id")
     counts = commands.add_parser("counts", parents=[common], help="entries per state")
     counts.add_argument("--json", action="store_true")
     commands.add_parser(
@@ -186,9 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(encode_entry(entry))
-    data["state"] = entry.state.value
-    return data
+    return entry_json(entry)
 
 
 def _show(entry: Entry, out: TextIO) -> None:
@@ -362,6 +368,12 @@ def _dispatch(
         print(f"cancelled {entry.id}", file=stdout)
     elif command == "retry":
         entry = spool.retry(args.id)
+        print(f"queued {entry.id}, due {_when(entry.due)}", file=stdout)
+    elif command == "hold":
+        entry = spool.hold(args.id)
+        print(f"held {entry.id}", file=stdout)
+    elif command == "release":
+        entry = spool.unhold(args.id)
         print(f"queued {entry.id}, due {_when(entry.due)}", file=stdout)
     elif command == "counts":
         counts = spool.counts()

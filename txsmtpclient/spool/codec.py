@@ -35,6 +35,7 @@ __all__ = [
     "FORMAT_VERSION",
     "decode_entry",
     "encode_entry",
+    "entry_json",
 ]
 
 #: The version :func:`encode_entry` writes and the newest :func:`decode_entry`
@@ -98,6 +99,16 @@ def encode_entry(entry: Entry) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
         "utf-8"
     )
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    """
+    The entry as a JSON-ready dict for people and programs: its on-disk form
+    (:func:`encode_entry`) plus its ``"state"``.
+    """
+    data: dict[str, Any] = json.loads(encode_entry(entry))
+    data["state"] = entry.state.value
+    return data
 
 
 class _Reader:

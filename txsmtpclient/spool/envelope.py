@@ -79,6 +79,8 @@ class State(str, Enum):
     CANCELLED = "cancelled"
     #: Unreadable or not well formed; set aside for a human.
     CORRUPT = "corrupt"
+    #: Held by an operator: never sent until released (``Spool.unhold``).
+    HELD = "held"
 
 
 class RecipientState(str, Enum):

@@ -89,9 +89,12 @@ class IQueue(Protocol):
         at: datetime | float | None = None,
         recurrence: Recurrence | str | None = None,
         timezone: str | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """
-        Queue a message durably; returns its id.  See :meth:`.store.Spool.enqueue`.
+        Queue a message durably; returns its id.  A repeated
+        ``idempotency_key`` returns the first id and stores nothing.  See
+        :meth:`.store.Spool.enqueue`.
         """
 
     def due(self, now: float, limit: int) -> builtins.list[Entry]:
@@ -148,7 +151,23 @@ class IQueue(Protocol):
 
     def cancel(self, entry_id: str) -> Entry:
         """
-        Cancel a queued entry.
+        Cancel a queued or held entry.
+        """
+
+    def hold(self, entry_id: str) -> Entry:
+        """
+        Hold a queued entry (state ``held``): it is never sent until
+        :meth:`unhold`.
+        """
+
+    def unhold(self, entry_id: str) -> Entry:
+        """
+        Return a held entry to the queue.
+        """
+
+    def set_due(self, entry_id: str, when: datetime | float) -> Entry:
+        """
+        Reschedule a queued or held entry.
         """
 
     def retry(self, entry_id: str) -> Entry:

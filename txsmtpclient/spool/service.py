@@ -39,7 +39,8 @@ from txsmtpclient.spool.delivery import (
     DeliveryReport,
     Sender,
 )
-from txsmtpclient.spool.envelope import Entry
+from txsmtpclient.spool.envelope import Attempt, Entry
+from txsmtpclient.spool.observer import DeliveryObserver, NullObserver
 from txsmtpclient.spool.queue import IQueue
 from txsmtpclient.spool.schedule import Jitter, RetryPolicy
 
@@ -88,6 +89,8 @@ class SpoolService(MultiService):
         message.
     :param store_retry: seconds between tries of a spool update while the
         disk is full.
+    :param observer: told of every finished delivery (metrics); by default
+        nothing is.
     """
 
     log = Logger()
@@ -109,6 +112,7 @@ class SpoolService(MultiService):
         jitter: Jitter | None = None,
         notify_sender: bool = False,
         store_retry: float = 5.0,
+        observer: DeliveryObserver | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if concurrency < 1:
@@ -162,12 +166,25 @@ class SpoolService(MultiService):
         self._recovering = False
         self._ready_waiters: list[Deferred[None]] = []
         self._started: Deferred[None] | None = None
+        self.observer: DeliveryObserver = observer if observer is not None else NullObserver()
 
     # -- running blocking calls ---------------------------------------------------
 
     def _run_blocking(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
         if self._blocking is None:
             raise RuntimeError("the spool service is not running")
+        return self._blocking(f, *args)
+
+    def run_blocking(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
+        """
+        Run a blocking queue call off the reactor thread (for the control
+        plane): in the service's thread pool while it runs, else in the
+        reactor's.
+
+        :returns: a Deferred of ``f(*args)``.
+        """
+        if self._blocking is None:
+            return deferToThread(f, *args)
         return self._blocking(f, *args)
 
     def _pool_blocking(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
@@ -350,11 +367,19 @@ class SpoolService(MultiService):
             if isinstance(result, Failure):
                 self.handled[DeliveryAction.STUCK.value] += 1
                 self.log.failure("Delivery of {id} failed unexpectedly", result, id=entry.id)
+                self._observe(entry, None, DeliveryAction.STUCK.value)
             else:
                 self.handled[result.action.value] += 1
+                self._observe(entry, result.attempt, result.action.value)
             self.wake()
 
         d.addBoth(done)
+
+    def _observe(self, entry: Entry, attempt: Attempt | None, action: str) -> None:
+        try:
+            self.observer.delivery_finished(entry, attempt, action, self.clock.seconds())
+        except Exception:
+            self.log.failure("Delivery observer failed")
 
     def _note_disk_full(self, full: bool) -> None:
         if full != self.disk_full:
@@ -385,15 +410,15 @@ class SpoolService(MultiService):
                 "stopping": self.stopping,
             }
 
-        if self._blocking is None:
-            return deferToThread(self.queue.counts).addCallback(build)
-        return self._run_blocking(self.queue.counts).addCallback(build)
+        return self.run_blocking(self.queue.counts).addCallback(build)
 
 
 class StatusResource(Resource):
     """
-    ``GET`` answers with :meth:`SpoolService.status` as JSON
-    (``application/json``); other methods get 405.
+    ``GET /`` answers with :meth:`SpoolService.status` as JSON
+    (``application/json``); other paths get 404, other methods 405.  The
+    control plane's ``GET /v1/stats`` (:mod:`txsmtpclient.control`)
+    supersedes it.
     """
 
     isLeaf = True
@@ -402,12 +427,15 @@ class StatusResource(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self.service = service
 
-    def render_GET(self, request: Request) -> int:
+    def render_GET(self, request: Request) -> int | bytes:
         """
         Start building the status; the response is written when it is ready.
         """
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        if request.postpath not in ([], [b""]):
+            request.setResponseCode(404)
+            return b'{"error": "not found"}\n'
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
@@ -415,7 +443,11 @@ class StatusResource(Resource):
             if gone:
                 return  # the client hung up meanwhile
             request.setResponseCode(code)
-            request.write(json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+            data = json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+            # Sized, not chunked: Twisted's chunked path trips a BytesWarning
+            # under python -bb once an HTTP client ran in the process.
+            request.setHeader(b"content-length", b"%d" % len(data))
+            request.write(data)
             request.finish()
 
         def write(status: dict[str, Any]) -> None:

@@ -12,6 +12,8 @@ Layout (Maildir-like; every state is a folder, every state change a rename)::
       failed/     {id}.json
       cancelled/  {id}.json
       corrupt/    entries set aside, each with a {name}.reason text file
+      held/       {id}.json, held by an operator: never sent until released
+      keys/       idempotency keys: {sha256(key)}.id holding the first id
 
 An entry's envelope (:class:`~txsmtpclient.spool.envelope.Entry`, JSON) is
 always written whole to ``tmp/``, fsynced, and renamed into place; its folder
@@ -53,13 +55,13 @@ from typing import BinaryIO
 from txsmtpclient.spool._files import (
     FINISHED,
     ORPHAN_AGE,
-    SpoolFiles,
     new_id,
     parse_held_name,
     parse_queue_name,
     raise_if_full,
     unlink_if_present,
 )
+from txsmtpclient.spool._holds import Holds
 from txsmtpclient.spool.codec import encode_entry
 from txsmtpclient.spool.envelope import (
     Attempt,
@@ -101,7 +103,7 @@ __all__ = [
 ]
 
 
-class Spool(SpoolFiles):
+class Spool(Holds):
     """
     A spool folder (see the module docstring for the layout).  Implements
     :class:`IQueue`.  Every method blocks on file I/O.
@@ -134,6 +136,7 @@ class Spool(SpoolFiles):
         at: datetime | float | None = None,
         recurrence: Recurrence | str | None = None,
         timezone: str | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """
         Queue a message, atomically and durably: the message and its envelope
@@ -155,9 +158,15 @@ class Spool(SpoolFiles):
             :func:`~txsmtpclient.spool.schedule.parse_recurrence` (a cron
             expression or ``"every 10m"``).
         :param timezone: IANA zone for a cron recurrence given as text.
-        :returns: the new entry's id.
+        :param idempotency_key: a caller's name for this request (at most
+            255 printable characters): while the entry first enqueued under
+            the same key is in the spool, its id is returned and nothing is
+            stored (see :meth:`_reserve_key`).
+        :returns: the new entry's id (or the first one's, for a repeated
+            ``idempotency_key``).
         :raises EnvelopeError: for a malformed address or option, or no
             recipients.
+        :raises ValueError: for a malformed ``idempotency_key``.
         :raises ScheduleError: for a bad recurrence or time zone.
         :raises SpoolFull: if the disk is full; nothing was left behind.
         :raises OSError: for other file errors; nothing was left behind.
@@ -180,6 +189,11 @@ class Spool(SpoolFiles):
         else:
             due = now
         entry_id = new_id(now)
+        keys_lock: int | None = None
+        if idempotency_key is not None:
+            first, keys_lock = self._reserve_key(idempotency_key, entry_id)
+            if first is not None:
+                return first
         entry = Entry(
             id=entry_id,
             sender=sender,
@@ -212,6 +226,9 @@ class Spool(SpoolFiles):
                 unlink_if_present(path)
             raise_if_full(e, "cannot enqueue message")
             raise
+        finally:
+            if keys_lock is not None:
+                os.close(keys_lock)
         return entry_id
 
     # --- the daemon's cycle -----------------------------------------------------
@@ -427,8 +444,8 @@ class Spool(SpoolFiles):
 
     def cancel(self, entry_id: str) -> Entry:
         """
-        Cancel a queued entry (recurring ones stop recurring): it moves to
-        ``cancelled/`` in one rename.
+        Cancel a queued or held entry (recurring ones stop recurring): it
+        moves to ``cancelled/`` in one rename.
 
         :returns: the cancelled entry.
         :raises EntryNotFound: if there is none with this id.
@@ -440,7 +457,11 @@ class Spool(SpoolFiles):
         target = self._final_path(State.CANCELLED, entry_id)
         if self._take_queued(entry_id, target):
             return self._read(target, entry_id, State.CANCELLED)
-        raise self._not_queued(entry_id)
+        try:
+            self._move(self._final_path(State.HELD, entry_id), target)
+        except FileNotFoundError:
+            raise self._not_queued(entry_id) from None
+        return self._read(target, entry_id, State.CANCELLED)
 
     def retry(self, entry_id: str) -> Entry:
         """
