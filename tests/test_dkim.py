@@ -17,10 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from dkim.canonicalization import Relaxed, Simple
-from hypothesis import given
-from hypothesis import strategies as st
-
-from tests.dkimtools import (
+from dkimtools import (
     DOMAIN,
     ed25519_pem,
     ed25519_signer,
@@ -28,6 +25,9 @@ from tests.dkimtools import (
     rsa_signer,
     verify_all,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
 from txsmtpclient.commands import DataEncoder
 from txsmtpclient.dkim import (
     BodyHasher,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from email.message import Message
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -23,6 +24,9 @@ from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import Envelope
+
+if TYPE_CHECKING:
+    from txsmtpclient.dkim import DKIMSigner
 
 __all__ = ["send_message", "sendmail"]
 
@@ -46,6 +50,7 @@ def sendmail(
     password: str | None = None,
     allow_plaintext_auth: bool = False,
     pool: SMTPConnectionPool | None = None,
+    dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
 ) -> Deferred[dict[str, Reply]]:
     """
     Connect to ``host``, send one message, and quit.
@@ -59,7 +64,8 @@ def sendmail(
 
     With ``pool``, the message goes over one of the pool's connections
     (reused, not closed), and ``host`` must be the pool's relay; the
-    connection options are then the pool's own.
+    connection options are then the pool's own.  ``dkim`` signs the
+    message as it is sent (see :mod:`txsmtpclient.dkim`).
 
     :returns: a Deferred firing with the refused recipients
         (``{address: reply}``).
@@ -68,14 +74,14 @@ def sendmail(
         for the connection.
     """
     # Check everything before connecting.
-    Envelope.check(from_addr, to_addrs, mail_options, rcpt_options)
+    Envelope.check(from_addr, to_addrs, mail_options, rcpt_options, dkim=dkim)
     body_source(msg)  # type check only: the client wraps it again
     if (username is None) != (password is None):
         raise TypeError("username and password go together")
     if pool is not None:
         if host != pool.host:
             raise ValueError(f"host {host!r} is not the pool's relay {pool.host!r}")
-        return pool.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
+        return pool.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options, dkim=dkim)
     smtp: SMTP
     if implicit_tls:
         smtp = SMTP_SSL(
@@ -100,7 +106,9 @@ def sendmail(
         try:
             if username is not None and password is not None:
                 await smtp.login(username, password)
-            refused = await smtp.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
+            refused = await smtp.sendmail(
+                from_addr, to_addrs, msg, mail_options, rcpt_options, dkim=dkim
+            )
         except BaseException:
             await smtp.close()
             raise
@@ -132,6 +140,7 @@ def send_message(
     password: str | None = None,
     allow_plaintext_auth: bool = False,
     pool: SMTPConnectionPool | None = None,
+    dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
 ) -> Deferred[dict[str, Reply]]:
     """
     Connect to ``host``, send an :class:`email.message.Message` as
@@ -161,4 +170,5 @@ def send_message(
         password=password,
         allow_plaintext_auth=allow_plaintext_auth,
         pool=pool,
+        dkim=dkim,
     )

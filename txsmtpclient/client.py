@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from email.message import Message
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -72,6 +73,9 @@ from txsmtpclient.transaction import (
     Refused,
     plan_transaction,
 )
+
+if TYPE_CHECKING:
+    from txsmtpclient.dkim import DKIMSigner
 
 __all__ = ["SMTP", "SMTP_SSL"]
 
@@ -568,6 +572,7 @@ class SMTP:
         dsn_envid: str | None = None,
         dsn_notify: Sequence[str] | None = None,
         dsn_orcpt: bool = False,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
         Send one message: EHLO (or HELO) if not yet said, STARTTLS as the TLS
@@ -592,6 +597,10 @@ class SMTP:
         :param dsn_notify: RFC 3461 ``NOTIFY``: some of ``"SUCCESS"``,
             ``"FAILURE"``, ``"DELAY"``, or ``("NEVER",)``.
         :param dsn_orcpt: send each recipient's address as ``ORCPT``.
+        :param dkim: sign the message with this
+            :class:`~txsmtpclient.dkim.DKIMSigner` (or each of a sequence of
+            them) as it is sent; a stream is read whole first (see
+            :mod:`txsmtpclient._signing`).
         :returns: a Deferred firing, when at least one recipient was
             accepted, with ``{address: reply}`` for each refused recipient:
             a :class:`~txsmtpclient.transaction.Refused`, a dict that also
@@ -606,6 +615,8 @@ class SMTP:
         :raises SMTPNotSupportedError: for non-ASCII addresses or 8-bit data
             the server cannot take, or TLS the policy requires and the server
             lacks.
+        :raises DKIMError: (through the Deferred, before MAIL) when the
+            message cannot be signed.
         """
         dsn = DSN.check(dsn_ret, dsn_envid, dsn_notify, dsn_orcpt)
         envelope = Envelope.check(
@@ -616,6 +627,7 @@ class SMTP:
             check_options(mail_options, "mail option") + check_options(options, "mail option"),
             rcpt_options,
             dsn,
+            dkim,
         )
         return self._send_checked(envelope, body_source(msg))
 
@@ -633,6 +645,8 @@ class SMTP:
         to_addrs: str | Sequence[str] | None = None,
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
+        *,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
         Send an :class:`email.message.Message` (or ``EmailMessage``) as
@@ -653,12 +667,15 @@ class SMTP:
             prepared.data,
             prepared.options_with(mail_options),
             rcpt_options,
+            dkim=dkim,
         )
 
     async def _sendmail(self, envelope: Envelope, source: BodySource) -> dict[str, Reply]:
         # A stream's first chunk is read (and its type checked) before
         # anything is sent, so a wrong type raises with the session intact.
         await source.prime(self._reactor)
+        if envelope.dkim:
+            return await self._send_signed(envelope, source)
         await self._ehlo_or_helo_if_needed()
         proto = self._connection()
         features = self.esmtp_features if self.does_esmtp else None
@@ -707,6 +724,21 @@ class SMTP:
             await self._reset_after_failure()
             raise
         return await self._judge_final(accepted, refused, finals)
+
+    async def _send_signed(self, envelope: Envelope, source: BodySource) -> dict[str, Reply]:
+        """
+        Sign the message (before MAIL, so a message that cannot be signed
+        sends nothing), then send it as :meth:`_sendmail`.
+        """
+        from txsmtpclient._signing import signed_source
+
+        signed = await signed_source(source, envelope.dkim, self._reactor)
+        try:
+            return await self._sendmail(replace(envelope, dkim=()), signed)
+        finally:
+            close = getattr(signed, "close", None)
+            if close is not None:
+                close()
 
     def _final_reply_count(self, accepted: int) -> int:
         """

@@ -110,7 +110,8 @@ _NAME = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*"
 )
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
-_WSP_RUN = re.compile(rb"[\t ]+")
+# Runs of two or more, or a tab: a single space (the usual case) is left as is.
+_WSP_RUN = re.compile(rb"[\t ]{2,}|\t")
 
 
 def _load_key(data: bytes) -> tuple[str, Any, bytes]:
@@ -427,7 +428,10 @@ class BodyHasher:
             if self._pending_wsp:
                 data = b" " + data
                 self._pending_wsp = False
-            data = _WSP_RUN.sub(b" ", data).replace(b" \r\n", CRLF)
+            if b"\t" in data or b"  " in data:
+                # Two C-level searches spare a regex pass over ordinary text.
+                data = _WSP_RUN.sub(b" ", data)
+            data = data.replace(b" \r\n", CRLF)
             if data.endswith(b" "):
                 self._pending_wsp = True
                 data = data[:-1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from email.message import Message
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -22,6 +22,9 @@ from txsmtpclient.errors import SMTPException, SMTPServerDisconnected
 from txsmtpclient.message import prepare_message
 from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import DSN, Envelope
+
+if TYPE_CHECKING:
+    from txsmtpclient.dkim import DKIMSigner
 
 __all__ = ["SMTPConnectionPool"]
 
@@ -142,6 +145,8 @@ class SMTPConnectionPool:
         msg: Body,
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
+        *,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
         **dsn: Any,
     ) -> Deferred[dict[str, Reply]]:
         """
@@ -150,6 +155,7 @@ class SMTPConnectionPool:
         :param dsn: ``dsn_ret``, ``dsn_envid``, ``dsn_notify`` and
             ``dsn_orcpt``, as :meth:`SMTP.sendmail` takes them.  (Left as
             keywords so the pool fits :class:`txsmtpclient.spool.delivery.Sender`.)
+        :param dkim: DKIM signers, as :meth:`SMTP.sendmail` takes them.
 
         :returns: a Deferred firing with the refused recipients
             (``{address: reply}``).
@@ -171,7 +177,9 @@ class SMTPConnectionPool:
             dsn.get("dsn_notify"),
             dsn.get("dsn_orcpt", False),
         )
-        envelope = Envelope.check(from_addr, to_addrs, mail_options, rcpt_options, checked)
+        envelope = Envelope.check(
+            from_addr, to_addrs, mail_options, rcpt_options, checked, dkim=dkim
+        )
         source = body_source(msg)
 
         def send(smtp: SMTP) -> Deferred[dict[str, Reply]]:
@@ -186,6 +194,8 @@ class SMTPConnectionPool:
         to_addrs: str | Sequence[str] | None = None,
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
+        *,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
         Send an :class:`email.message.Message`, as :meth:`SMTP.send_message`.
@@ -200,6 +210,7 @@ class SMTPConnectionPool:
             prepared.data,
             prepared.options_with(mail_options),
             rcpt_options,
+            dkim=dkim,
         )
 
     def close(self) -> Deferred[None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from txsmtpclient.commands import (
     check_argument,
@@ -30,6 +31,9 @@ from txsmtpclient.errors import (
 )
 from txsmtpclient.extensions import Extensions
 from txsmtpclient.reply import Reply
+
+if TYPE_CHECKING:
+    from txsmtpclient.dkim import DKIMSigner
 
 __all__ = [
     "DSN",
@@ -137,6 +141,9 @@ def _utf8_xtext(value: str) -> str:
 class Envelope:
     """
     A checked envelope: the caller's sender, recipients and options.
+
+    :ivar dkim: the DKIM signers to sign the message with as it is sent
+        (:mod:`txsmtpclient.dkim`); none by default.
     """
 
     sender: str
@@ -144,6 +151,7 @@ class Envelope:
     mail_options: tuple[str, ...] = ()
     rcpt_options: tuple[str, ...] = ()
     dsn: DSN | None = None
+    dkim: tuple[DKIMSigner, ...] = ()
 
     @classmethod
     def check(
@@ -153,11 +161,15 @@ class Envelope:
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
         dsn: DSN | None = None,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
     ) -> Envelope:
         """
         Check what a caller gave ``sendmail``.
 
-        :raises TypeError: for values of the wrong type.
+        :param dkim: a :class:`~txsmtpclient.dkim.DKIMSigner`, a sequence of
+            them (an RSA and an Ed25519 signature, say), or ``None``.
+        :raises TypeError: for values of the wrong type (``dkim`` holding
+            anything but signers).
         :raises SMTPArgumentError: for control characters, or no recipients.
         """
         check_argument(sender, "from_addr")
@@ -185,6 +197,7 @@ class Envelope:
             check_options(mail_options, "mail option"),
             check_options(rcpt_options, "recipient option"),
             dsn,
+            _signers(dkim),
         )
 
     @property
@@ -194,6 +207,15 @@ class Envelope:
         """
         # One C-level pass over all the recipients, not a call for each.
         return not (self.sender.isascii() and "".join(self.recipients).isascii())
+
+
+def _signers(dkim: DKIMSigner | Sequence[DKIMSigner] | None) -> tuple[DKIMSigner, ...]:
+    if dkim is None or (isinstance(dkim, (tuple, list)) and not dkim):
+        return ()
+    # Imported only when asked for: it needs the optional dkimpy.
+    from txsmtpclient.dkim import as_signers
+
+    return as_signers(dkim)
 
 
 @dataclass(frozen=True, slots=True)
