@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python import usage
 from twisted.web.server import Site
 
+from txsmtpclient._dkimtap import DKIMOptions, dkim_keys, signing_sender
 from txsmtpclient._endpoints import _description_host, _is_description
 from txsmtpclient.client import SMTP
 from txsmtpclient.pool import SMTPConnectionPool
@@ -64,7 +65,7 @@ def _seconds(name: str, text: str) -> float:
         raise usage.UsageError(f"--{name}: {e}") from e
 
 
-class Options(usage.Options):
+class Options(DKIMOptions, usage.Options):
     """
     The options of ``twist txsmtp``.  After :meth:`parseOptions`, the typed
     values are in :attr:`settings`.
@@ -161,6 +162,13 @@ class Options(usage.Options):
             f"On stop, how long sends in flight may take to finish [default: {DEFAULTS['grace']}]",
         ],
         [
+            "dkim-keys",
+            None,
+            None,
+            "A TOML file of DKIM keys, [[key]] tables with domain, selector, key-file "
+            "(and optionally canonicalization), for several keys or domains",
+        ],
+        [
             "config",
             None,
             None,
@@ -223,6 +231,7 @@ class Options(usage.Options):
             elif value is not None:
                 given[key] = value
         self.settings = _settings(given)
+        self.settings["dkim"] = dkim_keys(self, given)
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -457,7 +466,7 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
     spool = Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=SetAsideReporter())
     service = SpoolService(
         spool,
-        pool,
+        signing_sender(pool, settings),
         relay=relay,
         close_sender=pool.close,
         concurrency=settings["concurrency"],
