@@ -276,6 +276,31 @@ async def test_20_mb_stream_arrives_signed_and_verifies(smtp_server: AiosmtpdSer
     assert verify_all(content, signers) == [True, True]
 
 
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_large_message_in_memory_is_signed_in_a_thread(
+    smtp_server: AiosmtpdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2 MB bytes message is signed off the reactor's thread, in its pool, and verifies."""
+    import threading
+
+    from txsmtpclient import _signing
+
+    threads: list[threading.Thread] = []
+    real = _signing.sign_message
+
+    def recording(*args: Any) -> bytes:
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(_signing, "sign_message", recording)
+    signer = ed25519_signer()
+    message = MESSAGE + LINE.replace(b"\n", b"\r\n") * (2 * MIB // len(LINE))
+    content = await _send(smtp_server, message, signer)
+    assert threads and threads[0] is not threading.main_thread()
+    assert _body_after_signatures(content) == message
+    assert verify_all(content, [signer]) == [True]
+
+
 def _file_message(tmp_path: Path) -> Path:
     path = tmp_path / "message.eml"
     path.write_bytes(MESSAGE)
