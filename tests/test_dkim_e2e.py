@@ -21,6 +21,7 @@ from servers import TEST_DOMAIN, AiosmtpdServer, PostfixInstance, ServerScript
 from txsmtpclient import SMTP, api
 from txsmtpclient._body import body_source
 from txsmtpclient._signing import signed_source
+from txsmtpclient.commands import DataEncoder
 from txsmtpclient.dkim import DKIMSigner
 from txsmtpclient.errors import DKIMError
 from txsmtpclient.pool import SMTPConnectionPool
@@ -301,20 +302,68 @@ async def test_large_message_in_memory_is_signed_in_a_thread(
     assert verify_all(content, [signer]) == [True]
 
 
-def _file_message(tmp_path: Path) -> Path:
+@pytest.mark.parametrize("chunking", [False, True], ids=["DATA", "BDAT"])
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_file_message_is_read_twice_and_verifies(
+    smtp_server_factory: Any, tmp_path: Path, chunking: bool
+) -> None:
+    """A seekable file (LF line ends, no final newline) is hashed, then sent from its start."""
+    server = smtp_server_factory(ServerScript(chunking=chunking))
+    signer = ed25519_signer()
     path = tmp_path / "message.eml"
-    path.write_bytes(MESSAGE)
-    return path
+    path.write_bytes(b"From: alice@example.com\nSubject: file\n\nline  \n.dot\nno newline  ")
+    with path.open("rb") as f:
+        f.seek(0)
+        content = await _send(server, f, signer, bdat_threshold=0 if chunking else 1 << 20)
+    expected = (
+        b"From: alice@example.com\r\nSubject: file\r\n\r\nline  \r\n.dot\r\nno newline  \r\n"
+    )
+    assert _body_after_signatures(content) == expected
+    assert verify_all(content, [signer]) == [True]
+    assert (server.messages[0].bdat_chunks is not None) is chunking
 
 
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
-async def test_file_message_is_signed(smtp_server: AiosmtpdServer, tmp_path: Path) -> None:
-    """A binary file body is signed; the signed copy is dropped after the send."""
-    signer = ed25519_signer()
-    with _file_message(tmp_path).open("rb") as f:
-        content = await _send(smtp_server, f, signer)
-    assert _body_after_signatures(content) == MESSAGE
-    assert verify_all(content, [signer]) == [True]
+async def test_20_mb_file_signs_in_bounded_memory(tmp_path: Path) -> None:
+    """A 20 MB file is hashed in a first pass, then re-read to send: peak traced memory < 4 MB."""
+    path = tmp_path / "big.eml"
+    with path.open("wb") as f:
+        for chunk in _big_chunks():
+            f.write(chunk)
+    signers: list[DKIMSigner] = [rsa_signer()]
+    with path.open("rb") as f:
+        source = body_source(f)
+        await source.prime(_reactor())
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            signed = await signed_source(source, signers, _reactor())
+            # What the DATA/BDAT writer makes of the chunks: CRLF line ends.
+            encoder = DataEncoder(dot_stuff=False)
+            sent = 0
+            async for chunk in signed.chunks(_reactor()):
+                sent += len(encoder.encode(chunk))
+            sent += len(encoder.finish())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert signed.size == sent
+    assert sent > BIG_SIZE
+    assert peak - before < 4 * MIB
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_binarymime_cannot_be_signed(smtp_server_factory: Any) -> None:
+    """BODY=BINARYMIME with dkim= raises DKIMError before MAIL: binary is not lines of text."""
+    server = smtp_server_factory(ServerScript(chunking=True))
+    smtp = _client()
+    await smtp.connect(server.host, server.port)
+    with pytest.raises(DKIMError, match="BINARYMIME"):
+        await smtp.sendmail(
+            SENDER, [RECIPIENT], MESSAGE, ["BODY=BINARYMIME"], dkim=ed25519_signer()
+        )
+    await smtp.quit()
+    assert server.messages == []
 
 
 # -- Postfix ---------------------------------------------------------------------------

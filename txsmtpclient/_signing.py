@@ -4,14 +4,19 @@ send call; the signing itself is :mod:`txsmtpclient.dkim`).
 
 Why two passes for a stream: the ``DKIM-Signature`` header goes before the
 message, and it holds the body's hash, known only once the whole body was
-read.  So a streamed message is read once, in chunks: each chunk's line
-endings are made CRLF, its body part hashed (incrementally, RFC 6376
-canonicalisation), and the normalised bytes copied to an anonymous
-temporary file.  Then the signature headers and the file are sent.  Memory
-holds one chunk and the header block whatever the message's size; the disk
-holds one copy until the send ends.  Hashing and writing run in the
-reactor's thread pool, never in its thread.  A message already in memory is
-signed in one call (in the thread pool when it is over one chunk).
+read.  Memory holds one chunk and the header block whatever the size:
+
+* a seekable file is read twice: a first pass hashes it, then it is sent
+  from its start after the signature headers (it must not change
+  meanwhile);
+* any other stream (an iterable, a producer, a pipe) is read once, and its
+  normalised bytes are copied to an anonymous temporary file (in
+  ``tempfile.gettempdir()``, so ``TMPDIR``; on a tmpfs that copy is in RAM)
+  as they are hashed; the file is sent after the signature and dropped.
+
+Reading, hashing and writing run in the reactor's thread pool, never in its
+thread.  A message already in memory is signed in one call (in the thread
+pool when it is over one chunk).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from txsmtpclient._body import CHUNK_SIZE, BodySource, body_source
 from txsmtpclient.dkim import DKIMSigner, MessageHasher, sign_message
 
-__all__ = ["SpooledSource", "signed_source"]
+__all__ = ["RereadSource", "SpooledSource", "signed_source"]
 
 T = TypeVar("T")
 
@@ -77,6 +82,38 @@ class SpooledSource(BodySource):
         return self._read(reactor)
 
 
+class RereadSource(BodySource):
+    """
+    A signed seekable file: the signature headers, then the file read again
+    from its start, then a CRLF when it did not end with a line ending (so
+    that DATA and BDAT send what was hashed).
+    """
+
+    def __init__(
+        self, signatures: bytes, again: BodySource, size: int, eight_bit: bool, tail: bytes
+    ) -> None:
+        super().__init__(len(signatures) + size)
+        self._signatures = signatures
+        self._again = again
+        self._eight_bit = eight_bit
+        self._tail = tail
+
+    @property
+    def eight_bit(self) -> bool | None:
+        return self._eight_bit
+
+    async def _read(self, reactor: Any) -> AsyncGenerator[bytes, None]:
+        yield self._signatures
+        async with contextlib.aclosing(self._again.chunks(reactor)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        if self._tail:
+            yield self._tail
+
+    def chunks(self, reactor: Any) -> AsyncGenerator[bytes, None]:
+        return self._read(reactor)
+
+
 async def signed_source(
     source: BodySource, signers: Sequence[DKIMSigner], reactor: Any
 ) -> BodySource:
@@ -97,6 +134,9 @@ async def signed_source(
             signed = await _blocking(reactor, sign_message, data, signers)
         return BodySource(len(signed), signed)
     hasher = MessageHasher(s.body_canonicalization for s in signers)
+    first = source.rewound()
+    if first is not None:
+        return await _two_passes(first, hasher, signers, reactor)
     spool: IO[bytes] = await _blocking(reactor, tempfile.TemporaryFile)
 
     def take(chunk: bytes) -> None:
@@ -117,3 +157,25 @@ async def signed_source(
         spool.close()
         raise
     return SpooledSource(signatures, spool, hasher.size, hasher.eight_bit)
+
+
+async def _two_passes(
+    first: BodySource, hasher: MessageHasher, signers: Sequence[DKIMSigner], reactor: Any
+) -> BodySource:
+    """
+    Hash a re-readable source in a first pass; send it again after the
+    signatures.
+    """
+
+    def end() -> bytes:
+        hasher.finish()
+        return hasher.signatures(signers)
+
+    async with contextlib.aclosing(first.chunks(reactor)) as chunks:
+        async for chunk in chunks:
+            await _blocking(reactor, hasher.update, chunk)
+    signatures = await _blocking(reactor, end)
+    again = first.rewound()
+    assert again is not None  # a source that rewound once rewinds again
+    tail = b"\r\n" if hasher.added_crlf else b""
+    return RereadSource(signatures, again, hasher.size, hasher.eight_bit, tail)

@@ -52,6 +52,7 @@ from txsmtpclient.commands import (
     quote_address,
 )
 from txsmtpclient.errors import (
+    DKIMError,
     SMTPAuthenticationError,
     SMTPConnectError,
     SMTPDataError,
@@ -732,6 +733,10 @@ class SMTP:
         """
         from txsmtpclient._signing import signed_source
 
+        if any(o.upper() == "BODY=BINARYMIME" for o in envelope.mail_options):
+            raise DKIMError(
+                "DKIM signs a message as lines of text; a BODY=BINARYMIME message cannot be signed"
+            )
         signed = await signed_source(source, envelope.dkim, self._reactor)
         try:
             return await self._sendmail(replace(envelope, dkim=()), signed)

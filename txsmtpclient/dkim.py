@@ -471,6 +471,7 @@ class MessageHasher:
 
     :ivar size: the normalised message's length so far.
     :ivar eight_bit: whether a byte over 127 was seen.
+    :ivar added_crlf: whether :meth:`finish` added a final CRLF.
     """
 
     def __init__(
@@ -483,6 +484,7 @@ class MessageHasher:
         self._hashers = {c: BodyHasher(c) for c in set(canonicalizations)}
         self._ends_crlf = True
         self._body_hashes: dict[str, bytes] | None = None
+        self.added_crlf = False
         self.size = 0
         self.eight_bit = False
 
@@ -507,7 +509,8 @@ class MessageHasher:
         out = self._encoder.finish()
         if out:
             self._feed(out)
-        if not self._ends_crlf:
+        self.added_crlf = not self._ends_crlf
+        if self.added_crlf:
             out += CRLF
             self._feed(CRLF)
         if not self._in_body:
