@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 from dkimtools import ed25519_signer, rsa_signer, verify_all
+from helpers import EHLO_PIPELINING, connected_session, success_result_of
 from servers import TEST_DOMAIN, AiosmtpdServer, PostfixInstance, ServerScript
 
 from txsmtpclient import SMTP, api
 from txsmtpclient._body import body_source
 from txsmtpclient._signing import signed_source
-from txsmtpclient.commands import DataEncoder
+from txsmtpclient.commands import DataEncoder, encode_message
 from txsmtpclient.dkim import DKIMSigner
 from txsmtpclient.errors import DKIMError
 from txsmtpclient.pool import SMTPConnectionPool
@@ -385,3 +386,27 @@ async def test_postfix_maildir_copy_verifies(postfix: PostfixInstance, kind: str
     assert verify_all(
         delivered.raw.replace(b"Subject: signed", b"Subject: changed"), [signer]
     ) == [False]
+
+
+# -- in memory: the exact bytes on the wire ------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["bytes", "generator"])
+def test_wire_bytes_are_the_signed_message_dot_stuffed(kind: str) -> None:
+    """After 354: the signature fields, then the message, dot-stuffed, then the final dot."""
+    session = connected_session()
+    signer = ed25519_signer()
+    body: Any = MESSAGE if kind == "bytes" else iter([MESSAGE[:100], MESSAGE[100:]])
+    d = session.smtp.sendmail(SENDER, [RECIPIENT], body, dkim=signer)
+    assert session.take() == b"EHLO client.example\r\n"
+    session.feed(EHLO_PIPELINING)
+    assert session.take().startswith(b"MAIL FROM:<alice@example.com>")
+    session.feed(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
+    wire = session.take()
+    signature = wire[: wire.index(b"From: Alice")]
+    assert signature.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;")
+    assert wire == encode_message(signature + MESSAGE)
+    assert b"\r\n...two dots\r\n" in wire
+    assert verify_all(signature + MESSAGE, [signer]) == [True]
+    session.feed(b"250 queued\r\n")
+    assert success_result_of(d) == {}
