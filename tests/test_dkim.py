@@ -25,7 +25,7 @@ from dkimtools import (
     rsa_signer,
     verify_all,
 )
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txsmtpclient.commands import DataEncoder
@@ -209,6 +209,8 @@ _BODY_BYTES = st.lists(
 ).map(b"".join)
 
 
+# No deadline: the machine is shared, and timing is not what is tested.
+@settings(deadline=None)
 @given(
     body=_BODY_BYTES,
     cuts=st.lists(st.integers(min_value=0, max_value=80), max_size=8),

@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from txsmtpclient._body import CHUNK_SIZE, BodySource, body_source
 from txsmtpclient.dkim import DKIMSigner, MessageHasher, sign_message
 
-__all__ = ["RereadSource", "SpooledSource", "signed_source"]
+__all__ = ["SignedSource", "signed_source"]
 
 T = TypeVar("T")
 
@@ -45,18 +45,31 @@ async def _blocking(reactor: Any, f: Callable[..., T], *args: Any) -> T:
     return result
 
 
-class SpooledSource(BodySource):
+class SignedSource(BodySource):
     """
-    A signed streamed message: the signature headers, then the normalised
-    message from its temporary file, which is closed once read (or by
-    :meth:`close` when it never is).
+    A signed stream: the signature headers, then the message read from
+    ``inner`` (the temporary copy, or the file read again), then ``tail``
+    (a CRLF when a re-read file did not end with one, so DATA and BDAT both
+    send what was hashed).
+
+    :param spool: the temporary copy to close once read (or by
+        :meth:`close` when it never is).
     """
 
-    def __init__(self, signatures: bytes, spool: IO[bytes], size: int, eight_bit: bool) -> None:
-        super().__init__(len(signatures) + size)
+    def __init__(
+        self,
+        signatures: bytes,
+        inner: BodySource,
+        hasher: MessageHasher,
+        tail: bytes = b"",
+        spool: IO[bytes] | None = None,
+    ) -> None:
+        super().__init__(len(signatures) + hasher.size)
         self._signatures = signatures
+        self._inner = inner
+        self._eight_bit = hasher.eight_bit
+        self._tail = tail
         self._spool = spool
-        self._eight_bit = eight_bit
 
     @property
     def eight_bit(self) -> bool | None:
@@ -64,51 +77,21 @@ class SpooledSource(BodySource):
 
     def close(self) -> None:
         """
-        Drop the temporary copy.
+        Drop the temporary copy, if any.
         """
-        self._spool.close()
+        if self._spool is not None:
+            self._spool.close()
 
     async def _read(self, reactor: Any) -> AsyncGenerator[bytes, None]:
         try:
             yield self._signatures
-            inner = body_source(self._spool)
-            async with contextlib.aclosing(inner.chunks(reactor)) as chunks:
+            async with contextlib.aclosing(self._inner.chunks(reactor)) as chunks:
                 async for chunk in chunks:
                     yield chunk
+            if self._tail:
+                yield self._tail
         finally:
             self.close()
-
-    def chunks(self, reactor: Any) -> AsyncGenerator[bytes, None]:
-        return self._read(reactor)
-
-
-class RereadSource(BodySource):
-    """
-    A signed seekable file: the signature headers, then the file read again
-    from its start, then a CRLF when it did not end with a line ending (so
-    that DATA and BDAT send what was hashed).
-    """
-
-    def __init__(
-        self, signatures: bytes, again: BodySource, size: int, eight_bit: bool, tail: bytes
-    ) -> None:
-        super().__init__(len(signatures) + size)
-        self._signatures = signatures
-        self._again = again
-        self._eight_bit = eight_bit
-        self._tail = tail
-
-    @property
-    def eight_bit(self) -> bool | None:
-        return self._eight_bit
-
-    async def _read(self, reactor: Any) -> AsyncGenerator[bytes, None]:
-        yield self._signatures
-        async with contextlib.aclosing(self._again.chunks(reactor)) as chunks:
-            async for chunk in chunks:
-                yield chunk
-        if self._tail:
-            yield self._tail
 
     def chunks(self, reactor: Any) -> AsyncGenerator[bytes, None]:
         return self._read(reactor)
@@ -156,7 +139,7 @@ async def signed_source(
     except BaseException:
         spool.close()
         raise
-    return SpooledSource(signatures, spool, hasher.size, hasher.eight_bit)
+    return SignedSource(signatures, body_source(spool), hasher, spool=spool)
 
 
 async def _two_passes(
@@ -178,4 +161,4 @@ async def _two_passes(
     again = first.rewound()
     assert again is not None  # a source that rewound once rewinds again
     tail = b"\r\n" if hasher.added_crlf else b""
-    return RereadSource(signatures, again, hasher.size, hasher.eight_bit, tail)
+    return SignedSource(signatures, again, hasher, tail)

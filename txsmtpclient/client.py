@@ -731,7 +731,7 @@ class SMTP:
         Sign the message (before MAIL, so a message that cannot be signed
         sends nothing), then send it as :meth:`_sendmail`.
         """
-        from txsmtpclient._signing import signed_source
+        from txsmtpclient._signing import SignedSource, signed_source
 
         if any(o.upper() == "BODY=BINARYMIME" for o in envelope.mail_options):
             raise DKIMError(
@@ -741,9 +741,8 @@ class SMTP:
         try:
             return await self._sendmail(replace(envelope, dkim=()), signed)
         finally:
-            close = getattr(signed, "close", None)
-            if close is not None:
-                close()
+            if isinstance(signed, SignedSource):
+                signed.close()
 
     def _final_reply_count(self, accepted: int) -> int:
         """
