@@ -45,6 +45,7 @@ def test_sendmail_signatures_are_identical() -> None:
         "dsn_envid",
         "dsn_notify",
         "dsn_orcpt",
+        "dkim",
         "envelope",
     ]
     assert _parameters(SMTPConnectionPool.sendmail, 1) == smtp

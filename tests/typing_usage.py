@@ -104,6 +104,19 @@ async def with_factory(reactor: IReactorTime) -> None:
     await smtp.sendmail("a@x", "b@x", b"hi")
 
 
+async def signed(reactor: IReactorTime) -> None:
+    from txsmtpclient.dkim import DKIMSigner
+
+    rsa = DKIMSigner.from_file("rsa.pem", domain="example.com", selector="rsa2026")
+    ed = DKIMSigner("example.com", "ed2026", b"...", canonicalization="relaxed/simple")
+    record: str = rsa.dns_record()
+    smtp = SMTP(reactor=reactor)
+    refused: dict[str, Reply] = await smtp.sendmail("a@x", "b@x", b"hi", dkim=rsa)
+    refused = await smtp.sendmail("a@x", "b@x", b"hi", dkim=[rsa, ed])
+    refused = await txsmtpclient.sendmail("localhost", "a@x", "b@x", b"hi", dkim=(rsa, ed))
+    print(record, refused)
+
+
 def main() -> None:
     async def run(reactor: IReactorTime) -> None:
         await typical(reactor)

@@ -99,6 +99,14 @@ class BodySource:
         """
         return self._memory_chunks()
 
+    def rewound(self) -> BodySource | None:
+        """
+        A source that reads the same bytes again from the start, once this
+        one was read whole, when that is possible (a seekable file: DKIM
+        signing reads it twice); ``None`` otherwise.
+        """
+        return None
+
     async def _memory_chunks(self) -> AsyncGenerator[bytes, None]:
         assert self.data is not None
         view = memoryview(self.data)
@@ -133,6 +141,17 @@ class _FileSource(BodySource):
         super().__init__(_file_size(file))
         self._file = file
         self._first: bytes | None = None
+        try:
+            self._start: int | None = file.tell() if file.seekable() else None
+        except (OSError, ValueError, io.UnsupportedOperation):
+            self._start = None
+
+    def rewound(self) -> BodySource | None:
+        if self._start is None:
+            return None
+        # lseek only: no data is read, so the reactor's thread may do it.
+        self._file.seek(self._start)
+        return _FileSource(self._file)
 
     async def _read_one(self, reactor: Any) -> bytes:
         pool = reactor.getThreadPool() if hasattr(reactor, "getThreadPool") else None

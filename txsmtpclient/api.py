@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from email.message import Message
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -24,6 +25,9 @@ from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import Envelope, envelope_for_call, message_for_call
 
+if TYPE_CHECKING:
+    from txsmtpclient.dkim import DKIMSigner
+
 __all__ = ["send_message", "sendmail"]
 
 
@@ -39,6 +43,7 @@ def sendmail(
     dsn_envid: str | None = None,
     dsn_notify: str | Sequence[str] | None = None,
     dsn_orcpt: bool = False,
+    dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
     envelope: Envelope | None = None,
     port: int | None = None,
     local_hostname: str | None = None,
@@ -85,6 +90,7 @@ def sendmail(
         dsn_envid,
         dsn_notify,
         dsn_orcpt,
+        dkim,
         envelope,
     )
     body_source(msg)  # type: ignore[arg-type]  # (type check only: the client wraps it again)
@@ -152,6 +158,7 @@ def send_message(
     dsn_envid: str | None = None,
     dsn_notify: str | Sequence[str] | None = None,
     dsn_orcpt: bool = False,
+    dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
     envelope: Envelope | None = None,
     port: int | None = None,
     local_hostname: str | None = None,
@@ -184,6 +191,7 @@ def send_message(
         dsn_envid,
         dsn_notify,
         dsn_orcpt,
+        dkim,
         envelope,
     )
     return sendmail(

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from email.message import Message
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -51,6 +52,7 @@ from txsmtpclient.commands import (
     quote_address,
 )
 from txsmtpclient.errors import (
+    DKIMError,
     SMTPAuthenticationError,
     SMTPConnectError,
     SMTPDataError,
@@ -72,6 +74,9 @@ from txsmtpclient.transaction import (
     message_for_call,
     plan_transaction,
 )
+
+if TYPE_CHECKING:
+    from txsmtpclient.dkim import DKIMSigner
 
 __all__ = ["SMTP", "SMTP_SSL"]
 
@@ -576,6 +581,7 @@ class SMTP:
         dsn_envid: str | None = None,
         dsn_notify: str | Sequence[str] | None = None,
         dsn_orcpt: bool = False,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
         envelope: Envelope | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
@@ -600,6 +606,10 @@ class SMTP:
         :param dsn_notify: RFC 3461 ``NOTIFY``: some of ``"SUCCESS"``,
             ``"FAILURE"``, ``"DELAY"``, or ``("NEVER",)``.
         :param dsn_orcpt: send each recipient's address as ``ORCPT``.
+        :param dkim: sign the message with this
+            :class:`~txsmtpclient.dkim.DKIMSigner` (or each of a sequence of
+            them) as it is sent; a stream is read whole first (see
+            :mod:`txsmtpclient._signing`).
         :param envelope: the whole envelope as one
             :class:`~txsmtpclient.transaction.Envelope`, instead of
             ``from_addr``, ``to_addrs``, the options and ``dsn_*`` (which are
@@ -618,6 +628,8 @@ class SMTP:
         :raises SMTPNotSupportedError: for non-ASCII addresses or 8-bit data
             the server cannot take, or TLS the policy requires and the server
             lacks.
+        :raises DKIMError: (through the Deferred, before MAIL) when the
+            message cannot be signed.
         """
         checked = envelope_for_call(
             from_addr,
@@ -628,6 +640,7 @@ class SMTP:
             dsn_envid,
             dsn_notify,
             dsn_orcpt,
+            dkim,
             envelope,
         )
         return self._send_checked(checked, body_source(msg))  # type: ignore[arg-type]
@@ -651,6 +664,7 @@ class SMTP:
         dsn_envid: str | None = None,
         dsn_notify: str | Sequence[str] | None = None,
         dsn_orcpt: bool = False,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
         envelope: Envelope | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
@@ -675,6 +689,7 @@ class SMTP:
             dsn_envid,
             dsn_notify,
             dsn_orcpt,
+            dkim,
             envelope,
         )
         return self._send_checked(checked, body_source(data))
@@ -683,6 +698,8 @@ class SMTP:
         # A stream's first chunk is read (and its type checked) before
         # anything is sent, so a wrong type raises with the session intact.
         await source.prime(self._reactor)
+        if envelope.dkim:
+            return await self._send_signed(envelope, source)
         await self._ehlo_or_helo_if_needed()
         proto = self._connection()
         features = self.esmtp_features if self.does_esmtp else None
@@ -731,6 +748,24 @@ class SMTP:
             await self._reset_after_failure()
             raise
         return await self._judge_final(accepted, refused, finals)
+
+    async def _send_signed(self, envelope: Envelope, source: BodySource) -> dict[str, Reply]:
+        """
+        Sign the message (before MAIL, so a message that cannot be signed
+        sends nothing), then send it as :meth:`_sendmail`.
+        """
+        from txsmtpclient._signing import SignedSource, signed_source
+
+        if any(o.upper() == "BODY=BINARYMIME" for o in envelope.mail_options):
+            raise DKIMError(
+                "DKIM signs a message as lines of text; a BODY=BINARYMIME message cannot be signed"
+            )
+        signed = await signed_source(source, envelope.dkim, self._reactor)
+        try:
+            return await self._sendmail(replace(envelope, dkim=()), signed)
+        finally:
+            if isinstance(signed, SignedSource):
+                signed.close()
 
     def _final_reply_count(self, accepted: int) -> int:
         """

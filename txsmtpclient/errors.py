@@ -27,6 +27,8 @@ from txsmtpclient._checks import ArgumentError
 from txsmtpclient.reply import Reply
 
 __all__ = [
+    "DKIMError",
+    "DKIMKeyError",
     "SMTPAmbiguousDelivery",
     "SMTPArgumentError",
     "SMTPAuthenticationError",
@@ -238,4 +240,19 @@ class SMTPHeloError(SMTPResponseException, smtplib.SMTPHeloError):
 class SMTPAuthenticationError(SMTPResponseException, smtplib.SMTPAuthenticationError):
     """
     The server refused the credentials (or the ``AUTH`` exchange).
+    """
+
+
+class DKIMError(SMTPArgumentError):
+    """
+    A message cannot be DKIM-signed as asked (no ``From`` header, a header
+    block that does not parse, one too large to hold): raised before
+    anything of the message is sent.
+    """
+
+
+class DKIMKeyError(DKIMError):
+    """
+    A DKIM private key cannot be used: unreadable, not RSA or Ed25519,
+    encrypted, or an RSA key under 2048 bits (RFC 8301 section 3.2).
     """

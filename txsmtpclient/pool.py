@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from email.message import Message
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -22,6 +22,9 @@ from txsmtpclient.client import SMTP
 from txsmtpclient.errors import SMTPArgumentError, SMTPException, SMTPServerDisconnected
 from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import Envelope, envelope_for_call, message_for_call
+
+if TYPE_CHECKING:
+    from txsmtpclient.dkim import DKIMSigner
 
 __all__ = ["SMTPConnectionPool"]
 
@@ -170,6 +173,7 @@ class SMTPConnectionPool:
         dsn_envid: str | None = None,
         dsn_notify: str | Sequence[str] | None = None,
         dsn_orcpt: bool = False,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
         envelope: Envelope | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
@@ -195,6 +199,7 @@ class SMTPConnectionPool:
             dsn_envid,
             dsn_notify,
             dsn_orcpt,
+            dkim,
             envelope,
         )
         return self._send(checked, body_source(msg))  # type: ignore[arg-type]
@@ -211,6 +216,7 @@ class SMTPConnectionPool:
         dsn_envid: str | None = None,
         dsn_notify: str | Sequence[str] | None = None,
         dsn_orcpt: bool = False,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
         envelope: Envelope | None = None,
     ) -> Deferred[dict[str, Reply]]:
         """
@@ -229,6 +235,7 @@ class SMTPConnectionPool:
             dsn_envid,
             dsn_notify,
             dsn_orcpt,
+            dkim,
             envelope,
         )
         return self._send(checked, body_source(data))

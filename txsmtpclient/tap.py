@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from txsmtpclient._dkimtap import DKIMOptions, dkim_keys, signing_sender
 from txsmtpclient._endpoints import Relay, parse_relay
 from txsmtpclient.client import SMTP
 from txsmtpclient.errors import SMTPArgumentError
@@ -73,7 +74,7 @@ def _seconds(name: str, text: str) -> float:
         raise usage.UsageError(f"--{name}: {e}") from e
 
 
-class Options(usage.Options):
+class Options(DKIMOptions, usage.Options):
     """
     The options of ``twist txsmtp``.  After :meth:`parseOptions`, the typed
     values are in :attr:`settings`.
@@ -186,6 +187,13 @@ class Options(usage.Options):
             "request must carry (required beyond loopback)",
         ],
         [
+            "dkim-keys",
+            None,
+            None,
+            "A TOML file of DKIM keys, [[key]] tables with domain, selector, key-file "
+            "(and optionally canonicalization), for several keys or domains",
+        ],
+        [
             "config",
             None,
             None,
@@ -249,6 +257,7 @@ class Options(usage.Options):
             elif value is not None:
                 given[key] = value
         self.settings = _settings(given)
+        self.settings["dkim"] = dkim_keys(self, given)
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -559,7 +568,7 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
     spool = Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=on_set_aside)
     service = SpoolService(
         spool,
-        pool,
+        signing_sender(pool, settings),
         relay=relay,
         close_sender=pool.close,
         concurrency=settings["concurrency"],

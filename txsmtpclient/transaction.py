@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from email.message import Message
+from typing import TYPE_CHECKING
 
 from txsmtpclient._checks import ArgumentError, check_dsn
 from txsmtpclient._checks import check_argument as _check_argument
@@ -34,6 +35,9 @@ from txsmtpclient.errors import (
 from txsmtpclient.extensions import Extensions
 from txsmtpclient.message import prepare_message
 from txsmtpclient.reply import Reply
+
+if TYPE_CHECKING:
+    from txsmtpclient.dkim import DKIMSigner
 
 __all__ = [
     "DSN",
@@ -156,6 +160,8 @@ class Envelope:
         advertises their extension.
     :ivar rcpt_options: RCPT parameters for every recipient.
     :ivar dsn: delivery status notification requests.
+    :ivar dkim: the DKIM signers to sign the message with as it is sent
+        (:mod:`txsmtpclient.dkim`); a single signer is taken as one.
     :raises TypeError: (when made) for values of the wrong type.
     :raises SMTPArgumentError: (when made) for control characters, an empty
         recipient, no recipients, or an option that is not one word.
@@ -166,6 +172,7 @@ class Envelope:
     mail_options: tuple[str, ...] = ()
     rcpt_options: tuple[str, ...] = ()
     dsn: DSN | None = None
+    dkim: tuple[DKIMSigner, ...] = ()
 
     def __post_init__(self) -> None:
         # The shared checks, called directly (this runs for every message):
@@ -202,6 +209,10 @@ class Envelope:
         if self.dsn is not None and not isinstance(self.dsn, DSN):
             raise TypeError(f"dsn must be a DSN, not {type(self.dsn).__name__}")
         # Normalised in place: the value is new and nobody holds it yet.
+        dkim = self.dkim
+        # No signers (the usual case, an empty tuple): nothing to do.
+        if dkim.__class__ is not tuple or dkim:
+            object.__setattr__(self, "dkim", _signers(dkim))
         object.__setattr__(self, "recipients", checked)
         object.__setattr__(self, "mail_options", mail)
         object.__setattr__(self, "rcpt_options", rcpt)
@@ -214,6 +225,7 @@ class Envelope:
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
         dsn: DSN | None = None,
+        dkim: DKIMSigner | Sequence[DKIMSigner] | None = None,
     ) -> Envelope:
         """
         The envelope for smtplib-style arguments (any sequences).
@@ -222,7 +234,7 @@ class Envelope:
         :raises SMTPArgumentError: as :class:`Envelope`.
         """
         # The constructor checks each and makes it a tuple.
-        return cls(sender, recipients, mail_options, rcpt_options, dsn)  # type: ignore[arg-type]
+        return cls(sender, recipients, mail_options, rcpt_options, dsn, dkim)  # type: ignore[arg-type]
 
     @property
     def needs_smtputf8(self) -> bool:
@@ -242,6 +254,7 @@ def envelope_for_call(
     dsn_envid: str | None,
     dsn_notify: str | Sequence[str] | None,
     dsn_orcpt: bool,
+    dkim: DKIMSigner | Sequence[DKIMSigner] | None,
     envelope: Envelope | None,
 ) -> Envelope:
     """
@@ -258,7 +271,7 @@ def envelope_for_call(
             raise TypeError("sendmail() needs from_addr and to_addrs, or envelope=")
         dsn = DSN.check(dsn_ret, dsn_envid, dsn_notify, dsn_orcpt)
         # As Envelope.check, one call less: this runs for every message.
-        return Envelope(from_addr, to_addrs, mail_options, rcpt_options, dsn)  # type: ignore[arg-type]
+        return Envelope(from_addr, to_addrs, mail_options, rcpt_options, dsn, dkim)  # type: ignore[arg-type]
     if not isinstance(envelope, Envelope):
         raise TypeError(f"envelope must be an Envelope, not {type(envelope).__name__}")
     if (
@@ -270,10 +283,12 @@ def envelope_for_call(
         or dsn_envid is not None
         or dsn_notify
         or dsn_orcpt
+        or dkim
     ):
         raise SMTPArgumentError(
-            "envelope= holds the sender, recipients, options and DSN requests: "
-            "give it alone, without from_addr, to_addrs, mail_options, rcpt_options or dsn_*"
+            "envelope= holds the sender, recipients, options, DSN requests and DKIM "
+            "signers: give it alone, without from_addr, to_addrs, mail_options, "
+            "rcpt_options, dsn_* or dkim"
         )
     return envelope
 
@@ -288,6 +303,7 @@ def message_for_call(
     dsn_envid: str | None,
     dsn_notify: str | Sequence[str] | None,
     dsn_orcpt: bool,
+    dkim: DKIMSigner | Sequence[DKIMSigner] | None,
     envelope: Envelope | None,
 ) -> tuple[Envelope, bytes]:
     """
@@ -310,6 +326,7 @@ def message_for_call(
             dsn_envid,
             dsn_notify,
             dsn_orcpt,
+            dkim,
             envelope,
         )
         prepared = prepare_message(msg, given.sender, given.recipients)
@@ -326,9 +343,19 @@ def message_for_call(
         dsn_envid,
         dsn_notify,
         dsn_orcpt,
+        dkim,
         None,
     )
     return checked, prepared.data
+
+
+def _signers(dkim: DKIMSigner | Sequence[DKIMSigner] | None) -> tuple[DKIMSigner, ...]:
+    if dkim is None or (isinstance(dkim, (tuple, list)) and not dkim):
+        return ()
+    # Imported only when asked for: it needs the optional dkimpy.
+    from txsmtpclient.dkim import as_signers
+
+    return as_signers(dkim)
 
 
 @dataclass(frozen=True, slots=True)
