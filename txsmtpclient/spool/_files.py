@@ -303,7 +303,7 @@ class SpoolFiles:
             held = self._find_held(entry_id)
             if held:
                 return State.SENDING, held[0][0]
-            for state in FINISHED:
+            for state in (*FINISHED, State.HELD):
                 path = self._final_path(state, entry_id)
                 if os.path.exists(path):
                     return state, path

@@ -156,6 +156,11 @@ class IQueue(Protocol):
         Make a queued, failed or cancelled entry due now.
         """
 
+    def hold(self, entry_id: str) -> Entry:
+        """
+        Keep a queued entry back (``State.HELD``); it is never sent from there.
+        """
+
     def get(self, entry_id: str) -> Entry:
         """
         An entry in any state but corrupt.

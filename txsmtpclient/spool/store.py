@@ -11,6 +11,7 @@ Layout (Maildir-like; every state is a folder, every state change a rename)::
       done/       {id}.json
       failed/     {id}.json
       cancelled/  {id}.json
+      held/       {id}.json, kept back for an operator
       corrupt/    entries set aside, each with a {name}.reason text file
 
 An entry's envelope (:class:`~txsmtpclient.spool.envelope.Entry`, JSON) is
@@ -444,7 +445,7 @@ class Spool(SpoolFiles):
 
     def retry(self, entry_id: str) -> Entry:
         """
-        Make an entry due now: a queued one keeps its history; a failed or
+        Make an entry due now: a queued or held one keeps its history; a failed or
         cancelled one is queued again with its failed recipients pending and
         a fresh queue lifetime.
 
@@ -461,7 +462,7 @@ class Spool(SpoolFiles):
             self._hold_queued(entry_id)
             fresh = False
         except EntryStateError:
-            for state in (State.FAILED, State.CANCELLED):
+            for state in (State.HELD, State.FAILED, State.CANCELLED):
                 try:
                     self._move(self._final_path(state, entry_id), held)
                 except FileNotFoundError:
@@ -469,7 +470,8 @@ class Spool(SpoolFiles):
                 break
             else:
                 raise
-            fresh = True
+            # A held entry keeps its history and lifetime, as a queued one.
+            fresh = state is not State.HELD
         entry = self._read(held, entry_id, State.SENDING)
         if fresh:
             entry = replace(
@@ -490,6 +492,24 @@ class Spool(SpoolFiles):
         self._write_entry(entry, held)
         self._move(held, self._queued_path(now, entry_id))
         return replace(entry, state=State.QUEUED)
+
+    def hold(self, entry_id: str) -> Entry:
+        """
+        Keep a queued entry back for an operator: it moves to ``held/`` in
+        one rename and is never sent from there; :meth:`retry` queues it
+        again.
+
+        :returns: the held entry.
+        :raises EntryNotFound: if there is none with this id.
+        :raises EntryBusy: if it is being sent right now.
+        :raises EntryStateError: if it is not queued.
+        """
+        if not is_valid_id(entry_id):
+            raise EntryNotFound(f"not a spool id: {entry_id!r}")
+        target = self._final_path(State.HELD, entry_id)
+        if self._take_queued(entry_id, target):
+            return self._read(target, entry_id, State.HELD)
+        raise self._not_queued(entry_id)
 
     def list(self, state: State | None = None) -> builtins.list[Entry]:
         """
