@@ -88,6 +88,7 @@ def test_defaults() -> None:
     assert s["status_port"] is None
     assert s["notify_sender"] is False
     assert s["fsync"] is True
+    assert s["on_ambiguous"] == "resend"
 
 
 def test_default_spool_follows_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,6 +120,8 @@ def test_every_option_parsed() -> None:
         "1m",
         "--notify-sender",
         "--no-fsync",
+        "--on-ambiguous",
+        "hold",
     ).settings
     assert s["relay"] == "tcp:mail.example.test:587"
     assert s["tls"] == "required"
@@ -132,6 +135,7 @@ def test_every_option_parsed() -> None:
     assert s["grace"] == 60.0
     assert s["notify_sender"] is True
     assert s["fsync"] is False
+    assert s["on_ambiguous"] == "hold"
 
 
 @pytest.mark.parametrize(
@@ -146,6 +150,7 @@ def test_every_option_parsed() -> None:
         (["--poll-interval", "0"], "--poll-interval"),
         (["--auth-user", "u"], "--auth-user"),
         (["--auth-password-env", "X"], "--auth-user"),
+        (["--on-ambiguous", "drop"], "--on-ambiguous"),
     ],
 )
 def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:

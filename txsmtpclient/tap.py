@@ -32,6 +32,7 @@ from txsmtpclient._endpoints import _description_host, _is_description
 from txsmtpclient.client import SMTP
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.cli import default_spool
+from txsmtpclient.spool.delivery import AMBIGUOUS_POLICIES
 from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_duration
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
@@ -47,6 +48,7 @@ DEFAULTS: Mapping[str, str] = {
     "max-lifetime": "5d",
     "poll-interval": "1s",
     "grace": "30s",
+    "on-ambiguous": "resend",
 }
 
 _TLS_POLICIES = ("required", "opportunistic", "never")
@@ -161,6 +163,15 @@ class Options(usage.Options):
             f"On stop, how long sends in flight may take to finish [default: {DEFAULTS['grace']}]",
         ],
         [
+            "on-ambiguous",
+            None,
+            None,
+            "What to do after an ambiguous attempt (the message was sent but the "
+            "connection broke before the relay's reply): resend (may deliver it "
+            "twice, as Postfix does) or hold (keep it back for an operator) "
+            f"[default: {DEFAULTS['on-ambiguous']}]",
+        ],
+        [
             "config",
             None,
             None,
@@ -187,6 +198,7 @@ class Options(usage.Options):
     compData = usage.Completions(
         optActions={
             "tls": usage.CompleteList(list(_TLS_POLICIES)),
+            "on-ambiguous": usage.CompleteList(list(AMBIGUOUS_POLICIES)),
             "tls-ca": usage.CompleteFiles("*.pem"),
             "auth-password-file": usage.CompleteFiles(),
             "spool": usage.CompleteDirs(),
@@ -301,6 +313,12 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     settings["poll_interval"] = poll
     settings["grace"] = _seconds("grace", text("grace") or "")
     settings["status_port"] = text("status-port")
+    on_ambiguous = text("on-ambiguous") or ""
+    if on_ambiguous not in AMBIGUOUS_POLICIES:
+        raise usage.UsageError(
+            f"--on-ambiguous must be one of {', '.join(AMBIGUOUS_POLICIES)}, got {on_ambiguous!r}"
+        )
+    settings["on_ambiguous"] = on_ambiguous
     settings["notify_sender"] = _flag("notify-sender", given.get("notify-sender", False))
     settings["fsync"] = not _flag("no-fsync", given.get("no-fsync", False))
     return settings
@@ -465,6 +483,7 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         grace=settings["grace"],
         policy=settings["policy"],
         notify_sender=settings["notify_sender"],
+        on_ambiguous=settings["on_ambiguous"],
     )
     top = MultiService()
     if settings["status_port"]:
