@@ -129,6 +129,9 @@ def _parse(
         return clientFromString(reactor, host), _description_host(host)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if ":" in host and not isIPv6Address(host):
+        # "foo:bar:baz": neither host:port, an IPv6 literal nor a description.
+        raise ValueError(f"not a host, host:port or endpoint description: {host!r}")
     if port is None:
         port = default_port
     if not isinstance(port, int) or not 0 < port < 65536:

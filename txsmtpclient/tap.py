@@ -18,6 +18,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,16 +29,23 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python import usage
 from twisted.web.server import Site
 
-from txsmtpclient._endpoints import _description_host, _is_description
+from txsmtpclient._endpoints import _description_host, _is_description, resolve_endpoint
 from txsmtpclient.client import SMTP
+from txsmtpclient.errors import SMTPArgumentError
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.cli import default_spool
 from txsmtpclient.spool.delivery import AMBIGUOUS_POLICIES
 from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_duration
+from txsmtpclient.spool.sendmail import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_NOINPUT,
+    EX_USAGE,
+)
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
 
-__all__ = ["DEFAULTS", "Options", "makeService"]
+__all__ = ["DEFAULTS", "Options", "StartupError", "makeService"]
 
 #: Every option's default, as it would be written on the command line.
 DEFAULTS: Mapping[str, str] = {
@@ -57,6 +65,19 @@ _PASSWORD_REFUSED = (
     "a password on the command line is visible to every user of this machine "
     "(ps, /proc); use --auth-password-file FILE or --auth-password-env VARIABLE"
 )
+
+
+class StartupError(usage.UsageError):
+    """
+    A setting that cannot work, found before the daemon starts: a missing
+    file, an unusable spool folder, a description that does not parse.
+
+    :ivar exit_code: the sysexits(3) code ``twist txsmtp`` exits with.
+    """
+
+    def __init__(self, message: str, exit_code: int = EX_CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _seconds(name: str, text: str) -> float:
@@ -211,6 +232,26 @@ class Options(usage.Options):
         #: Typed values, filled by :meth:`postOptions`.
         self.settings: dict[str, Any] = {}
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse and check the options.  Run by ``twist txsmtp`` (as a
+        subcommand), an error is one line on stderr and a sysexits(3) exit
+        code rather than twist's usage dump; embedded, it raises.
+
+        :raises usage.UsageError: for a bad option, when not run by twist.
+        :raises SystemExit: for a bad option, when run by ``twist txsmtp``.
+        """
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            print(
+                f"twist txsmtp: error: {e} (see 'twist txsmtp --help')",
+                file=sys.stderr,
+            )
+            raise SystemExit(getattr(e, "exit_code", EX_USAGE)) from None
+
     def opt_auth_password(self, value: str) -> None:
         """Refused (ps shows it): use --auth-password-file or --auth-password-env."""
         raise usage.UsageError(_PASSWORD_REFUSED)
@@ -218,10 +259,14 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         """
         Merge the config file under the command line, apply defaults and
-        check every value.
+        check every value, then everything the daemon will need before the
+        reactor runs (:func:`check_startup`).
 
         :raises usage.UsageError: for a bad value, a missing password, or an
             unreadable config file.
+        :raises StartupError: for a relay or port description that does not
+            parse, a file that cannot be read, or a spool that cannot be
+            opened.
         """
         given: dict[str, Any] = {}
         if self["config"]:
@@ -235,6 +280,67 @@ class Options(usage.Options):
             elif value is not None:
                 given[key] = value
         self.settings = _settings(given)
+        check_startup(self.settings)
+
+
+def check_startup(settings: Mapping[str, Any]) -> None:
+    """
+    Check what :func:`makeService` will use, without starting anything: the
+    relay parsed by the client's one host parser, the password and CA files
+    read, the status port description parsed, the spool folder opened.
+
+    :raises StartupError: naming the option and what is wrong.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    # Descriptions are only parsed here: twist installs the real reactor
+    # after reading the options, so none may be imported yet.
+    parse_only = MemoryReactor()
+    relay = settings["relay"]
+    try:
+        resolve_endpoint(parse_only, relay, None, 25, None)
+    except (ValueError, TypeError, SMTPArgumentError) as e:
+        # A TypeError is a description missing a part ("tcp:host", no port).
+        reason = "an endpoint description missing a part" if isinstance(e, TypeError) else e
+        raise StartupError(
+            f"--relay {relay!r}: {reason}; give host, host:port or an endpoint "
+            "description such as tcp:mail.example.com:587",
+            EX_USAGE,
+        ) from None
+    try:
+        read_password(settings, os.environ)
+        _tls_options(settings)
+    except usage.UsageError as e:
+        raise StartupError(str(e), EX_NOINPUT) from None
+    if settings.get("status_port"):
+        try:
+            serverFromString(parse_only, settings["status_port"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise StartupError(
+                f"--status-port {settings['status_port']!r}: {e}; give an endpoint "
+                "description such as tcp:8025:interface=127.0.0.1",
+                EX_USAGE,
+            ) from None
+    _check_spool(settings["spool"])
+
+
+def _check_spool(path: str) -> None:
+    """
+    Open (creating if needed) the spool folder and check it is writable.
+
+    :raises StartupError: if it cannot be used.
+    """
+    try:
+        spool = Spool(path, fsync=False)
+    except OSError as e:
+        raise StartupError(
+            f"--spool {path}: cannot open the spool folder: {e.strerror or e}", EX_CANTCREAT
+        ) from None
+    for sub in ("tmp", "msg", "queue", "sending"):
+        folder = os.path.join(spool.path, sub)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StartupError(f"--spool {path}: {folder} is not writable", EX_CANTCREAT)
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -431,7 +537,8 @@ def _tls_options(settings: Mapping[str, Any]) -> IOpenSSLClientConnectionCreator
         with open(path, "rb") as f:
             ca = Certificate.loadPEM(f.read())
     except (OSError, ValueError) as e:
-        raise usage.UsageError(f"--tls-ca: cannot load {path}: {e}") from e
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise usage.UsageError(f"--tls-ca: cannot load {path}: {reason}") from e
     hostname = relay_hostname(settings["relay"])
     if not hostname:
         raise usage.UsageError("--tls-ca needs a relay that names a host to verify")
