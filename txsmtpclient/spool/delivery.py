@@ -56,6 +56,7 @@ from txsmtpclient.errors import (
     SMTPTLSError,
 )
 from txsmtpclient.reply import Reply
+from txsmtpclient.spool._tracing import AttemptSpan, attempt_span
 from txsmtpclient.spool.envelope import (
     Attempt,
     Entry,
@@ -236,6 +237,9 @@ class Deliverer:
     :param on_ambiguous: after an ambiguous attempt (final dot written, no
         reply), ``"resend"`` (retry as after any temporary failure) or
         ``"hold"`` (keep the entry back in the held state).
+    :param tracer: the OpenTelemetry tracer for one span per attempt;
+        ``None`` for the global provider's (nothing at all when the ``otel``
+        extra is not installed).
     :raises ValueError: for an unknown ``on_ambiguous``.
     """
 
@@ -257,7 +261,9 @@ class Deliverer:
         is_stopping: Callable[[], bool] = lambda: False,
         on_disk_full: Callable[[bool], None] = lambda full: None,
         on_ambiguous: str = "resend",
+        tracer: Any = None,
     ) -> None:
+        self.tracer = tracer
         if on_ambiguous not in AMBIGUOUS_POLICIES:
             raise ValueError(
                 f"on_ambiguous must be one of {', '.join(AMBIGUOUS_POLICIES)}, "
@@ -305,19 +311,32 @@ class Deliverer:
         return Deferred.fromCoroutine(self._deliver(entry))
 
     async def _deliver(self, entry: Entry) -> DeliveryReport:
+        span = attempt_span(self.tracer, entry, self.relay, self.clock.seconds())
+        report = await self._deliver_traced(entry, span)
+        span.finish(
+            report.action.value,
+            delivered=report.action is DeliveryAction.DELIVERED,
+            now=self.clock.seconds(),
+        )
+        return report
+
+    async def _deliver_traced(self, entry: Entry, span: AttemptSpan) -> DeliveryReport:
         try:
             message = await self.blocking(self.queue.read_message, entry.id)
         except (OSError, EntryNotFound) as e:
             return await self._set_aside(entry, f"message unreadable: {e}")
+        span.event("spool.message_read", self.clock.seconds(), size=len(message))
         if not entry.pending:
             # Claimed with nothing left to send (every recipient answered
             # before a crash): finish it.
             return await self._finish(entry, None)
+        span.event("smtp.send", self.clock.seconds(), recipients=len(entry.pending))
         attempt = await self._attempt(entry, message)
         if attempt is None:
             return await self._release(entry)
         if isinstance(attempt, str):
             return await self._set_aside(entry, attempt)
+        span.attempted(attempt)
         return await self._finish(entry, attempt)
 
     async def _attempt(self, entry: Entry, message: bytes) -> Attempt | str | None:
