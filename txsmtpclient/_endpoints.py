@@ -131,7 +131,9 @@ def _parse(
         host = host[1:-1]
     if ":" in host and not isIPv6Address(host):
         # "foo:bar:baz": neither host:port, an IPv6 literal nor a description.
-        raise ValueError(f"not a host, host:port or endpoint description: {host!r}")
+        raise ValueError(
+            f"too many colons in {host!r} for host:port (an IPv6 address? [2001:db8::1]:25)"
+        )
     if port is None:
         port = default_port
     if not isinstance(port, int) or not 0 < port < 65536:

@@ -304,7 +304,7 @@ def check_startup(settings: Mapping[str, Any]) -> None:
         # A TypeError is a description missing a part ("tcp:host", no port).
         reason = "an endpoint description missing a part" if isinstance(e, TypeError) else e
         raise StartupError(
-            f"--relay {relay!r}: {reason}; give host, host:port or an endpoint "
+            f"--relay {relay!r}: {reason}; expected host, host:port or an endpoint "
             "description such as tcp:mail.example.com:587",
             EX_USAGE,
         ) from None
