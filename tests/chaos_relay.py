@@ -8,10 +8,8 @@ the message kept but no reply (the ambiguous case, RFC 5321 section 6.1); a
 421 to the final dot (message not kept); a slow reply to the final dot.
 Otherwise it accepts with ``250 2.0.0 Ok: queued as Q<n>``.
 
-It records every copy it kept, and what the server can know about whether
-the client heard the reply: a copy is ``cut`` when the connection ended
-without QUIT and without any further command after the final dot (the
-client was killed, or the relay hung up on purpose).
+It records every copy it kept, with the queue id it replied with (none
+when it hung up on purpose) and when the final dot arrived.
 """
 
 from __future__ import annotations
@@ -52,15 +50,12 @@ class Copy:
     :ivar queue_id: the id named in the 250 reply (``None`` if dropped).
     :ivar dropped: the relay hung up on purpose instead of replying.
     :ivar at: ``time.monotonic()`` when the final dot arrived.
-    :ivar cut: the connection ended (no QUIT) with nothing said after the
-        final dot.
     """
 
     message_id: str
     queue_id: str | None
     dropped: bool
     at: float
-    cut: bool = False
 
 
 class ChaosRelay:
@@ -86,7 +81,7 @@ class ChaosRelay:
     def copies(self) -> list[Copy]:
         """A snapshot of the copies kept so far."""
         with self._lock:
-            return [Copy(c.message_id, c.queue_id, c.dropped, c.at, c.cut) for c in self._copies]
+            return list(self._copies)
 
     def received_ids(self) -> set[str]:
         with self._lock:
@@ -97,8 +92,6 @@ class ChaosRelay:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         f = self.faults
-        last: Copy | None = None  # the copy whose final dot was the last thing heard
-        quit_ = False
         try:
             if self._chance(f.greeting_421):
                 writer.write(b"421 4.3.2 chaos: busy, come back later\r\n")
@@ -108,7 +101,6 @@ class ChaosRelay:
                 line = await reader.readline()
                 if not line:
                     return
-                last = None
                 verb = line[:4].upper()
                 if verb in (b"EHLO", b"HELO"):
                     writer.write(b"250-chaos.test\r\n250 8BITMIME\r\n")
@@ -133,11 +125,10 @@ class ChaosRelay:
                         if cut_after is not None and len(body) >= cut_after:
                             writer.transport.abort()
                             return
-                    last = await self._end_of_data(b"".join(body), writer)
-                    if last is None or last.dropped:
+                    copy = await self._end_of_data(b"".join(body), writer)
+                    if copy is None or copy.dropped:
                         return
                 elif verb == b"QUIT":
-                    quit_ = True
                     writer.write(b"221 2.0.0 Bye\r\n")
                     return
                 elif verb in (b"RSET", b"NOOP"):
@@ -147,9 +138,6 @@ class ChaosRelay:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            if last is not None and not quit_:
-                with self._lock:
-                    last.cut = True
             writer.close()
 
     async def _end_of_data(self, body: bytes, writer: asyncio.StreamWriter) -> Copy | None:
@@ -170,7 +158,6 @@ class ChaosRelay:
         if dropped:
             # Kept, but the client never hears so: the ambiguous case.
             writer.transport.abort()
-            copy.cut = True
             return copy
         if self._chance(f.slow_reply):
             await asyncio.sleep(self._rng.uniform(*f.slow_seconds))
