@@ -295,3 +295,22 @@ def test_show_names_the_queue_id_once(tmp_path: Path) -> None:
     named = [line for line in out.splitlines() if "queued as 4F2A" in line]
     assert len(named) == 3  # the recipient, the attempt and the outcome
     assert all(line.count("4F2A") == 1 for line in named), named
+
+
+def test_list_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """``list | head -1``: the reader leaves early; no error, no traceback."""
+    spool = Spool(tmp_path / "s", fsync=False)
+    for _ in range(800):  # ~120 kB of listing: more than a pipe holds
+        spool.enqueue(MESSAGE, "a@x", ["b@x"])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "txsmtpclient", "list", "--spool", str(tmp_path / "s")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        cwd=REPO,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().startswith(b"ID ")
+    process.stdout.close()
+    assert process.wait(60) == 0
+    assert process.stderr.read() == b""

@@ -445,6 +445,12 @@ def main(
     except CommandError as e:
         print(f"error: {e}", file=stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # The reader went away ("list | head"): stop quietly, as cat does,
+        # and keep Python's own flush at exit from failing again.
+        if stdout is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_OK
     except (SpoolError, EnvelopeError, ScheduleError, OSError) as e:
         print(f"error: {e}", file=stderr)
         return next(code for kinds, code in _EXIT_CODES if isinstance(e, kinds))
