@@ -306,6 +306,7 @@ STARTUP_FAULTS = [
     (["--spool", "{file}/sub"], 73, "--spool {file}/sub: cannot open the spool folder"),
     (["--on-ambiguous", "drop"], 64, "--on-ambiguous must be one of resend, hold"),
     (["--no-such-option"], 64, "option --no-such-option not recognized"),
+    (["--config", "/nonexistent.toml"], 66, "--config: cannot read /nonexistent.toml"),
 ]
 
 

@@ -446,14 +446,15 @@ def load_config(path: str) -> dict[str, Any]:
     ``[txsmtp]`` table.
 
     :returns: option name -> value.
-    :raises usage.UsageError: if the file cannot be read or parsed, holds an
-        unknown key, or holds a password.
+    :raises StartupError: if the file cannot be read.
+    :raises usage.UsageError: if the file cannot be parsed, holds an unknown
+        key, or holds a password.
     """
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise usage.UsageError(f"--config: cannot read {path}: {e.strerror}") from e
+        raise StartupError(f"--config: cannot read {path}: {e.strerror}", EX_NOINPUT) from e
     data: Any
     try:
         if path.endswith(".toml"):
