@@ -28,6 +28,7 @@ LATER = [
     "txsmtpclient.spool.codec",
     "txsmtpclient.spool.queue",
     "txsmtpclient.spool.notice",
+    "txsmtpclient.spool._tracing",
 ]
 
 # The package imports its public names lazily (PEP 562), so a plain import
