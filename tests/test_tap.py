@@ -292,9 +292,9 @@ def test_relay_parsed_by_the_client_s_host_parser(tmp_path: Path) -> None:
 
 #: Start-up faults: arguments, the sysexits code, and what the one line says.
 STARTUP_FAULTS = [
-    (["--relay", "127.0.0.1:99999"], 64, "--relay '127.0.0.1:99999': port must be"),
-    (["--relay", "tcp:nohost"], 64, "--relay 'tcp:nohost': an endpoint description missing"),
-    (["--relay", "foo:bar:baz"], 64, "--relay 'foo:bar:baz': too many colons"),
+    (["--relay", "127.0.0.1:99999"], 64, "--relay '127.0.0.1:99999': "),
+    (["--relay", "tcp:nohost"], 64, "--relay 'tcp:nohost': "),
+    (["--relay", "foo:bar:baz"], 64, "--relay 'foo:bar:baz': "),
     (
         ["--auth-user", "u", "--auth-password-file", "/nonexistent"],
         66,
@@ -333,6 +333,7 @@ def test_twist_txsmtp_refuses_bad_settings_in_one_line(
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("twist txsmtp: error: " + message.replace("{file}", str(afile)))
+    assert lines[0].endswith("(see 'twist txsmtp --help')")
     assert "Traceback" not in result.stderr + result.stdout
 
 
