@@ -88,7 +88,8 @@ def test_enqueue_prints_id(spool_dir: str) -> None:
         MESSAGE,
     )
     assert (code, err) == (0, "")
-    entry_id = out.strip()
+    entry_id, due_word, due = out.split()
+    assert (due_word, datetime.fromisoformat(due).timestamp()) == ("due", T0)
     spool = Spool(spool_dir)
     entry = spool.get(entry_id)
     assert (entry.sender, entry.pending, entry.due) == ("a@x", ("b@x", "c@x"), T0)
@@ -106,7 +107,7 @@ def test_enqueue_8bit_adds_body_option(spool_dir: str) -> None:
         ["enqueue", "--spool", spool_dir, "--from", "a@x", "--to", "b@x"],
         "Subject: é\n\nx\n".encode(),
     )
-    assert Spool(spool_dir).get(out.strip()).mail_options == ("BODY=8BITMIME",)
+    assert Spool(spool_dir).get(out.split()[0]).mail_options == ("BODY=8BITMIME",)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,7 @@ def test_enqueue_when(spool_dir: str, when: list[str], due: float) -> None:
         ["enqueue", "--spool", spool_dir, "--from", "a@x", "--to", "b@x", *when], MESSAGE
     )
     assert code == 0, err
-    assert Spool(spool_dir).get(out.strip()).due == due
+    assert Spool(spool_dir).get(out.split()[0]).due == due
 
 
 def test_enqueue_recurring(spool_dir: str) -> None:
@@ -156,14 +157,14 @@ def test_enqueue_recurring(spool_dir: str) -> None:
         ],
         MESSAGE,
     )
-    cron = Spool(spool_dir).get(out.strip())
+    cron = Spool(spool_dir).get(out.split()[0])
     assert cron.recurrence is not None and cron.recurrence.kind is RecurrenceKind.CRON
     assert cron.recurrence.timezone == "UTC"
     assert cron.due > T0 and datetime.fromtimestamp(cron.due).astimezone().minute == 0
     _, out, _ = run(
         ["enqueue", "--spool", spool_dir, "--from", "a@x", "--to", "b@x", "--every", "2h"], MESSAGE
     )
-    every = Spool(spool_dir).get(out.strip())
+    every = Spool(spool_dir).get(out.split()[0])
     assert every.recurrence is not None and every.recurrence.interval == 7200
     assert every.due == T0
 
@@ -171,7 +172,7 @@ def test_enqueue_recurring(spool_dir: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["--in", "10m", "--at", "now"], 2),
+        (["--in", "10m", "--at", "now"], EX_USAGE),
         (["--in", "soon"], EX_DATAERR),
         (["--cron", "not cron"], EX_DATAERR),
         (["--to", "bad address"], EX_DATAERR),
@@ -201,7 +202,7 @@ def test_list_show_cancel_retry(spool_dir: str) -> None:
     _, out, _ = run(
         ["enqueue", "--spool", spool_dir, "--from", "a@x", "--to", "b@x", "--in", "1h"], MESSAGE
     )
-    entry_id = out.strip()
+    entry_id = out.split()[0]
     spool = Spool(spool_dir, clock=clock)
     spool.retry(entry_id)
     spool.claim(entry_id)
@@ -221,9 +222,12 @@ def test_list_show_cancel_retry(spool_dir: str) -> None:
 
     code, out, _ = run(["list", "--spool", spool_dir])
     assert code == 0
-    assert out.startswith(entry_id) and "451 4.3.0 try later" in out
+    header, line, legend = out.splitlines()
+    assert header.split()[:3] == ["ID", "STATE", "DUE/FINISHED"]
+    assert line.startswith(entry_id) and "451 4.3.0 try later" in line
+    assert "0/0/1" in line and "RCPT S/F/P: recipients sent / failed / pending" in legend
     code, out, _ = run(["list", "--spool", spool_dir, "--state", "done"])
-    assert (code, out) == (0, "")
+    assert code == 0 and len(out.splitlines()) == 2
     _, out, _ = run(["list", "--spool", spool_dir, "--json"])
     assert json.loads(out)["id"] == entry_id
 
@@ -252,6 +256,7 @@ def test_unknown_id(spool_dir: str) -> None:
     """
     Unknown or malformed ids exit 1 with a message.
     """
+    Spool(spool_dir)
     for command in ("show", "cancel", "retry"):
         code, out, err = run([command, "--spool", spool_dir, "6615ae2d8caa3-7967-af987231"])
         assert (code, out) == (1, "")
@@ -269,7 +274,7 @@ def test_spool_from_environment(tmp_path: Path) -> None:
         ["enqueue", "--from", "a@x", "--to", "b@x"], MESSAGE, environ={"TXSMTP_SPOOL": target}
     )
     assert code == 0
-    assert Spool(target).get(out.strip()).sender == "a@x"
+    assert Spool(target).get(out.split()[0]).sender == "a@x"
     assert default_spool({"XDG_DATA_HOME": "/d"}) == "/d/txsmtp/spool"
     assert default_spool({}).endswith(os.path.join(".local", "share", "txsmtp", "spool"))
 
@@ -278,9 +283,10 @@ def test_module_main_runs_cli(spool_dir: str, capsys: pytest.CaptureFixture[str]
     """
     txsmtpclient.__main__.main parses and dispatches.
     """
+    Spool(spool_dir)
     assert module_main(["counts", "--spool", spool_dir]) == 0
     assert "queue     0" in capsys.readouterr().out
-    assert module_main(["frobnicate"]) == 2
+    assert module_main(["frobnicate"]) == EX_USAGE
 
 
 # --- sendmail ------------------------------------------------------------------
@@ -487,7 +493,7 @@ def test_real_subprocess_enqueue_and_list(spool_dir: str) -> None:
         timeout=60,
         check=True,
     )
-    entry_id = result.stdout.decode().strip()
+    entry_id = result.stdout.decode().split()[0]
     listed = subprocess.run(
         [sys.executable, "-m", "txsmtpclient", "list"],
         capture_output=True,
@@ -497,7 +503,7 @@ def test_real_subprocess_enqueue_and_list(spool_dir: str) -> None:
         text=True,
         check=True,
     )
-    assert listed.stdout.startswith(entry_id)
+    assert listed.stdout.splitlines()[1].startswith(entry_id)
     assert Spool(spool_dir).read_message(entry_id) == MESSAGE
 
 

@@ -17,17 +17,20 @@ from helpers import success_result_of
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 
 from txsmtpclient.errors import (
+    SMTPAmbiguousDelivery,
     SMTPArgumentError,
     SMTPDataError,
     SMTPRecipientsRefused,
     SMTPSenderRefused,
     SMTPServerDisconnected,
+    SMTPTLSError,
 )
 from txsmtpclient.reply import Reply
 from txsmtpclient.spool.delivery import (
+    CONFIG_FAULT_LOG_INTERVAL,
     Deliverer,
     DeliveryAction,
     failure_notice,
@@ -432,3 +435,91 @@ def test_recipient_state_after_claim(spool: Spool) -> None:
     """Sanity: a claimed entry's recipients start pending."""
     entry = claim(spool, "a@example.test")
     assert entry.recipients[0].state is RecipientState.PENDING
+
+
+def _ambiguous() -> SMTPAmbiguousDelivery:
+    error = SMTPAmbiguousDelivery("connection lost after the end of the message")
+    error.__cause__ = SMTPServerDisconnected("lost")
+    return error
+
+
+def test_ambiguous_attempt_is_recorded_and_resent(spool: Spool, clock: Clock) -> None:
+    """
+    A hang-up after the final dot is an attempt recorded as ambiguous,
+    logged and counted; by default the entry is sent again after the backoff.
+    """
+    sender = ScriptedSender(_ambiguous(), accepted())
+    deliverer, _ = make(spool, clock, sender)
+    entry = claim(spool, "a@example.test")
+    with capturedLogs() as events:
+        report = success_result_of(deliverer.deliver(entry))
+    assert report.action is DeliveryAction.RESCHEDULED
+    queued = spool.get(entry.id)
+    assert queued.state is State.QUEUED
+    assert [(a.ambiguous, a.temporary, a.code) for a in queued.attempts] == [(True, True, None)]
+    assert deliverer.events["ambiguous"] == 1
+    warnings = [e for e in events if e.get("ambiguous")]
+    assert len(warnings) == 1 and warnings[0]["policy"] == "resend"
+    assert warnings[0]["log_level"].name == "warn"
+    clock.advance(queued.due - NOW)
+    again = spool.claim(entry.id)
+    assert again is not None
+    assert success_result_of(deliverer.deliver(again)).action is DeliveryAction.DELIVERED
+    done = spool.get(entry.id)
+    assert [a.ambiguous for a in done.attempts] == [True, False]
+
+
+def test_ambiguous_attempt_is_held_when_asked(spool: Spool, clock: Clock) -> None:
+    """
+    With on_ambiguous="hold" the entry goes to the held state, which the
+    daemon never sends from; a plain disconnect is still retried.
+    """
+    sender = ScriptedSender(_ambiguous(), SMTPServerDisconnected("lost"))
+    deliverer, _ = make(spool, clock, sender, on_ambiguous="hold")
+    entry = claim(spool, "a@example.test")
+    report = success_result_of(deliverer.deliver(entry))
+    assert report.action is DeliveryAction.HELD
+    held = spool.get(entry.id)
+    assert held.state is State.HELD
+    assert held.attempts[-1].ambiguous is True
+    clock.advance(10 * 86400)
+    assert spool.due(clock.seconds(), 10) == []
+    other = claim(spool, "b@example.test")
+    assert success_result_of(deliverer.deliver(other)).action is DeliveryAction.RESCHEDULED
+    assert spool.get(other.id).attempts[-1].ambiguous is False
+
+
+def test_unknown_ambiguous_policy_is_refused(spool: Spool, clock: Clock) -> None:
+    """on_ambiguous other than resend or hold is a ValueError naming both."""
+    with pytest.raises(ValueError, match="resend, hold"):
+        make(spool, clock, ScriptedSender(), on_ambiguous="drop")
+
+
+def test_retry_log_names_no_reply_instead_of_none(spool: Spool, clock: Clock) -> None:
+    """A retry after a lost connection is logged with "no reply", never "None"."""
+    deliverer, _ = make(spool, clock, ScriptedSender(ConnectionRefusedError("refused")))
+    with capturedLogs() as events:
+        success_result_of(deliverer.deliver(claim(spool, "a@example.test")))
+    [event] = [e for e in events if e.get("action") == "rescheduled"]
+    text = formatEvent(event)
+    assert "no reply" in text and "None" not in text
+    assert event["code"] is None
+
+
+def test_config_fault_logged_at_error_once_per_relay_interval(spool: Spool, clock: Clock) -> None:
+    """
+    tls="required" against a relay without STARTTLS is logged at error level
+    once per interval (by the injected clock), and retried every time.
+    """
+    fault = SMTPTLSError('tls="required" but the server does not offer STARTTLS')
+    deliverer, _ = make(spool, clock, ScriptedSender(*[fault] * 3))
+    logged = []
+    for step in (0.0, 60.0, CONFIG_FAULT_LOG_INTERVAL):
+        clock.advance(step)
+        with capturedLogs() as events:
+            report = success_result_of(deliverer.deliver(claim(spool, "a@example.test")))
+        assert report.action is DeliveryAction.RESCHEDULED
+        logged.append([e for e in events if e["log_level"].name == "error"])
+    assert [len(errors) for errors in logged] == [1, 0, 1]
+    assert "STARTTLS" in formatEvent(logged[0][0])
+    assert deliverer.events["config_fault"] == 3

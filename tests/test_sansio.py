@@ -29,6 +29,7 @@ LATER = [
     "txsmtpclient.spool.queue",
     "txsmtpclient.spool.notice",
     "txsmtpclient.dkim",
+    "txsmtpclient.spool._tracing",
 ]
 
 # The package imports its public names lazily (PEP 562), so a plain import

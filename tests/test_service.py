@@ -16,7 +16,7 @@ import pytest_twisted
 from helpers import success_result_of
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -324,3 +324,14 @@ async def test_own_thread_pool_runs_spool_calls_off_the_reactor_thread(tmp_path:
     await service.stopService()
     assert not pool.started and service._threadpool is None
     assert threads and threading.main_thread().name not in threads
+
+
+def test_start_up_line_names_the_spool(spool: Spool, clock: Clock) -> None:
+    """The start-up log line names the spool folder, to match the CLI's."""
+    service = service_for(spool, clock, HeldSender())
+    with capturedLogs() as events:
+        service.startService()
+    (line,) = [e for e in events if "Spool service starting" in e.get("log_format", "")]
+    assert line["spool"] == spool.path
+    assert spool.path in formatEvent(line)
+    success_result_of(service.stopService())

@@ -78,7 +78,15 @@ FULL = make_entry(
                 "dave@example.com": ReplyRecord(550, "5.1.1 no\nsuch"),
             },
         ),
-        Attempt(1_900_000_100.0, 30.0, "tcp:127.0.0.1:2525", None, "timeout", temporary=True),
+        Attempt(
+            1_900_000_100.0,
+            30.0,
+            "tcp:127.0.0.1:2525",
+            None,
+            "timeout",
+            temporary=True,
+            ambiguous=True,
+        ),
     ),
     outcome=Outcome(1_899_000_000.0, OutcomeKind.DELIVERED, 250, "Ok", "XYZ"),
 )
@@ -103,6 +111,30 @@ def test_encoding_is_versioned_json() -> None:
     assert data["version"] == FORMAT_VERSION == 1
     assert data["sender"] == "jöhn@example.com"
     assert data["id"] == ID
+
+
+def test_attempt_without_ambiguous_field_reads_as_not_ambiguous() -> None:
+    """
+    An entry written before attempts recorded ``ambiguous`` decodes with
+    ``ambiguous=False``; a recorded ``true`` survives the round trip.
+    """
+    data = json.loads(encode_entry(FULL))
+    assert [a["ambiguous"] for a in data["attempts"]] == [False, True]
+    for attempt in data["attempts"]:
+        del attempt["ambiguous"]
+    old = decode_entry(json.dumps(data).encode(), id=ID, state=State.SENDING)
+    assert [a.ambiguous for a in old.attempts] == [False, False]
+    assert old.attempts[1] == replace(FULL.attempts[1], ambiguous=False)
+
+
+def test_attempt_ambiguous_must_be_a_boolean() -> None:
+    """
+    ``"ambiguous": "yes"`` is an envelope error naming the field.
+    """
+    data = json.loads(encode_entry(FULL))
+    data["attempts"][0]["ambiguous"] = "yes"
+    with pytest.raises(EnvelopeError, match=r"attempts\[0\]\.ambiguous"):
+        decode_entry(json.dumps(data).encode(), id=ID, state=State.SENDING)
 
 
 addresses = st.from_regex(

@@ -455,6 +455,26 @@ def test_cancel(spool: Spool) -> None:
         spool.cancel("../../etc/passwd")
 
 
+def test_hold_keeps_entry_back_until_retry(spool: Spool, clock: FakeClock) -> None:
+    """
+    hold() moves a queued entry to held/, where due() never finds it; get()
+    and counts() see it; retry() queues it again with its history.
+    """
+    entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x"])
+    held = spool.hold(entry_id)
+    assert held.state is State.HELD
+    assert files(spool, "held") == [f"{entry_id}.json"]
+    assert spool.due(T0 + 10, 10) == []
+    assert spool.get(entry_id).state is State.HELD
+    assert spool.counts()["held"] == 1
+    with pytest.raises(EntryStateError, match="held"):
+        spool.hold(entry_id)
+    requeued = spool.retry(entry_id)
+    assert requeued.state is State.QUEUED and requeued.occurrence_due == held.occurrence_due
+    assert [e.id for e in spool.due(T0, 10)] == [entry_id]
+    assert files(spool, "held") == []
+
+
 def test_retry_queued_makes_due_now(spool: Spool, clock: FakeClock) -> None:
     """
     retry() on a queued entry keeps its history and makes it due now.

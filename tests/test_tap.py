@@ -40,6 +40,12 @@ def _twist(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(autouse=True)
+def _default_spool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Options open the spool: let the default one be a fresh temporary folder."""
+    monkeypatch.setenv("TXSMTP_SPOOL", str(tmp_path / "default-spool"))
+
+
 def parse(*argv: str) -> tap.Options:
     options = tap.Options()
     options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
@@ -74,9 +80,9 @@ def test_twist_txsmtp_help_documents_every_option() -> None:
     assert "--auth-password-file" in result.stdout
 
 
-def test_defaults() -> None:
+def test_defaults(tmp_path: Path) -> None:
     """With no options the documented defaults apply."""
-    options = parse("--spool", "/tmp/x")
+    options = parse("--spool", str(tmp_path / "x"))
     s = options.settings
     assert s["relay"] == "localhost:25"
     assert s["tls"] == "opportunistic"
@@ -88,23 +94,27 @@ def test_defaults() -> None:
     assert s["status_port"] is None
     assert s["notify_sender"] is False
     assert s["fsync"] is True
+    assert s["on_ambiguous"] == "resend"
 
 
-def test_default_spool_follows_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_spool_follows_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Without --spool the CLI's default applies ($TXSMTP_SPOOL first)."""
-    monkeypatch.setenv("TXSMTP_SPOOL", "/var/spool/txsmtp-test")
-    assert parse().settings["spool"] == "/var/spool/txsmtp-test"
+    monkeypatch.setenv("TXSMTP_SPOOL", str(tmp_path / "env-spool"))
+    assert parse().settings["spool"] == str(tmp_path / "env-spool")
 
 
-def test_every_option_parsed() -> None:
+def test_every_option_parsed(tmp_path: Path) -> None:
     """Each option reaches the typed settings."""
+    spool = str(tmp_path / "srv-spool")
     s = parse(
         "--relay",
         "tcp:mail.example.test:587",
         "--tls",
         "required",
         "--spool",
-        "/srv/spool",
+        spool,
         "--concurrency",
         "3",
         "--retry-schedule",
@@ -119,10 +129,12 @@ def test_every_option_parsed() -> None:
         "1m",
         "--notify-sender",
         "--no-fsync",
+        "--on-ambiguous",
+        "hold",
     ).settings
     assert s["relay"] == "tcp:mail.example.test:587"
     assert s["tls"] == "required"
-    assert s["spool"] == "/srv/spool"
+    assert s["spool"] == spool
     assert s["concurrency"] == 3
     policy = s["policy"]
     assert (policy.initial, policy.maximum, policy.factor) == (30.0, 7200.0, 3.0)
@@ -132,6 +144,7 @@ def test_every_option_parsed() -> None:
     assert s["grace"] == 60.0
     assert s["notify_sender"] is True
     assert s["fsync"] is False
+    assert s["on_ambiguous"] == "hold"
 
 
 @pytest.mark.parametrize(
@@ -146,6 +159,7 @@ def test_every_option_parsed() -> None:
         (["--poll-interval", "0"], "--poll-interval"),
         (["--auth-user", "u"], "--auth-user"),
         (["--auth-password-env", "X"], "--auth-user"),
+        (["--on-ambiguous", "drop"], "--on-ambiguous"),
     ],
 )
 def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
@@ -160,12 +174,13 @@ def test_password_on_the_command_line_is_refused() -> None:
         parse("--auth-user", "u", "--auth-password", "secret")
 
 
-def test_password_from_file_and_env(tmp_path: Path) -> None:
+def test_password_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The password comes from the file's first line or the named variable."""
     secret = tmp_path / "pw"
     secret.write_text("s3cret\nignored\n")
     s = parse("--auth-user", "u", "--auth-password-file", str(secret)).settings
     assert tap.read_password(s, {}) == "s3cret"
+    monkeypatch.setenv("TXSMTP_PW", "checked-at-start")
     s = parse("--auth-user", "u", "--auth-password-env", "TXSMTP_PW").settings
     assert tap.read_password(s, {"TXSMTP_PW": "from-env"}) == "from-env"
     with pytest.raises(usage.UsageError, match="not set"):
@@ -189,7 +204,7 @@ def test_config_file_and_command_line_wins(tmp_path: Path, kind: str) -> None:
             "[txsmtp]\nrelay = cfg.example.test:2525\nconcurrency = 4\ntls = never\n"
             "notify-sender = yes\n"
         )
-    s = parse("--config", str(path), "--concurrency", "7", "--spool", "/s").settings
+    s = parse("--config", str(path), "--concurrency", "7").settings
     assert s["relay"] == "cfg.example.test:2525"
     assert s["tls"] == "never"
     assert s["concurrency"] == 7
@@ -211,10 +226,9 @@ def test_config_file_refuses_password_and_unknown_keys(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("relay", ["foo:bar:baz", "localhost:notaport", "[::1", "tcp6:[x]:25"])
 def test_malformed_relay_is_a_usage_error(tmp_path: Path, relay: str) -> None:
-    """The relay is read by the client's parser at start-up: a bad one is a usage error."""
-    options = parse("--spool", str(tmp_path / "s"), "--relay", relay)
+    """The relay is read by the client's parser while options are read: a usage error."""
     with pytest.raises(usage.UsageError, match="--relay"):
-        tap.makeService(options)
+        parse("--spool", str(tmp_path / "s"), "--relay", relay)
 
 
 def test_make_service_builds_spool_and_status(tmp_path: Path) -> None:
@@ -255,6 +269,79 @@ def test_make_service_with_private_ca(tmp_path: Path, tls_files: object) -> None
         str(tls_files.cert_path),
     )
     assert isinstance(tap.makeService(options), MultiService)
-    bad = parse("--spool", str(tmp_path / "s"), "--tls-ca", str(tmp_path / "none.pem"))
-    with pytest.raises(usage.UsageError, match="--tls-ca"):
-        tap.makeService(bad)
+    with pytest.raises(tap.StartupError, match="--tls-ca") as raised:
+        parse("--spool", str(tmp_path / "s"), "--tls-ca", str(tmp_path / "none.pem"))
+    assert raised.value.exit_code == 66
+
+
+def test_relay_parsed_by_the_client_s_host_parser(tmp_path: Path) -> None:
+    """Every form the client connects to is accepted at start-up."""
+    for relay in (
+        "mail.example.test",
+        "mail.example.test:587",
+        "[::1]:2525",
+        "::1",
+        "tcp:mail.example.test:587",
+        "tcp:host=mx.example.test:port=25",
+        "unix:/run/smtp.sock",
+    ):
+        assert parse("--relay", relay).settings["relay"] == relay
+
+
+#: Start-up faults: arguments, the sysexits code, and what the one line says.
+STARTUP_FAULTS = [
+    (["--relay", "127.0.0.1:99999"], 64, "--relay '127.0.0.1:99999': "),
+    (["--relay", "tcp:nohost"], 64, "--relay 'tcp:nohost': "),
+    (["--relay", "foo:bar:baz"], 64, "--relay 'foo:bar:baz': "),
+    (
+        ["--auth-user", "u", "--auth-password-file", "/nonexistent"],
+        66,
+        "--auth-password-file: cannot read /nonexistent: No such file",
+    ),
+    (["--tls-ca", "/nonexistent.pem"], 66, "--tls-ca: cannot load /nonexistent.pem: No such"),
+    (["--status-port", "bogus:thing"], 64, "--status-port 'bogus:thing': Unknown endpoint type"),
+    (["--spool", "{file}"], 73, "--spool {file}: cannot open the spool folder: Not a directory"),
+    (["--spool", "{file}/sub"], 73, "--spool {file}/sub: cannot open the spool folder"),
+    (["--on-ambiguous", "drop"], 64, "--on-ambiguous must be one of resend, hold"),
+    (["--no-such-option"], 64, "option --no-such-option not recognized"),
+    (["--config", "/nonexistent.toml"], 66, "--config: cannot read /nonexistent.toml"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    STARTUP_FAULTS,
+    ids=[" ".join(argv) for argv, _, _ in STARTUP_FAULTS],
+)
+def test_twist_txsmtp_refuses_bad_settings_in_one_line(
+    tmp_path: Path, argv: list[str], code: int, message: str
+) -> None:
+    """
+    ``twist txsmtp`` with a setting that cannot work exits with a sysexits
+    code and one line naming the option, before the reactor runs; no
+    traceback, no usage dump.
+    """
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    args = [a.replace("{file}", str(afile)) for a in argv]
+    if "--spool" not in args:
+        args += ["--spool", str(tmp_path / "spool")]
+    result = _twist("txsmtp", *args)
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("twist txsmtp: error: " + message.replace("{file}", str(afile)))
+    assert lines[0].endswith("(see 'twist txsmtp --help')")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_startup_errors_raise_when_embedded(tmp_path: Path) -> None:
+    """Embedded (no twist parent), a bad setting raises rather than exiting."""
+    with pytest.raises(tap.StartupError, match="--relay") as raised:
+        parse("--relay", "foo:bar:baz")
+    assert raised.value.exit_code == 64
+    afile = tmp_path / "f"
+    afile.write_text("")
+    with pytest.raises(tap.StartupError, match="--spool") as raised:
+        parse("--spool", str(afile))
+    assert raised.value.exit_code == 73

@@ -179,7 +179,7 @@ async def _run(reactor: Any, delay: float, timeout: float, out: TextIO) -> int:
         )
         print(f"Enqueued {entry_id}, due at {_when(due)} (in {delay:g}s)", file=out)
         options = Options()
-        options.parseOptions(  # type: ignore[no-untyped-call]
+        options.parseOptions(
             [
                 "--relay",
                 f"tcp:127.0.0.1:{address.port}",  # type: ignore[attr-defined]

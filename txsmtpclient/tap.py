@@ -19,6 +19,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +32,19 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from txsmtpclient._dkimtap import DKIMOptions, dkim_keys, signing_sender
-from txsmtpclient._endpoints import Relay, parse_relay
+from txsmtpclient._endpoints import Relay, parse_relay, resolve_endpoint
 from txsmtpclient.client import SMTP
 from txsmtpclient.errors import SMTPArgumentError
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.cli import default_spool
+from txsmtpclient.spool.delivery import AMBIGUOUS_POLICIES
 from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_duration
+from txsmtpclient.spool.sendmail import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_NOINPUT,
+    EX_USAGE,
+)
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
 
@@ -44,7 +52,7 @@ if TYPE_CHECKING:
     from txsmtpclient.control.metrics import DaemonMetrics
     from txsmtpclient.control.server import ListenPlan
 
-__all__ = ["DEFAULTS", "Options", "makeService"]
+__all__ = ["DEFAULTS", "Options", "StartupError", "makeService"]
 
 _log = Logger(namespace="txsmtpclient.tap")
 
@@ -57,6 +65,7 @@ DEFAULTS: Mapping[str, str] = {
     "max-lifetime": "5d",
     "poll-interval": "1s",
     "grace": "30s",
+    "on-ambiguous": "resend",
 }
 
 _TLS_POLICIES = ("required", "opportunistic", "never")
@@ -65,6 +74,19 @@ _PASSWORD_REFUSED = (
     "a password on the command line is visible to every user of this machine "
     "(ps, /proc); use --auth-password-file FILE or --auth-password-env VARIABLE"
 )
+
+
+class StartupError(usage.UsageError):
+    """
+    A setting that cannot work, found before the daemon starts: a missing
+    file, an unusable spool folder, a description that does not parse.
+
+    :ivar exit_code: the sysexits(3) code ``twist txsmtp`` exits with.
+    """
+
+    def __init__(self, message: str, exit_code: int = EX_CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _seconds(name: str, text: str) -> float:
@@ -194,6 +216,15 @@ class Options(DKIMOptions, usage.Options):
             "(and optionally canonicalization), for several keys or domains",
         ],
         [
+            "on-ambiguous",
+            None,
+            None,
+            "What to do after an ambiguous attempt (the message was sent but the "
+            "connection broke before the relay's reply): resend (may deliver it "
+            "twice, as Postfix does) or hold (keep it back for an operator) "
+            f"[default: {DEFAULTS['on-ambiguous']}]",
+        ],
+        [
             "config",
             None,
             None,
@@ -220,6 +251,7 @@ class Options(DKIMOptions, usage.Options):
     compData = usage.Completions(
         optActions={
             "tls": usage.CompleteList(list(_TLS_POLICIES)),
+            "on-ambiguous": usage.CompleteList(list(AMBIGUOUS_POLICIES)),
             "tls-ca": usage.CompleteFiles("*.pem"),
             "auth-password-file": usage.CompleteFiles(),
             "spool": usage.CompleteDirs(),
@@ -233,6 +265,26 @@ class Options(DKIMOptions, usage.Options):
         #: Typed values, filled by :meth:`postOptions`.
         self.settings: dict[str, Any] = {}
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse and check the options.  Run by ``twist txsmtp`` (as a
+        subcommand), an error is one line on stderr and a sysexits(3) exit
+        code rather than twist's usage dump; embedded, it raises.
+
+        :raises usage.UsageError: for a bad option, when not run by twist.
+        :raises SystemExit: for a bad option, when run by ``twist txsmtp``.
+        """
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            print(
+                f"twist txsmtp: error: {e} (see 'twist txsmtp --help')",
+                file=sys.stderr,
+            )
+            raise SystemExit(getattr(e, "exit_code", EX_USAGE)) from None
+
     def opt_auth_password(self, value: str) -> None:
         """Refused (ps shows it): use --auth-password-file or --auth-password-env."""
         raise usage.UsageError(_PASSWORD_REFUSED)
@@ -240,10 +292,14 @@ class Options(DKIMOptions, usage.Options):
     def postOptions(self) -> None:
         """
         Merge the config file under the command line, apply defaults and
-        check every value.
+        check every value, then everything the daemon will need before the
+        reactor runs (:func:`check_startup`).
 
         :raises usage.UsageError: for a bad value, a missing password, or an
             unreadable config file.
+        :raises StartupError: for a relay or port description that does not
+            parse, a file that cannot be read, or a spool that cannot be
+            opened.
         """
         given: dict[str, Any] = {}
         if self["config"]:
@@ -258,6 +314,67 @@ class Options(DKIMOptions, usage.Options):
                 given[key] = value
         self.settings = _settings(given)
         self.settings["dkim"] = dkim_keys(self, given)
+        check_startup(self.settings)
+
+
+def check_startup(settings: Mapping[str, Any]) -> None:
+    """
+    Check what :func:`makeService` will use, without starting anything: the
+    relay parsed by the client's one host parser, the password and CA files
+    read, the status port description parsed, the spool folder opened.
+
+    :raises StartupError: naming the option and what is wrong.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    # Descriptions are only parsed here: twist installs the real reactor
+    # after reading the options, so none may be imported yet.
+    parse_only = MemoryReactor()
+    relay = settings["relay"]
+    try:
+        resolve_endpoint(parse_only, relay, None, 25, None)
+    except (ValueError, TypeError, SMTPArgumentError) as e:
+        # A TypeError is a description missing a part ("tcp:host", no port).
+        reason = "an endpoint description missing a part" if isinstance(e, TypeError) else e
+        raise StartupError(
+            f"--relay {relay!r}: {reason}; expected host, host:port or an endpoint "
+            "description such as tcp:mail.example.com:587",
+            EX_USAGE,
+        ) from None
+    try:
+        read_password(settings, os.environ)
+        _tls_options(settings)
+    except usage.UsageError as e:
+        raise StartupError(str(e), EX_NOINPUT) from None
+    if settings.get("status_port"):
+        try:
+            serverFromString(parse_only, settings["status_port"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise StartupError(
+                f"--status-port {settings['status_port']!r}: {e}; give an endpoint "
+                "description such as tcp:8025:interface=127.0.0.1",
+                EX_USAGE,
+            ) from None
+    _check_spool(settings["spool"])
+
+
+def _check_spool(path: str) -> None:
+    """
+    Open (creating if needed) the spool folder and check it is writable.
+
+    :raises StartupError: if it cannot be used.
+    """
+    try:
+        spool = Spool(path, fsync=False)
+    except OSError as e:
+        raise StartupError(
+            f"--spool {path}: cannot open the spool folder: {e.strerror or e}", EX_CANTCREAT
+        ) from None
+    for sub in ("tmp", "msg", "queue", "sending"):
+        folder = os.path.join(spool.path, sub)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StartupError(f"--spool {path}: {folder} is not writable", EX_CANTCREAT)
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -337,6 +454,12 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     settings["grace"] = _seconds("grace", text("grace") or "")
     settings["status_port"] = text("status-port")
     settings.update(_control_settings(text("control-port"), text("control-token-file")))
+    on_ambiguous = text("on-ambiguous") or ""
+    if on_ambiguous not in AMBIGUOUS_POLICIES:
+        raise usage.UsageError(
+            f"--on-ambiguous must be one of {', '.join(AMBIGUOUS_POLICIES)}, got {on_ambiguous!r}"
+        )
+    settings["on_ambiguous"] = on_ambiguous
     settings["notify_sender"] = _flag("notify-sender", given.get("notify-sender", False))
     settings["fsync"] = not _flag("no-fsync", given.get("no-fsync", False))
     return settings
@@ -385,14 +508,15 @@ def load_config(path: str) -> dict[str, Any]:
     ``[txsmtp]`` table.
 
     :returns: option name -> value.
-    :raises usage.UsageError: if the file cannot be read or parsed, holds an
-        unknown key, or holds a password.
+    :raises StartupError: if the file cannot be read.
+    :raises usage.UsageError: if the file cannot be parsed, holds an unknown
+        key, or holds a password.
     """
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise usage.UsageError(f"--config: cannot read {path}: {e.strerror}") from e
+        raise StartupError(f"--config: cannot read {path}: {e.strerror}", EX_NOINPUT) from e
     data: Any
     try:
         if path.endswith(".toml"):
@@ -474,7 +598,8 @@ def _tls_options(settings: Mapping[str, Any]) -> IOpenSSLClientConnectionCreator
         with open(path, "rb") as f:
             ca = Certificate.loadPEM(f.read())
     except (OSError, ValueError) as e:
-        raise usage.UsageError(f"--tls-ca: cannot load {path}: {e}") from e
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise usage.UsageError(f"--tls-ca: cannot load {path}: {reason}") from e
     hostname = _relay(settings["relay"]).host
     if not hostname:
         raise usage.UsageError("--tls-ca needs a relay that names a host to verify")
@@ -577,6 +702,7 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         policy=settings["policy"],
         notify_sender=settings["notify_sender"],
         observer=metrics,
+        on_ambiguous=settings["on_ambiguous"],
     )
     top = MultiService()
     if metrics is not None:

@@ -1,15 +1,18 @@
 """
 The command line: ``python -m txsmtpclient enqueue | list | show | cancel |
-retry | hold | release | counts | sendmail``.  The ``sendmail`` command and the
-``txsmtp-sendmail`` console script are :mod:`.sendmail`'s, re-exported here.
+retry | hold | release | counts | sendmail | demo``.  The ``sendmail`` command and the
+``txsmtp-sendmail`` console script are :mod:`.sendmail`'s, re-exported here;
+``demo`` is :mod:`txsmtpclient.demo`'s (run by :mod:`txsmtpclient.__main__`).
 
 The spool folder is ``--spool DIR``, else the ``TXSMTP_SPOOL`` environment
 variable, else ``$XDG_DATA_HOME/txsmtp/spool`` (``~/.local/share/txsmtp/spool``
 when ``XDG_DATA_HOME`` is unset).
 
 Exit codes follow sysexits(3) where sendmail users expect them: 0 success,
-1 no such entry or wrong state, 64 usage (2 for argparse's own errors),
-65 bad message or envelope, 75 temporary failure (disk full).
+1 no such entry or wrong state, 64 usage, 65 bad message or envelope, 66 no
+spool at the path (or no such message file), 70 unreadable entry, 73 the
+spool cannot be created there, 75 temporary failure (disk full).  Every
+error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ from txsmtpclient.spool.schedule import (
     parse_time,
 )
 from txsmtpclient.spool.sendmail import (
+    EX_CANTCREAT,
     EX_DATAERR,
+    EX_NOINPUT,
+    EX_NOPERM,
     EX_NOTFOUND,
     EX_OK,
     EX_SOFTWARE,
@@ -78,6 +84,26 @@ def _when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
 
 
+class CommandError(Exception):
+    """
+    A command that cannot be done, with the sysexits(3) code to exit with.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    argparse with one-line errors and the sysexits usage code (64).
+    """
+
+    def error(self, message: str) -> Any:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EX_USAGE)
+
+
 # --- python -m txsmtpclient ------------------------------------------------
 
 
@@ -85,13 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     """
     The argparse parser for ``python -m txsmtpclient``.
     """
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--spool",
         metavar="DIR",
         help="spool folder (default: $TXSMTP_SPOOL, else ~/.local/share/txsmtp/spool)",
     )
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m txsmtpclient",
         description="Queue mail in a txsmtp spool and inspect the queue; "
         "the `twist txsmtp` daemon sends it.",
@@ -101,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue = commands.add_parser(
         "enqueue",
         parents=[common],
-        help="queue the message on stdin; prints its id",
-        description="Queue the message read from stdin (or --message FILE); prints its id.",
+        help="queue the message on stdin; prints its id and due time",
+        description="Queue the message read from stdin (or --message FILE); prints its id "
+        "and when it is due.",
     )
     enqueue.add_argument(
         "--from",
@@ -159,8 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--envid", help="DSN ENVID")
     enqueue.add_argument("--message", metavar="FILE", help="read the message from FILE")
 
-    listing = commands.add_parser("list", parents=[common], help="list entries")
-    listing.add_argument("--state", choices=[s.value for s in State if s is not State.CORRUPT])
+    listing = commands.add_parser(
+        "list",
+        parents=[common],
+        help="list entries",
+        description="List entries, one a line under a header: id, state, when due (queued "
+        "or held) or finished, sender, recipients sent/failed/pending, attempts so far, "
+        "and the last attempt's reply ('-': none yet; 'no reply': the connection "
+        "failed; 'ambiguous': sent, but no reply to the end of the message came). "
+        "--state corrupt lists the files set aside, with the reason.",
+    )
+    listing.add_argument("--state", choices=[s.value for s in State])
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
 
     show = commands.add_parser(
@@ -172,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued entry")
     cancel.add_argument("id")
     retry = commands.add_parser(
-        "retry", parents=[common], help="make a queued, failed or cancelled entry due now"
+        "retry", parents=[common], help="make a queued, held, failed or cancelled entry due now"
     )
     retry.add_argument("id")
     hold = commands.add_parser(
@@ -188,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "sendmail",
         help="sendmail(1)-compatible: [-t] [-i] [-f ADDR] [-F NAME] [recipients...] < message",
+        add_help=False,
+    )
+    # Run by txsmtpclient.__main__ before this parser; listed for --help.
+    commands.add_parser(
+        "demo",
+        help="watch the daemon deliver a scheduled message to a local sink "
+        "(python -m txsmtpclient demo --help)",
         add_help=False,
     )
     return parser
@@ -228,32 +271,72 @@ def _show(entry: Entry, out: TextIO) -> None:
         print(f"  {r.state.value:10}<{r.address}>{note}", file=out)
     print(f"attempts:     {len(entry.attempts)}", file=out)
     for a in entry.attempts:
-        code = a.code if a.code is not None else "---"
-        qid = f" (queued as {a.queue_id})" if a.queue_id else ""
+        code = a.code if a.code is not None else "no reply"
+        qid = _queue_id_note(a.queue_id, a.text)
         print(f"  {_when(a.at)} {a.duration:.2f}s {a.relay} {code} {a.text}{qid}", file=out)
+        if a.ambiguous:
+            print(
+                "    AMBIGUOUS: the message was sent but no reply to its end came; "
+                "the relay may have taken it, so a later attempt may deliver it twice",
+                file=out,
+            )
         for address, refusal in a.refused.items():
             print(f"    refused <{address}>: {refusal}", file=out)
+    if entry.state is State.HELD:
+        print(
+            "held:         kept back, never sent from here; 'retry ID' queues it again, "
+            "'cancel' is not possible until then",
+            file=out,
+        )
     if entry.outcome is not None:
         o = entry.outcome
-        qid = f" (queued as {o.queue_id})" if o.queue_id else ""
+        qid = _queue_id_note(o.queue_id, o.text)
         code = f"{o.code} " if o.code is not None else ""
         print(f"outcome:      {o.kind.value} {_when(o.at)} {code}{o.text}{qid}", file=out)
 
 
+def _queue_id_note(queue_id: str | None, text: str) -> str:
+    # The relay's reply usually names its queue id already ("queued as X").
+    return f" (queued as {queue_id})" if queue_id and queue_id not in text else ""
+
+
+_LIST_HEADER = (
+    f"{'ID':28}  {'STATE':9}  {'DUE/FINISHED':25}  {'SENDER':24}  "
+    f"{'RCPT S/F/P':10}  {'TRIES':5}  LAST REPLY"
+)
+_LIST_LEGEND = (
+    "RCPT S/F/P: recipients sent / failed / pending; TRIES: delivery attempts; "
+    "LAST REPLY: the last attempt's reply ('no reply': the connection failed; "
+    "'ambiguous': sent, but no reply to the end came); '-': none"
+)
+
+
 def _list_line(entry: Entry) -> str:
     last = entry.attempts[-1] if entry.attempts else None
-    last_text = f"{last.code or '---'} {last.text}" if last else "-"
-    done = len(entry.recipients) - len(entry.pending)
+    if last is None:
+        last_text = "-"
+    elif last.ambiguous:
+        last_text = f"ambiguous: {last.text}"
+    else:
+        last_text = f"{last.code if last.code is not None else 'no reply'} {last.text}"
+    finished = entry.state in (State.DONE, State.FAILED, State.CANCELLED)
+    when = entry.outcome.at if finished and entry.outcome is not None else entry.due
+    rcpt = f"{len(entry.delivered)}/{len(entry.failed)}/{len(entry.pending)}"
     return (
-        f"{entry.id}  {entry.state.value:9}  {_when(entry.due)}  <{entry.sender}>  "
-        f"{done}/{len(entry.recipients)} rcpt  {len(entry.attempts)} att  {last_text}"
+        f"{entry.id:28}  {entry.state.value:9}  {_when(when):25}  {'<' + entry.sender + '>':24}  "
+        f"{rcpt:10}  {len(entry.attempts):<5}  {last_text}"
     )
 
 
 def _enqueue(args: argparse.Namespace, spool: Spool, stdin: BinaryIO, now: float) -> str:
     if args.message:
-        with open(args.message, "rb") as f:
-            message = f.read()
+        try:
+            with open(args.message, "rb") as f:
+                message = f.read()
+        except OSError as e:
+            raise CommandError(
+                f"--message: cannot read {args.message}: {e.strerror or e}", EX_NOINPUT
+            ) from None
     else:
         message = stdin.read()
     at: float | None = None
@@ -266,6 +349,11 @@ def _enqueue(args: argparse.Namespace, spool: Spool, stdin: BinaryIO, now: float
         recurrence = parse_recurrence(args.cron, args.tz)
     elif args.every:
         recurrence = parse_recurrence(f"every {args.every}", args.tz)
+    if recurrence is not None:
+        try:
+            recurrence.next_after(now)
+        except ScheduleError as e:
+            raise CommandError(f"--cron: {e}", EX_USAGE) from None
     mail_options = list(args.mail_option)
     if not message.isascii() and not any(o.upper().startswith("BODY=") for o in mail_options):
         mail_options.append("BODY=8BITMIME")
@@ -292,8 +380,30 @@ _EXIT_CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ..
     ((EnvelopeError, ScheduleError), EX_DATAERR),
     (SpoolFull, EX_TEMPFAIL),
     (SpoolError, EX_SOFTWARE),
+    (PermissionError, EX_NOPERM),
     (OSError, EX_TEMPFAIL),
 )
+
+#: Commands on existing entries: they never create a spool where there is none.
+_NEEDS_SPOOL = frozenset({"list", "show", "counts", "cancel", "retry"})
+
+
+def _open_spool(path: str, *, create: bool, clock: Callable[[], float]) -> Spool:
+    """
+    The spool at ``path``; created only if ``create``.
+
+    :raises CommandError: no spool there (66), or it cannot be made (73).
+    """
+    if not create and not os.path.isdir(os.path.join(path, State.QUEUED.value)):
+        raise CommandError(
+            f"no spool at {path} (give --spool DIR or set TXSMTP_SPOOL)", EX_NOINPUT
+        )
+    try:
+        return Spool(path, clock=clock)
+    except OSError as e:
+        raise CommandError(
+            f"cannot open a spool at {path}: {e.strerror or e}", EX_CANTCREAT
+        ) from None
 
 
 def main(
@@ -324,7 +434,9 @@ def main(
     stderr = sys.stderr if stderr is None else stderr
     environ = os.environ if environ is None else environ
     if argv[:1] == ["sendmail"]:
-        return sendmail_main(argv[1:], stdin=stdin, stderr=stderr, environ=environ, clock=clock)
+        return sendmail_main(
+            argv[1:], stdin=stdin, stdout=stdout, stderr=stderr, environ=environ, clock=clock
+        )
     parser = build_parser()
     try:
         # argparse prints usage and --help to sys.stderr / sys.stdout.
@@ -332,9 +444,19 @@ def main(
             args = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EX_USAGE
-    spool = Spool(args.spool or default_spool(environ), clock=clock)
     try:
+        path = args.spool or default_spool(environ)
+        spool = _open_spool(path, create=args.command not in _NEEDS_SPOOL, clock=clock)
         return _dispatch(args, spool, stdin, stdout, clock)
+    except CommandError as e:
+        print(f"error: {e}", file=stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        # The reader went away ("list | head"): stop quietly, as cat does,
+        # and keep Python's own flush at exit from failing again.
+        if stdout is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_OK
     except (SpoolError, EnvelopeError, ScheduleError, OSError) as e:
         print(f"error: {e}", file=stderr)
         return next(code for kinds, code in _EXIT_CODES if isinstance(e, kinds))
@@ -349,14 +471,28 @@ def _dispatch(
 ) -> int:
     command: str = args.command
     if command == "enqueue":
-        print(_enqueue(args, spool, stdin, clock()), file=stdout)
+        entry_id = _enqueue(args, spool, stdin, clock())
+        print(f"{entry_id} due {_when(spool.get(entry_id).due)}", file=stdout)
+    elif command == "list" and args.state == State.CORRUPT.value:
+        corrupt = spool.corrupt()
+        if not args.json:
+            print("FILE SET ASIDE: REASON", file=stdout)
+        for path, reason in corrupt:
+            if args.json:
+                print(json.dumps({"path": path, "reason": reason}), file=stdout)
+            else:
+                print(f"{path}: {reason}", file=stdout)
     elif command == "list":
         entries: Iterable[Entry] = spool.list(State(args.state) if args.state else None)
+        if not args.json:
+            print(_LIST_HEADER, file=stdout)
         for entry in entries:
             if args.json:
                 print(json.dumps(_entry_json(entry), ensure_ascii=False), file=stdout)
             else:
                 print(_list_line(entry), file=stdout)
+        if not args.json:
+            print(_LIST_LEGEND, file=stdout)
     elif command == "show":
         entry = spool.get(args.id)
         if args.json:

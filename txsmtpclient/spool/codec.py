@@ -58,6 +58,7 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
         "temporary": attempt.temporary,
         "delivered": list(attempt.delivered),
         "refused": {a: _reply_json(r) for a, r in attempt.refused.items()},
+        "ambiguous": attempt.ambiguous,
     }
 
 
@@ -202,6 +203,10 @@ def _read_attempt(data: Any, where: str) -> Attempt:
     temporary = r._get("temporary", False)
     if not isinstance(temporary, bool):
         raise EnvelopeError(f"{where}.temporary: expected true or false, got {temporary!r}")
+    # Absent in entries written before the field existed.
+    ambiguous = r._get("ambiguous", False)
+    if not isinstance(ambiguous, bool):
+        raise EnvelopeError(f"{where}.ambiguous: expected true or false, got {ambiguous!r}")
     return Attempt(
         at=r.number("at"),
         duration=r.number("duration", 0.0),
@@ -212,6 +217,7 @@ def _read_attempt(data: Any, where: str) -> Attempt:
         temporary=temporary,
         delivered=r.strings("delivered"),
         refused=refused,
+        ambiguous=ambiguous,
     )
 
 

@@ -13,7 +13,13 @@ moves the entry on:
   disconnect): ``reschedule`` with exponential backoff and jitter, only the
   pending recipients being tried again, until the maximum queue lifetime, then
   ``fail`` as expired;
-* the whole transaction failed permanently (5xx): ``fail`` at once.
+* the whole transaction failed permanently (5xx): ``fail`` at once;
+* the connection broke after the final dot was written and before its reply
+  came (:class:`~txsmtpclient.errors.SMTPAmbiguousDelivery`): the attempt is
+  recorded as ambiguous (the relay may have taken the message) and, by
+  ``on_ambiguous``, the entry is sent again (``"resend"``, Postfix's
+  choice: a possible duplicate rather than a possible loss) or kept back in
+  the held state for an operator (``"hold"``).
 
 The entry leaves the active queue only after the server's reply to the final
 dot has been recorded (RFC 5321 section 6.1: the server takes responsibility
@@ -26,6 +32,7 @@ from __future__ import annotations
 import functools
 import random
 import socket
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -40,12 +47,16 @@ from twisted.logger import Logger
 
 from txsmtpclient._body import Body
 from txsmtpclient.errors import (
+    SMTPAmbiguousDelivery,
     SMTPArgumentError,
+    SMTPAuthenticationError,
     SMTPException,
     SMTPRecipientsRefused,
     SMTPResponseException,
+    SMTPTLSError,
 )
 from txsmtpclient.reply import Reply
+from txsmtpclient.spool._tracing import AttemptSpan, attempt_span
 from txsmtpclient.spool.envelope import (
     Attempt,
     Entry,
@@ -56,11 +67,13 @@ from txsmtpclient.spool.envelope import (
     parse_queue_id,
 )
 from txsmtpclient.spool.notice import failure_notice
-from txsmtpclient.spool.queue import EntryNotFound, IQueue, SpoolFull
+from txsmtpclient.spool.queue import EntryNotFound, IQueue, SpoolError, SpoolFull
 from txsmtpclient.spool.schedule import Jitter, RetryPolicy
 from txsmtpclient.transaction import DSN, Envelope, Refused
 
 __all__ = [
+    "AMBIGUOUS_POLICIES",
+    "CONFIG_FAULT_LOG_INTERVAL",
     "Blocking",
     "Deliverer",
     "DeliveryAction",
@@ -71,6 +84,13 @@ __all__ = [
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: What ``on_ambiguous`` may be: send again, or keep back for an operator.
+AMBIGUOUS_POLICIES = ("resend", "hold")
+
+#: Seconds between two error-level log lines about the same relay's
+#: configuration fault (every attempt is still logged at info level).
+CONFIG_FAULT_LOG_INTERVAL = 300.0
 
 
 class Blocking(Protocol):
@@ -109,6 +129,9 @@ class DeliveryAction(str, Enum):
     RELEASED = "released"
     #: Unreadable message or unsendable envelope: moved to ``corrupt/``.
     SET_ASIDE = "set_aside"
+    #: Ambiguous attempt with ``on_ambiguous="hold"``: kept back for an
+    #: operator (``State.HELD``).
+    HELD = "held"
     #: The store could not record the result (left claimed; restart recovers).
     STUCK = "stuck"
 
@@ -137,6 +160,22 @@ def _text(message: bytes) -> str:
 
 def _record(reply: Reply | tuple[int, bytes]) -> ReplyRecord:
     return ReplyRecord(reply[0], _text(reply[1]))
+
+
+def _code_text(code: int | None) -> str:
+    """
+    A reply code for a log line: the code, or ``"no reply"``.
+    """
+    return "no reply" if code is None else str(code)
+
+
+def _is_config_fault(error: BaseException) -> bool:
+    """
+    Whether an error says the daemon's configuration does not fit the relay
+    (TLS required but not offered or not verifiable, credentials refused):
+    retrying will not help until an operator acts.
+    """
+    return isinstance(error, (SMTPTLSError, SMTPAuthenticationError))
 
 
 def _is_temporary(error: BaseException) -> bool:
@@ -187,6 +226,13 @@ class Deliverer:
     :param is_stopping: tells a retry loop to give up (the daemon is
         stopping); the entry then stays claimed until the next start's
         recovery.
+    :param on_ambiguous: after an ambiguous attempt (final dot written, no
+        reply), ``"resend"`` (retry as after any temporary failure) or
+        ``"hold"`` (keep the entry back in the held state).
+    :param tracer: the OpenTelemetry tracer for one span per attempt;
+        ``None`` for the global provider's (nothing at all when the ``otel``
+        extra is not installed).
+    :raises ValueError: for an unknown ``on_ambiguous``.
     """
 
     log = Logger()
@@ -206,7 +252,21 @@ class Deliverer:
         store_retry: float = 5.0,
         is_stopping: Callable[[], bool] = lambda: False,
         on_disk_full: Callable[[bool], None] = lambda full: None,
+        on_ambiguous: str = "resend",
+        tracer: Any = None,
     ) -> None:
+        self.tracer = tracer
+        if on_ambiguous not in AMBIGUOUS_POLICIES:
+            raise ValueError(
+                f"on_ambiguous must be one of {', '.join(AMBIGUOUS_POLICIES)}, "
+                f"got {on_ambiguous!r}"
+            )
+        self.on_ambiguous = on_ambiguous
+        #: Events counted since start, for metrics: ``"ambiguous"`` attempts
+        #: and ``"config_fault"`` attempts (TLS or AUTH refused by policy).
+        self.events: Counter[str] = Counter()
+        # When each relay's configuration fault was last logged at error level.
+        self._fault_logged: dict[str, float] = {}
         self.queue = queue
         self.sender = sender
         self.relay = relay
@@ -243,19 +303,32 @@ class Deliverer:
         return Deferred.fromCoroutine(self._deliver(entry))
 
     async def _deliver(self, entry: Entry) -> DeliveryReport:
+        span = attempt_span(self.tracer, entry, self.relay, self.clock.seconds())
+        report = await self._deliver_traced(entry, span)
+        span.finish(
+            report.action.value,
+            delivered=report.action is DeliveryAction.DELIVERED,
+            now=self.clock.seconds(),
+        )
+        return report
+
+    async def _deliver_traced(self, entry: Entry, span: AttemptSpan) -> DeliveryReport:
         try:
             message = await self.blocking(self.queue.read_message, entry.id)
         except (OSError, EntryNotFound) as e:
             return await self._set_aside(entry, f"message unreadable: {e}")
+        span.event("spool.message_read", self.clock.seconds(), size=len(message))
         if not entry.pending:
             # Claimed with nothing left to send (every recipient answered
             # before a crash): finish it.
             return await self._finish(entry, None)
+        span.event("smtp.send", self.clock.seconds(), recipients=len(entry.pending))
         attempt = await self._attempt(entry, message)
         if attempt is None:
             return await self._release(entry)
         if isinstance(attempt, str):
             return await self._set_aside(entry, attempt)
+        span.attempted(attempt)
         return await self._finish(entry, attempt)
 
     async def _attempt(self, entry: Entry, message: bytes) -> Attempt | str | None:
@@ -273,6 +346,7 @@ class Deliverer:
         temporary = False
         refused: dict[str, ReplyRecord] = {}
         delivered: tuple[str, ...] = ()
+        ambiguous = False
         try:
             d = self.sender.sendmail(msg=message, envelope=_envelope(entry, pending))
             self.sending[entry.id] = d
@@ -300,6 +374,9 @@ class Deliverer:
         except Exception as e:
             text = f"{type(e).__name__}: {e}"
             temporary = _is_temporary(e)
+            ambiguous = isinstance(e, SMTPAmbiguousDelivery)
+            if _is_config_fault(e):
+                self._config_fault(entry, text)
             if not temporary and not isinstance(e, SMTPException):
                 # Not an SMTP answer: most likely a bug; retry rather than lose.
                 self.log.failure(
@@ -329,16 +406,38 @@ class Deliverer:
             temporary=temporary,
             delivered=delivered,
             refused=refused,
+            ambiguous=ambiguous,
+        )
+
+    def _config_fault(self, entry: Entry, text: str) -> None:
+        """
+        Count a configuration fault and log it at error level, at most once
+        per relay every :data:`CONFIG_FAULT_LOG_INTERVAL` seconds.
+        """
+        self.events["config_fault"] += 1
+        now = self.clock.seconds()
+        last = self._fault_logged.get(self.relay)
+        if last is not None and now - last < CONFIG_FAULT_LOG_INTERVAL:
+            return
+        self._fault_logged[self.relay] = now
+        self.log.error(
+            "Relay {relay} does not fit this daemon's configuration: {error} "
+            "(entry {id}; retried as the policy says; logged once per {interval:.0f}s)",
+            relay=self.relay,
+            error=text,
+            id=entry.id,
+            interval=CONFIG_FAULT_LOG_INTERVAL,
         )
 
     def _log_attempt(
         self, entry: Entry, code: int | None, reply: str, start: float, action: str, **kw: Any
     ) -> None:
         self.log.info(
-            "Delivery attempt {id} to {relay}: {code} {reply} ({duration:.3f}s) -> {action}",
+            "Delivery attempt {id} to {relay}: {code_text} {reply} ({duration:.3f}s) -> {action}",
             id=entry.id,
             relay=self.relay,
             code=code,
+            code_text=_code_text(code),
             reply=reply,
             duration=max(0.0, self.clock.seconds() - start),
             action=action,
@@ -364,12 +463,24 @@ class Deliverer:
             action = DeliveryAction.DELIVERED
         else:
             action = DeliveryAction.FAILED
+        if attempt is not None and attempt.ambiguous:
+            self.events["ambiguous"] += 1
+            self.log.warn(
+                "Delivery attempt {id} to {relay} is ambiguous: the message was sent but "
+                "no reply to it came, so the relay may have taken it; policy: {policy}",
+                id=entry.id,
+                relay=attempt.relay,
+                policy=self.on_ambiguous,
+                ambiguous=True,
+            )
         if attempt is not None:
             self.log.info(
-                "Delivery attempt {id} to {relay}: {code} {reply} ({duration:.3f}s) -> {action}",
+                "Delivery attempt {id} to {relay}: {code_text} {reply} ({duration:.3f}s) "
+                "-> {action}",
                 id=entry.id,
                 relay=attempt.relay,
                 code=attempt.code,
+                code_text=_code_text(attempt.code),
                 reply=attempt.text,
                 duration=attempt.duration,
                 queue_id=attempt.queue_id,
@@ -384,6 +495,8 @@ class Deliverer:
             if action is DeliveryAction.RESCHEDULED:
                 assert next_due is not None
                 moved = await self._store(queue.reschedule, entry_id, next_due, attempt)
+                if attempt is not None and attempt.ambiguous and self.on_ambiguous == "hold":
+                    return await self._hold(entry_id, attempt, moved.due)
                 return DeliveryReport(entry_id, action, attempt, moved.due)
             if attempt is not None:
                 # Recorded before the entry leaves sending/: a crash between
@@ -449,6 +562,28 @@ class Deliverer:
             if was_full:
                 self.on_disk_full(False)
             return result
+
+    async def _hold(self, entry_id: str, attempt: Attempt, due: float) -> DeliveryReport:
+        """
+        Keep an entry whose last attempt was ambiguous back for an operator.
+        It was just rescheduled (after the backoff, so not claimed again
+        meanwhile); if holding fails it stays queued and is sent again.
+        """
+        try:
+            await self._store(self.queue.hold, entry_id)
+        except (_GaveUp, SpoolError) as e:
+            self.log.error(
+                "Could not hold {id} after an ambiguous attempt: {error}; it stays queued",
+                id=entry_id,
+                error=str(e),
+            )
+            return DeliveryReport(entry_id, DeliveryAction.RESCHEDULED, attempt, due)
+        self.log.warn(
+            "Held {id}: its last attempt was ambiguous; check with the relay's "
+            "operator, then 'retry' it or 'cancel' it",
+            id=entry_id,
+        )
+        return DeliveryReport(entry_id, DeliveryAction.HELD, attempt)
 
     async def _release(self, entry: Entry) -> DeliveryReport:
         try:

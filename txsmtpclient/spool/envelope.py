@@ -179,6 +179,10 @@ class Attempt:
     :ivar delivered: recipients accepted in this attempt.
     :ivar refused: recipients refused in this attempt, with the reply; those
         with a 4xx reply stay pending, those with a 5xx reply fail.
+    :ivar ambiguous: the end of the message was written but the connection
+        failed before the reply to it came
+        (:class:`~txsmtpclient.errors.SMTPAmbiguousDelivery`): the relay may
+        have taken the message, so sending it again may deliver it twice.
     """
 
     at: float
@@ -190,6 +194,7 @@ class Attempt:
     temporary: bool = False
     delivered: tuple[str, ...] = ()
     refused: Mapping[str, ReplyRecord] = field(default_factory=dict)
+    ambiguous: bool = False
 
     @property
     def succeeded(self) -> bool:

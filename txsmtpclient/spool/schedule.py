@@ -281,6 +281,8 @@ class Recurrence:
 
         :param after: epoch seconds.
         :returns: epoch seconds.
+        :raises ScheduleError: if a cron expression matches no date after
+            ``after`` (``0 0 31 2 *``: February 31st).
         """
         if self.kind is RecurrenceKind.EVERY:
             assert self.interval is not None
@@ -290,7 +292,12 @@ class Recurrence:
         # .timestamp() map it back with the local DST rules.
         start = datetime.fromtimestamp(after, tz)
         iterator = croniter(self.expression, start)
-        following: datetime = iterator.get_next(datetime)
+        try:
+            following: datetime = iterator.get_next(datetime)
+        except ValueError as e:  # croniter's CroniterBadDateError
+            raise ScheduleError(
+                f"cron expression {self.expression!r} matches no date (such as February 31st)"
+            ) from e
         return following.timestamp()
 
     def to_json(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ __all__ = [
     "EX_DATAERR",
     "EX_TEMPFAIL",
     "EX_USAGE",
+    "SENDMAIL_USAGE",
     "SendmailOptions",
     "UsageError",
     "default_spool",
@@ -45,8 +46,12 @@ EX_OK = 0
 EX_NOTFOUND = 1
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_SOFTWARE = 70
+EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_CONFIG = 78
 
 
 class UsageError(Exception):
@@ -86,6 +91,7 @@ class SendmailOptions:
     :ivar envid: ``-V``: DSN ENVID.
     :ivar spool: ``--spool``.
     :ivar verbose: ``-v``: print the queued id on stderr.
+    :ivar help: ``--help``, or ``-h`` without a hop count: print the usage.
     """
 
     extract: bool = False
@@ -99,6 +105,34 @@ class SendmailOptions:
     envid: str | None = None
     spool: str | None = None
     verbose: bool = False
+    help: bool = False
+
+
+#: What ``txsmtp-sendmail --help`` prints.
+SENDMAIL_USAGE = """\
+usage: txsmtp-sendmail [-t] [-i] [-f ADDR] [-F NAME] [-N NOTIFY] [-R RET] [-V ENVID]
+                       [-B 8BITMIME|7BIT] [-v] [--spool DIR] [recipient ...] < message
+
+Queue the message on stdin in the txsmtp spool for the `twist txsmtp` daemon,
+as sendmail(1) does.
+
+  -t            also send to the To, Cc and Bcc recipients (Bcc is removed)
+  -i, -oi       a line with a single dot does not end the message
+  -f ADDR       envelope sender ('<>' for the null sender); -r is the same
+  -F NAME       full name for the From header added when the message has none
+  -N NOTIFY     DSN NOTIFY: NEVER, or SUCCESS,FAILURE,DELAY
+  -R RET        DSN RET: FULL or HDRS
+  -V ENVID      DSN ENVID
+  -B TYPE       body type: 8BITMIME or 7BIT
+  -v            print the queued id on stderr
+  --spool DIR   the spool (default: $TXSMTP_SPOOL, else ~/.local/share/txsmtp/spool)
+  -h, --help    show this help
+
+Other sendmail flags (-oX, -m, -n, -U, -G, -d, -e, -O, -X, -L, -C, -p, -h N)
+are accepted and ignored; -bm is the only mode.  Exit codes follow sysexits(3):
+0 queued, 64 usage, 65 bad address or message, 73 spool cannot be created,
+75 try again later (disk full), 77 no permission.
+"""
 
 
 # Flags that take a value, attached ("-fme@x") or as the next argument.
@@ -126,6 +160,10 @@ def parse_sendmail_args(argv: Sequence[str]) -> SendmailOptions:
         if arg == "--":
             options.recipients.extend(args[i:])
             break
+        # "-h N" is sendmail's hop count; "-h" alone asks for help.
+        if arg == "--help" or (arg == "-h" and not (i < len(args) and args[i].isdigit())):
+            options.help = True
+            continue
         if arg == "--spool" or arg.startswith("--spool="):
             if "=" in arg:
                 options.spool = arg.split("=", 1)[1]
@@ -138,6 +176,8 @@ def parse_sendmail_args(argv: Sequence[str]) -> SendmailOptions:
         if not arg.startswith("-") or arg == "-":
             options.recipients.append(arg)
             continue
+        if arg.startswith("--"):
+            raise UsageError(f"{arg}: unknown option")
         letters = arg[1:]
         j = 0
         while j < len(letters):
@@ -326,6 +366,7 @@ def sendmail_main(
     argv: Sequence[str] | None = None,
     *,
     stdin: BinaryIO | None = None,
+    stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.time,
@@ -336,17 +377,22 @@ def sendmail_main(
     spool for the daemon to send.
 
     :returns: 0, 64 for a bad command line or no recipients, 65 for a bad
-        address, 75 if the spool's disk is full.
+        address, 73 if the spool cannot be created, 75 if the spool's disk
+        is full, 77 without permission to write to it.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     stdin = sys.stdin.buffer if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
     environ = os.environ if environ is None else environ
     try:
         options = parse_sendmail_args(argv)
     except UsageError as e:
-        print(f"sendmail: {e}", file=stderr)
+        print(f"sendmail: {e} (see --help)", file=stderr)
         return EX_USAGE
+    if options.help:
+        print(SENDMAIL_USAGE, end="", file=stdout)
+        return EX_OK
     message = read_sendmail_input(stdin, ignore_dots=options.ignore_dots)
     hostname = socket.gethostname()
     try:
@@ -369,7 +415,16 @@ def sendmail_main(
     try:
         if options.notify or options.ret or options.envid:
             dsn = Dsn(options.ret, options.envid, options.notify)
-        spool = Spool(options.spool or default_spool(environ), clock=clock)
+    except EnvelopeError as e:
+        print(f"sendmail: {e}", file=stderr)
+        return EX_DATAERR
+    path = options.spool or default_spool(environ)
+    try:
+        spool = Spool(path, clock=clock)
+    except OSError as e:
+        print(f"sendmail: cannot open a spool at {path}: {e.strerror or e}", file=stderr)
+        return EX_NOPERM if isinstance(e, PermissionError) else EX_CANTCREAT
+    try:
         entry_id = spool.enqueue(message, sender, recipients, mail_options=mail_options, dsn=dsn)
     except EnvelopeError as e:
         print(f"sendmail: {e}", file=stderr)
@@ -377,8 +432,11 @@ def sendmail_main(
     except SpoolFull as e:
         print(f"sendmail: {e}", file=stderr)
         return EX_TEMPFAIL
+    except PermissionError as e:
+        print(f"sendmail: cannot write to the spool at {path}: {e.strerror}", file=stderr)
+        return EX_NOPERM
     except OSError as e:
-        print(f"sendmail: cannot write to the spool: {e}", file=stderr)
+        print(f"sendmail: cannot write to the spool at {path}: {e.strerror or e}", file=stderr)
         return EX_TEMPFAIL
     if options.verbose:
         print(f"sendmail: queued as {entry_id}", file=stderr)

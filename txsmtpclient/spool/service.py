@@ -91,6 +91,8 @@ class SpoolService(MultiService):
         disk is full.
     :param observer: told of every finished delivery (metrics); by default
         nothing is.
+    :param on_ambiguous: ``"resend"`` or ``"hold"``: what follows an
+        attempt whose final dot got no reply (see :class:`.delivery.Deliverer`).
     """
 
     log = Logger()
@@ -113,6 +115,7 @@ class SpoolService(MultiService):
         notify_sender: bool = False,
         store_retry: float = 5.0,
         observer: DeliveryObserver | None = None,
+        on_ambiguous: str = "resend",
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if concurrency < 1:
@@ -150,6 +153,7 @@ class SpoolService(MultiService):
             store_retry=store_retry,
             is_stopping=lambda: self.stopping,
             on_disk_full=self._note_disk_full,
+            on_ambiguous=on_ambiguous,
         )
         #: Sends in progress, by entry id.
         self.in_flight: dict[str, Deferred[DeliveryReport]] = {}
@@ -207,7 +211,8 @@ class SpoolService(MultiService):
             self._threadpool.start()
             self._blocking = self._pool_blocking
         self.log.info(
-            "Spool service starting: relay {relay}, concurrency {concurrency}",
+            "Spool service starting: spool {spool}, relay {relay}, concurrency {concurrency}",
+            spool=getattr(self.queue, "path", self.queue),
             relay=self.relay,
             concurrency=self.concurrency,
         )

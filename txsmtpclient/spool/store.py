@@ -11,6 +11,7 @@ Layout (Maildir-like; every state is a folder, every state change a rename)::
       done/       {id}.json
       failed/     {id}.json
       cancelled/  {id}.json
+      held/       {id}.json, kept back for an operator
       corrupt/    entries set aside, each with a {name}.reason text file
       held/       {id}.json, held by an operator: never sent until released
       keys/       idempotency keys: {sha256(key)}.id holding the first id
@@ -465,7 +466,7 @@ class Spool(Holds):
 
     def retry(self, entry_id: str) -> Entry:
         """
-        Make an entry due now: a queued one keeps its history; a failed or
+        Make an entry due now: a queued or held one keeps its history; a failed or
         cancelled one is queued again with its failed recipients pending and
         a fresh queue lifetime.
 
@@ -482,7 +483,7 @@ class Spool(Holds):
             self._hold_queued(entry_id)
             fresh = False
         except EntryStateError:
-            for state in (State.FAILED, State.CANCELLED):
+            for state in (State.HELD, State.FAILED, State.CANCELLED):
                 try:
                     self._move(self._final_path(state, entry_id), held)
                 except FileNotFoundError:
@@ -490,7 +491,8 @@ class Spool(Holds):
                 break
             else:
                 raise
-            fresh = True
+            # A held entry keeps its history and lifetime, as a queued one.
+            fresh = state is not State.HELD
         entry = self._read(held, entry_id, State.SENDING)
         if fresh:
             entry = replace(
