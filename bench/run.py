@@ -553,27 +553,40 @@ def run_daemon_scenario(
 
     meta["scenarios"] = [scenario]
     started = time.monotonic()
+    everywhere = os.sched_getaffinity(0)
     with Sink(sink_path) as sink:
         meta["sink_command"] = " ".join(sink.command(sink.port))
-        if scenario == "daemon":
-            result = daemon.run(
-                args.python, sink, smoke=args.smoke, repeat=args.repeat, messages=args.messages
-            )
-            body = daemon.render(result, table, number)
-            repeat = f"median of {args.repeat} runs"
-        else:
-            result = latency.run(args.python, sink, smoke=args.smoke)
-            body = latency.render(result, table, number)
-            repeat = "one run"
+        cpus = sorted(everywhere)
+        if len(cpus) >= 2:
+            # The sink on one CPU, everything measured (this driver's children: the
+            # daemons, Postfix's master and so all its processes, the submitters) on
+            # another, so neither side's sink competes with it for a core.
+            os.sched_setaffinity(sink.pid, {cpus[0]})
+            os.sched_setaffinity(0, {cpus[1]})
+            meta["pinned"] = f"sink on CPU {cpus[0]}, daemons and submitters on CPU {cpus[1]}"
+        try:
+            if scenario == "daemon":
+                result = daemon.run(
+                    args.python, sink, smoke=args.smoke, repeat=args.repeat, messages=args.messages
+                )
+                body = daemon.render(result, table, number)
+                repeat = f"median of {args.repeat} runs"
+            else:
+                result = latency.run(args.python, sink, smoke=args.smoke)
+                body = latency.render(result, table, number)
+                repeat = "one run"
+        finally:
+            os.sched_setaffinity(0, everywhere)
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["load_after"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    smoke = " (smoke run: the numbers mean nothing)" if args.smoke else ""
     report = "\n".join(
         [
             f"Measured on {meta['date']}, branch {meta['branch']} ({meta['commit'][:10]}): "
             f"{meta['cpus']} CPUs, load {meta['load_before']} before and "
             f"{meta['load_after']} after, Python {meta['python']}, "
             f"Twisted {meta['versions'].get('twisted')}, postfix {meta['postfix']}; "
-            f"{repeat}{' (smoke run: the numbers mean nothing)' if args.smoke else ''}.",
+            f"{meta.get('pinned', 'not pinned')}; {repeat}{smoke}.",
             "",
             body,
         ]

@@ -194,6 +194,14 @@ class Sink:
             return True
         return False
 
+    @property
+    def pid(self) -> int:
+        """
+        :returns: the running sink's process id.
+        """
+        assert self._process is not None, "start() first"
+        return self._process.pid
+
     def messages(self) -> int:
         """
         :returns: how many messages it has accepted since it started.
