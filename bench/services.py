@@ -20,26 +20,17 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
+from sink import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Clock ticks per second, the unit of /proc/PID/stat's CPU times.
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    """
-    :returns: a loopback TCP port that was free a moment ago.
-    """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
