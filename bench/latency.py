@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -127,8 +128,12 @@ def measure(sink: Sink, command: list[str], env: dict[str, str], sizes: dict[str
     }
 
 
-def run_txsmtpclient(python: str, sink: Sink, base: Path, sizes: dict[str, int]) -> Any:
+def run_txsmtpclient(
+    python: str, sink: Sink, base: Path, sizes: dict[str, int], keep_log: Path | None
+) -> Any:
     """
+    :param keep_log: where to copy the daemon's log (JSON events), to look into an
+        outlier afterwards.
     :returns: txsmtpclient's side, through ``twist txsmtp`` with its defaults.
     """
     spool = base / "spool"
@@ -145,6 +150,8 @@ def run_txsmtpclient(python: str, sink: Sink, base: Path, sizes: dict[str, int])
         return measure(sink, command, env, sizes)
     finally:
         daemon.stop()
+        if keep_log is not None and daemon.log.exists():
+            shutil.copyfile(daemon.log, keep_log)
 
 
 def run_postfix(sink: Sink, base: Path, sizes: dict[str, int]) -> Any:
@@ -158,9 +165,11 @@ def run_postfix(sink: Sink, base: Path, sizes: dict[str, int]) -> Any:
         return measure(sink, command, child_env(), sizes)
 
 
-def run(python: str, sink: Sink, *, smoke: bool) -> dict[str, Any]:
+def run(python: str, sink: Sink, *, smoke: bool, keep_log: Path | None = None) -> dict[str, Any]:
     """
     Run both sides once, one after the other.
+
+    :param keep_log: where to copy ``twist txsmtp``'s log.
 
     :returns: ``{"sizes", "results", "ratios", "targets", "skipped", "errors"}``;
         Postfix's side is skipped (with the reason) where it cannot run.
@@ -179,7 +188,7 @@ def run(python: str, sink: Sink, *, smoke: bool) -> dict[str, Any]:
                 if side == "postfix":
                     results[side] = run_postfix(sink, Path(tmp), sizes)
                 else:
-                    results[side] = run_txsmtpclient(python, sink, Path(tmp), sizes)
+                    results[side] = run_txsmtpclient(python, sink, Path(tmp), sizes, keep_log)
             except (RuntimeError, OSError) as e:
                 errors.append(f"{side}: {e}")
                 print(f"(latency) {side}: FAILED: {e}", file=sys.stderr)

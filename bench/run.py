@@ -572,7 +572,9 @@ def run_daemon_scenario(
                 body = daemon.render(result, table, number)
                 repeat = f"median of {args.repeat} runs"
             else:
-                result = latency.run(args.python, sink, smoke=args.smoke)
+                stem = "smoke-latency" if args.smoke else "latency"
+                log = args.output_dir / f"{stem}-txsmtp.log"
+                result = latency.run(args.python, sink, smoke=args.smoke, keep_log=log)
                 body = latency.render(result, table, number)
                 repeat = "one run"
         finally:
