@@ -8,11 +8,16 @@ machine hurts every client alike.  The medians, client CPU per message, peak RSS
 the ratio of txsmtpclient to each peer are printed as reStructuredText tables and
 written to ``bench/results/latest.json`` and ``bench/results/latest.rst``.
 
+The daemon and latency scenarios (``bench/daemon.py``, ``bench/latency.py``) compare
+the ``twist txsmtp`` daemon with a private Postfix relaying to the same sink; their
+reports go to ``daemon.*`` and ``latency.*`` in the same folder.
+
 Usage::
 
-    .venv/bin/python bench/run.py                      # everything, ~3 minutes on 2 cores
+    .venv/bin/python bench/run.py                      # everything, ~10 minutes on 2 cores
     .venv/bin/python bench/run.py --smoke              # every scenario tiny, once (CI)
     .venv/bin/python bench/run.py --scenarios a,d --clients txsmtpclient,smtplib --repeat 5
+    .venv/bin/python bench/run.py --scenario daemon    # or latency
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ from workload import (
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+#: The scenarios that compare the sending daemon with Postfix rather than clients.
+DAEMON_SCENARIOS = ("daemon", "latency")
+ALL_SCENARIOS = (*SCENARIOS, *DAEMON_SCENARIOS)
 
 #: The JSON field that holds each metric's headline number.
 METRIC_FIELD = {"msgs/s": "msgs_per_s", "MB/s": "mb_per_s", "s": "seconds"}
@@ -359,6 +367,18 @@ def git_commit() -> str:
     return done.stdout.strip() if done.returncode == 0 else "none"
 
 
+def git_branch() -> str:
+    """
+    :returns: the checkout's branch, or ``"none"``.
+    """
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--abbrev-ref", "HEAD"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip() if done.returncode == 0 else "none"
+
+
 def choices(text: str, allowed: Sequence[str], what: str) -> list[str]:
     """
     :returns: the comma-separated names in ``text``, in ``allowed``'s order.
@@ -384,9 +404,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        type=lambda text: choices(text, SCENARIOS, "scenario"),
-        default=list(SCENARIOS),
-        help="comma-separated scenarios to run: " + ",".join(SCENARIOS),
+        "--scenario",
+        type=lambda text: choices(text, ALL_SCENARIOS, "scenario"),
+        default=list(ALL_SCENARIOS),
+        help="comma-separated scenarios to run: " + ",".join(ALL_SCENARIOS),
     )
     parser.add_argument(
         "--clients",
@@ -395,6 +416,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated clients to run: " + ",".join(CLIENTS),
     )
     parser.add_argument("--repeat", type=int, default=3, help="fresh processes per median")
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=None,
+        help="messages queued in the daemon scenario (default 10,000; smoke 50)",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -432,8 +459,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     scenarios: list[str] = args.scenarios
     clients: list[str] = args.clients
-    runs: list[dict[str, Any]] = []
-    started = time.monotonic()
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
@@ -443,11 +468,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": versions(),
         "postfix": postfix_version(),
         "commit": git_commit(),
+        "branch": git_branch(),
         "repeat": args.repeat,
         "smoke": args.smoke,
         "scenarios": scenarios,
         "clients": clients,
     }
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    ok = True
+    if any(scenario in SCENARIOS for scenario in scenarios):
+        ok = run_clients(args, sink_path, dict(meta)) and ok
+    for scenario in DAEMON_SCENARIOS:
+        if scenario in scenarios:
+            ok = run_daemon_scenario(scenario, args, sink_path, dict(meta)) and ok
+    return 0 if ok else 1
+
+
+def run_clients(args: argparse.Namespace, sink_path: str, meta: dict[str, Any]) -> bool:
+    """
+    Run the client scenarios (a to e) and write ``latest.*`` (or ``smoke.*``).
+
+    :returns: whether every run succeeded.
+    """
+    scenarios = [scenario for scenario in args.scenarios if scenario in SCENARIOS]
+    clients: list[str] = args.clients
+    meta["scenarios"] = scenarios
+    runs: list[dict[str, Any]] = []
+    started = time.monotonic()
     with Sink(sink_path) as sink:
         meta["sink_command"] = " ".join(sink.command(sink.port))
         for repetition in range(1, args.repeat + 1):
@@ -483,13 +530,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = [] if args.smoke else judge(summary)
     report = render(meta, summary, targets)
     print(report)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = "smoke" if args.smoke else "latest"
     (args.output_dir / f"{stem}.rst").write_text(report + "\n")
     document = {"meta": meta, "summary": summary, "targets": targets, "runs": runs}
     (args.output_dir / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {args.output_dir / stem}.json and .rst", file=sys.stderr)
-    return 0 if all(run["ok"] for run in runs) else 1
+    return all(run["ok"] for run in runs)
+
+
+def run_daemon_scenario(
+    scenario: str, args: argparse.Namespace, sink_path: str, meta: dict[str, Any]
+) -> bool:
+    """
+    Run the daemon or latency scenario against a fresh sink and write
+    ``daemon.*``/``latency.*`` (``smoke-daemon.*``/``smoke-latency.*`` for a smoke run).
+
+    :returns: whether both sides ran without error (a side skipped because Postfix
+        cannot run here is not an error).
+    """
+    import daemon
+    import latency
+
+    meta["scenarios"] = [scenario]
+    started = time.monotonic()
+    everywhere = os.sched_getaffinity(0)
+    with Sink(sink_path) as sink:
+        meta["sink_command"] = " ".join(sink.command(sink.port))
+        cpus = sorted(everywhere)
+        if len(cpus) >= 2:
+            # The sink on one CPU, everything measured (this driver's children: the
+            # daemons, Postfix's master and so all its processes, the submitters) on
+            # another, so neither side's sink competes with it for a core.
+            os.sched_setaffinity(sink.pid, {cpus[0]})
+            os.sched_setaffinity(0, {cpus[1]})
+            meta["pinned"] = f"sink on CPU {cpus[0]}, daemons and submitters on CPU {cpus[1]}"
+        try:
+            if scenario == "daemon":
+                result = daemon.run(
+                    args.python, sink, smoke=args.smoke, repeat=args.repeat, messages=args.messages
+                )
+                body = daemon.render(result, table, number)
+                repeat = f"median of {args.repeat} runs"
+            else:
+                stem = "smoke-latency" if args.smoke else "latency"
+                log = args.output_dir / f"{stem}-txsmtp.log"
+                result = latency.run(args.python, sink, smoke=args.smoke, keep_log=log)
+                body = latency.render(result, table, number)
+                repeat = "one run"
+        finally:
+            os.sched_setaffinity(0, everywhere)
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    meta["load_after"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    smoke = " (smoke run: the numbers mean nothing)" if args.smoke else ""
+    report = "\n".join(
+        [
+            f"Measured on {meta['date']}, branch {meta['branch']} ({meta['commit'][:10]}): "
+            f"{meta['cpus']} CPUs, load {meta['load_before']} before and "
+            f"{meta['load_after']} after, Python {meta['python']}, "
+            f"Twisted {meta['versions'].get('twisted')}, postfix {meta['postfix']}; "
+            f"{meta.get('pinned', 'not pinned')}; {repeat}{smoke}.",
+            "",
+            body,
+        ]
+    )
+    print(report)
+    stem = f"smoke-{scenario}" if args.smoke else scenario
+    (args.output_dir / f"{stem}.rst").write_text(report + "\n")
+    document = {"meta": meta, "result": result}
+    (args.output_dir / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {args.output_dir / stem}.json and .rst", file=sys.stderr)
+    return not result["errors"]
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def ensure_smtp_sink() -> str:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """
     :returns: a loopback TCP port that was free a moment ago.
     """
@@ -159,7 +159,7 @@ class Sink:
         """
         errors = []
         for _ in range(attempts):
-            port = _free_port()
+            port = free_port()
             # Kept open for the sink's life, closed by stop().
             self._counters = tempfile.TemporaryFile()  # noqa: SIM115
             # A file, not a pipe, for its complaints: a full pipe would stall it.
@@ -193,6 +193,14 @@ class Sink:
                 continue
             return True
         return False
+
+    @property
+    def pid(self) -> int:
+        """
+        :returns: the running sink's process id.
+        """
+        assert self._process is not None, "start() first"
+        return self._process.pid
 
     def messages(self) -> int:
         """

@@ -4,7 +4,9 @@ txsmtpclient: a complete SMTP client for Twisted, with smtplib's API.
 Every network call returns a Deferred.  The public names are imported on
 first use (PEP 562), so the sans-IO modules (``reply``, ``commands``,
 ``extensions``, ``transaction``, ``auth``, ``message``) can be used without
-importing Twisted.
+importing Twisted, and the spool's submission path (``txsmtp-sendmail``,
+``python -m txsmtpclient enqueue``) imports neither Twisted nor the errors'
+:mod:`smtplib`.
 """
 
 from __future__ import annotations
@@ -12,29 +14,27 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# The errors import nothing from Twisted: they load with the package.
-from txsmtpclient.errors import (
-    SMTPAmbiguousDelivery,
-    SMTPArgumentError,
-    SMTPAuthenticationError,
-    SMTPConnectError,
-    SMTPDataError,
-    SMTPException,
-    SMTPHeloError,
-    SMTPNotSupportedError,
-    SMTPProtocolError,
-    SMTPRecipientsRefused,
-    SMTPResponseException,
-    SMTPSenderRefused,
-    SMTPServerDisconnected,
-    SMTPTimeoutError,
-    SMTPTLSError,
-)
-
 if TYPE_CHECKING:
     from txsmtpclient.api import send_message, sendmail
     from txsmtpclient.client import SMTP, SMTP_SSL
     from txsmtpclient.connect import SMTPClientFactory
+    from txsmtpclient.errors import (
+        SMTPAmbiguousDelivery,
+        SMTPArgumentError,
+        SMTPAuthenticationError,
+        SMTPConnectError,
+        SMTPDataError,
+        SMTPException,
+        SMTPHeloError,
+        SMTPNotSupportedError,
+        SMTPProtocolError,
+        SMTPRecipientsRefused,
+        SMTPResponseException,
+        SMTPSenderRefused,
+        SMTPServerDisconnected,
+        SMTPTimeoutError,
+        SMTPTLSError,
+    )
     from txsmtpclient.extensions import Extensions
     from txsmtpclient.lmtp import LMTP
     from txsmtpclient.protocol import SMTPClientProtocol, Timeouts
@@ -43,6 +43,22 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _WHERE = {
+    # The errors load smtplib (tens of ms): only when one is asked for.
+    "SMTPAmbiguousDelivery": "errors",
+    "SMTPArgumentError": "errors",
+    "SMTPAuthenticationError": "errors",
+    "SMTPConnectError": "errors",
+    "SMTPDataError": "errors",
+    "SMTPException": "errors",
+    "SMTPHeloError": "errors",
+    "SMTPNotSupportedError": "errors",
+    "SMTPProtocolError": "errors",
+    "SMTPRecipientsRefused": "errors",
+    "SMTPResponseException": "errors",
+    "SMTPSenderRefused": "errors",
+    "SMTPServerDisconnected": "errors",
+    "SMTPTimeoutError": "errors",
+    "SMTPTLSError": "errors",
     "sendmail": "api",
     "send_message": "api",
     "SMTP": "client",

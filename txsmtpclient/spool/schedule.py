@@ -30,8 +30,6 @@ from enum import Enum
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 __all__ = [
     "DEFAULT_MAX_LIFETIME",
     "Jitter",
@@ -254,6 +252,10 @@ class Recurrence:
         :raises ScheduleError: if croniter rejects the expression or the zone is
             unknown.
         """
+        # croniter (and dateutil) take tens of ms to import: only a cron
+        # schedule pays for them, never a plain enqueue (issue 14).
+        from croniter import croniter
+
         zone(timezone)
         if not croniter.is_valid(expression):
             raise ScheduleError(
@@ -287,6 +289,8 @@ class Recurrence:
         if self.kind is RecurrenceKind.EVERY:
             assert self.interval is not None
             return after + self.interval
+        from croniter import croniter
+
         tz = zone(self.timezone)
         # Naive local datetimes let croniter step wall-clock time and
         # .timestamp() map it back with the local DST rules.
