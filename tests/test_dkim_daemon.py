@@ -55,9 +55,12 @@ def _keys(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-def _parse(*argv: str) -> tap.Options:
+def _parse(tmp_path: Path, *argv: str) -> tap.Options:
+    # The options open the spool at start-up checks: a private one, never a
+    # shared path.
     options = tap.Options()
-    options.parseOptions(["--spool", "/nonexistent/spool", *argv])  # type: ignore[no-untyped-call]
+    spool = str(tmp_path / "spool")
+    options.parseOptions(["--spool", spool, *argv])  # type: ignore[no-untyped-call]
     return options
 
 
@@ -72,6 +75,7 @@ def test_options_pair_and_load_keys(tmp_path: Path) -> None:
     """Repeated --dkim-domain/--dkim-selector/--dkim-key-file give each domain its signers."""
     keys = _keys(tmp_path)
     options = _parse(
+        tmp_path,
         *(
             "--dkim-domain",
             "example.com",
@@ -100,7 +104,7 @@ def test_options_pair_and_load_keys(tmp_path: Path) -> None:
     signers = options.settings["dkim"]
     assert sorted(signers) == ["example.com", "other.org"]
     assert [s.algorithm for s in signers["example.com"]] == ["rsa-sha256", "ed25519-sha256"]
-    assert _parse().settings["dkim"] == {}
+    assert _parse(tmp_path).settings["dkim"] == {}
 
 
 def test_keys_file(tmp_path: Path) -> None:
@@ -112,14 +116,14 @@ def test_keys_file(tmp_path: Path) -> None:
         f'[[key]]\ndomain = "example.com"\nselector = "ed"\nkey-file = "{keys["ed"]}"\n'
         'canonicalization = "simple/simple"\n'
     )
-    signers = _parse("--dkim-keys", str(listing)).settings["dkim"]["example.com"]
+    signers = _parse(tmp_path, "--dkim-keys", str(listing)).settings["dkim"]["example.com"]
     assert [(s.selector, s.canonicalization) for s in signers] == [
         ("rsa", "relaxed/relaxed"),
         ("ed", "simple/simple"),
     ]
     config = tmp_path / "txsmtp.toml"
     config.write_text(f'dkim-keys = "{listing}"\n')
-    assert len(_parse("--config", str(config)).settings["dkim"]["example.com"]) == 2
+    assert len(_parse(tmp_path, "--config", str(config)).settings["dkim"]["example.com"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -156,7 +160,7 @@ def test_bad_keys_are_usage_errors(tmp_path: Path, argv: list[str], message: str
     listing.write_text("[[key]\n")
     argv = [{"SMALL": str(keys["small"]), "LISTING": str(listing)}.get(a, a) for a in argv]
     with pytest.raises(usage.UsageError, match=message) as caught:
-        _parse(*argv)
+        _parse(tmp_path, *argv)
     assert "\n" not in str(caught.value)
     assert "PRIVATE" not in str(caught.value)
 
