@@ -333,3 +333,29 @@ async def test_enforce_with_an_unverifiable_certificate(sts: StsWorld) -> None:
         ("validation-failure", "mx2.dest.test"),
         ("validation-failure", "mx1.dest.test"),
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_required_no_sets_the_policy_aside(sts: StsWorld) -> None:
+    """A ``TLS-Required: No`` header (RFC 8689 section 5) sends past an enforced policy."""
+    first = sts.mx("mx1.dest.test", "127.0.0.2", tls=False)
+    sts.zone()
+    sts.serve("enforce", "mx2.dest.test")
+    assert sts.dns is not None
+    [result] = (
+        await send_direct(
+            "sender@origin.test",
+            ["rcpt@dest.test"],
+            b"TLS-Required: No\r\nSubject: sts\r\n\r\nbody\r\n",
+            resolver=sts.dns.resolver(),
+            reactor=sts.reactor,
+            local_hostname="client.origin.test",
+            port=sts.port,
+            timeout=10,
+            dns_timeout=3,
+            rng=random.Random(0),
+            mta_sts=sts.sts,
+        )
+    ).values()
+    assert result.delivered and result.mx == "mx1.dest.test" and len(first.messages) == 1
+    assert sts.policy.requests == 0

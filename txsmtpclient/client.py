@@ -194,7 +194,7 @@ class SMTP:
         self._connect_error: BaseException | None = None
         self._calls = CallQueue()
         self._last_plan: (
-            tuple[tuple[Envelope, Extensions | None, int | None, bool], Plan] | None
+            tuple[tuple[Envelope, Extensions | None, int | None, bool, bool], Plan] | None
         ) = None
         self._reset_session()
         if host is not None:
@@ -707,7 +707,7 @@ class SMTP:
         # A stream's content is unknown before MAIL: declare 8BITMIME when
         # the server has it, otherwise check each chunk as it is read.
         streamed_8bit = eight_bit is None and features is not None and features.has("8bitmime")
-        key = (envelope, features, source.size, bool(eight_bit) or streamed_8bit)
+        key = (envelope, features, source.size, bool(eight_bit) or streamed_8bit, proto.tls)
         cached = self._last_plan
         if cached is not None and cached[0] == key:
             # The same envelope to the same server again (a batch of mail

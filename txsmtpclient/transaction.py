@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from email.message import Message
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from txsmtpclient._checks import ArgumentError, check_dsn
 from txsmtpclient._checks import check_argument as _check_argument
@@ -33,6 +34,7 @@ from txsmtpclient.errors import (
     SMTPSenderRefused,
 )
 from txsmtpclient.extensions import Extensions
+from txsmtpclient.mailparams import DeliverBy, Travel, parse_travel_options, travel_options
 from txsmtpclient.message import prepare_message
 from txsmtpclient.reply import Reply
 
@@ -162,6 +164,19 @@ class Envelope:
     :ivar dsn: delivery status notification requests.
     :ivar dkim: the DKIM signers to sign the message with as it is sent
         (:mod:`txsmtpclient.dkim`); a single signer is taken as one.
+    :ivar require_tls: REQUIRETLS (RFC 8689): every hop over verified TLS.
+    :ivar hold_for: FUTURERELEASE (RFC 4865): seconds for the server to hold
+        the message before delivering it.
+    :ivar hold_until: FUTURERELEASE: an aware datetime to hold it until.
+    :ivar deliver_by: DELIVERBY (RFC 2852): seconds (return the message when
+        late), or a :class:`~txsmtpclient.mailparams.DeliverBy`.
+    :ivar priority: MT-PRIORITY (RFC 6710): -9 to 9.
+
+    These five are sent only when the server advertises their extension;
+    otherwise sending fails with :class:`SMTPNotSupportedError` before MAIL.
+    Given as raw ``mail_options`` (``"REQUIRETLS"``, ``"HOLDFOR=60"``,
+    ``"BY=3600;R"``, ``"MT-PRIORITY=3"``: the spool's form) they are read
+    into these fields.
     :raises TypeError: (when made) for values of the wrong type.
     :raises SMTPArgumentError: (when made) for control characters, an empty
         recipient, no recipients, or an option that is not one word.
@@ -173,6 +188,11 @@ class Envelope:
     rcpt_options: tuple[str, ...] = ()
     dsn: DSN | None = None
     dkim: tuple[DKIMSigner, ...] = ()
+    require_tls: bool = False
+    hold_for: int | None = None
+    hold_until: datetime | None = None
+    deliver_by: DeliverBy | None = None
+    priority: int | None = None
 
     def __post_init__(self) -> None:
         # The shared checks, called directly (this runs for every message):
@@ -204,6 +224,15 @@ class Envelope:
                 mail = _check_options(mail, "mail option")
             if rcpt.__class__ is not tuple or rcpt:
                 rcpt = _check_options(rcpt, "recipient option")
+            if (
+                mail
+                or self.require_tls
+                or self.hold_for is not None
+                or self.hold_until is not None
+                or self.deliver_by is not None
+                or self.priority is not None
+            ):
+                mail = self._read_travel(mail)
         except ArgumentError as e:
             raise SMTPArgumentError(*e.args) from None
         if self.dsn is not None and not isinstance(self.dsn, DSN):
@@ -216,6 +245,52 @@ class Envelope:
         object.__setattr__(self, "recipients", checked)
         object.__setattr__(self, "mail_options", mail)
         object.__setattr__(self, "rcpt_options", rcpt)
+
+    def _read_travel(self, mail: tuple[str, ...]) -> tuple[str, ...]:
+        """
+        Move the travel parameters out of ``mail`` into the fields, and
+        check them together.
+
+        :raises ArgumentError: for bad values, or a field and a raw option
+            that disagree.
+        """
+        rest, parsed = parse_travel_options(mail)
+        by = self.deliver_by
+        if isinstance(by, int) and not isinstance(by, bool):
+            by = DeliverBy(by)
+        given = Travel(self.require_tls, self.hold_for, self.hold_until, by, self.priority)
+        merged: dict[str, Any] = {}
+        for name in ("require_tls", "hold_for", "hold_until", "deliver_by", "priority"):
+            mine, raw = getattr(given, name), getattr(parsed, name)
+            if mine not in (None, False) and raw not in (None, False) and mine != raw:
+                raise ArgumentError(f"{name} and mail_options disagree: {mine!r}, {raw!r}")
+            merged[name] = mine if mine not in (None, False) else raw
+        Travel(**merged)  # checks the values together
+        for name, value in merged.items():
+            object.__setattr__(self, name, value)
+        return rest
+
+    @property
+    def travel(self) -> Travel:
+        """
+        The REQUIRETLS, FUTURERELEASE, DELIVERBY and MT-PRIORITY requests.
+        """
+        return Travel(
+            self.require_tls, self.hold_for, self.hold_until, self.deliver_by, self.priority
+        )
+
+    @property
+    def travels(self) -> bool:
+        """
+        Whether any of those is asked for.
+        """
+        return (
+            self.require_tls
+            or self.hold_for is not None
+            or self.hold_until is not None
+            or self.deliver_by is not None
+            or self.priority is not None
+        )
 
     @classmethod
     def check(
@@ -386,7 +461,11 @@ def _supported(options: Sequence[str], features: Extensions | None) -> tuple[lis
 
 
 def plan_transaction(
-    envelope: Envelope, features: Extensions | None, size: int | None, eight_bit: bool
+    envelope: Envelope,
+    features: Extensions | None,
+    size: int | None,
+    eight_bit: bool,
+    tls: bool = False,
 ) -> Plan:
     """
     Build MAIL and RCPT lines for ``envelope``.
@@ -395,8 +474,10 @@ def plan_transaction(
         which suppresses every ESMTP option (as smtplib).
     :param size: the message size to declare when SIZE is advertised.
     :param eight_bit: whether the message holds bytes over 127.
+    :param tls: whether the session runs over (verified) TLS, for REQUIRETLS.
     :raises SMTPNotSupportedError: for non-ASCII addresses without SMTPUTF8,
-        or 8-bit data without 8BITMIME (never sent corrupted).
+        8-bit data without 8BITMIME (never sent corrupted), or a travel
+        option (:mod:`txsmtpclient.mailparams`) the server cannot honour.
     :raises SMTPSenderRefused: (552) when ``size`` is over the server's
         advertised SIZE limit (RFC 1870 section 6.1), before MAIL is sent.
     """
@@ -417,6 +498,8 @@ def plan_transaction(
             )
         if "SMTPUTF8" not in upper:
             mail_options.append("SMTPUTF8")
+    if envelope.travels:
+        mail_options.extend(travel_options(envelope.travel, features, tls))
     if eight_bit and not any(o.startswith("BODY=") for o in upper):
         if features is None or not features.has("8bitmime"):
             raise SMTPNotSupportedError(

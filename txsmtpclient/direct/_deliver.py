@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from email.parser import BytesHeaderParser
+from email.policy import SMTP as SMTP_POLICY
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -160,7 +162,9 @@ def send_direct(
         on as without a policy and the failures are reported.
     :param tls_options_for: host name -> TLS options verifying that host's
         certificate, for STARTTLS to MX hosts and the MTA-STS policy fetch
-        (default: the system's trust roots).
+        (default: the system's trust roots).  A message whose header says
+        ``TLS-Required: No`` (RFC 8689 section 5) is sent with MTA-STS and
+        DANE set aside.
     :param dane: DANE (RFC 7672) through a local validating resolver: an MX
         host with DNSSEC-validated TLSA records (and a validated MX RRset)
         must offer STARTTLS with a certificate they match, in place of the
@@ -179,9 +183,14 @@ def send_direct(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    data = message_bytes(msg)
+    if _tls_not_required(data):
+        # RFC 8689 section 5: the sender asks that the recipients' TLS
+        # policies be set aside for this message (opportunistic TLS stays).
+        mta_sts, dane = False, None
     job = _Job(
         from_addr,
-        message_bytes(msg),
+        data,
         tuple(mail_options),
         tuple(rcpt_options),
         resolver if resolver is not None else default_resolver(),
@@ -203,6 +212,16 @@ def send_direct(
     return gatherResults(
         [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations]
     ).addCallback(merge)
+
+
+def _tls_not_required(data: bytes) -> bool:
+    """
+    Whether the message's header says ``TLS-Required: No`` (RFC 8689).
+    """
+    if b"tls-required" not in data[:65536].lower():
+        return False
+    headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(data)
+    return any(str(v).strip().lower() == "no" for v in headers.get_all("TLS-Required", []))
 
 
 def _mta_sts(choice: MTASTS | bool | None, tls_options_for: TLSOptionsFor | None) -> MTASTS | None:
