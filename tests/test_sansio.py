@@ -18,6 +18,7 @@ CORE = [
     "txsmtpclient.commands",
     "txsmtpclient.extensions",
     "txsmtpclient.transaction",
+    "txsmtpclient.session",
 ]
 #: Checked when they exist (later issues add them).
 LATER = [

@@ -33,6 +33,7 @@ __all__ = [
     "SMTPDataError",
     "SMTPException",
     "SMTPHeloError",
+    "SMTPLocalProtocolError",
     "SMTPNotSupportedError",
     "SMTPProtocolError",
     "SMTPRecipientsRefused",
@@ -63,6 +64,15 @@ class SMTPArgumentError(SMTPException, ValueError):
     control character in a command argument, a non-ASCII address for a server
     without SMTPUTF8, a ``str`` message with non-ASCII characters, or an empty
     recipient list.  Raised before anything is written to the connection.
+    """
+
+
+class SMTPLocalProtocolError(SMTPException, RuntimeError):
+    """
+    The client tried a step the session's state does not allow (a command
+    during the TLS handshake, message data before DATA's 354): a bug in the
+    calling code, raised before anything is written.  See
+    :data:`txsmtpclient.session.SEND_TRANSITIONS`.
     """
 
 
