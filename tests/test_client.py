@@ -797,3 +797,67 @@ def test_auth_line_logged_redacted() -> None:
     assert "AHVzZXIAaHVudGVyMg" not in repr([dict(e) for e in events])
     sent = [e["data"] for e in events if e.get("direction") == "send"]
     assert sent == [b"AUTH PLAIN <redacted>\r\n"]
+
+
+# -- issue 8, defects 1 to 3: each failed on main before the session engine ------------------
+
+
+def test_replies_sent_before_any_command_are_never_paired() -> None:
+    """
+    Issue 8, defect 1: replies in the greeting's segment, before EHLO was
+    written, are unsolicited: SMTPProtocolError, aborted, nothing written.
+    """
+    clock = MemoryReactorClock()
+    endpoint = FakeEndpoint()
+    smtp = SMTP(endpoint, local_hostname="client.example", reactor=clock)
+    s = Session(smtp, clock, endpoint)
+    d = smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+    s.feed(GREETING + b"250 Sender OK\r\n250 Recipient OK\r\n354 go ahead\r\n")
+    error = failure_result_of(d, SMTPProtocolError)
+    assert "250" in str(error) and error.temporary
+    assert s.transport.io.getvalue() == b""
+    assert s.transport.disconnected
+
+
+def test_421_right_after_the_ehlo_reply_stops_the_client() -> None:
+    """
+    Issue 8, defect 2: a 421 in the EHLO reply's segment: no MAIL is
+    written and sendmail fails with SMTPServerDisconnected naming the 421.
+    """
+    s = connected_session()
+    d = s.smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+    assert s.take() == b"EHLO client.example\r\n"
+    s.feed(EHLO_PLAIN + b"421 4.3.2 shutting down\r\n")
+    error = failure_result_of(d, SMTPServerDisconnected)
+    assert type(error) is SMTPServerDisconnected
+    assert "421 4.3.2 shutting down" in str(error)
+    assert error.temporary
+    assert s.transport.io.getvalue() == b""
+    assert s.transport.disconnecting
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["lock-step", "pipelined"])
+def test_2xx_to_data_is_a_protocol_error(pipelining: bool) -> None:
+    """
+    Issue 8, defect 3: 250 instead of 354 to DATA: SMTPProtocolError,
+    temporary, the connection aborted and no message data written.
+    """
+    s = connected_session()
+    d = s.smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+    assert s.take() == b"EHLO client.example\r\n"
+    s.feed(EHLO_PIPELINING if pipelining else EHLO_PLAIN)
+    if pipelining:
+        assert s.take() == b"MAIL FROM:<a@x> SIZE=4\r\nRCPT TO:<b@x>\r\nDATA\r\n"
+        s.feed(b"250 ok\r\n250 ok\r\n250 ok\r\n")
+    else:
+        for command, reply in [
+            (b"MAIL FROM:<a@x> SIZE=4\r\n", b"250 ok\r\n"),
+            (b"RCPT TO:<b@x>\r\n", b"250 ok\r\n"),
+            (b"DATA\r\n", b"250 ok\r\n"),
+        ]:
+            assert s.take() == command
+            s.feed(reply)
+    error = failure_result_of(d, SMTPProtocolError)
+    assert error.temporary and "DATA" in str(error)
+    assert s.transport.io.getvalue() == b""
+    assert s.transport.disconnected

@@ -15,12 +15,16 @@ import datetime
 from twisted.logger import Logger
 
 from txsmtpclient.reply import Reply
+from txsmtpclient.session import Command, Kind
 
 __all__ = ["REDACTED", "Transcript", "redact"]
 
 REDACTED = b"<redacted>"
 
 _SECRET_VERBS = (b"AUTH ",)
+
+#: Kinds whose bytes are message data: summarised, never logged.
+_MESSAGE_DATA = frozenset({Kind.MESSAGE_END, Kind.BDAT, Kind.BDAT_LAST})
 
 # Module level, not a class attribute: a Logger read through an instance
 # (Logger.__get__) takes the class's dotted name as its namespace instead.
@@ -64,11 +68,29 @@ class Transcript:
                 "{timestamp}send: {data!r}", timestamp=self._stamp(), data=data, direction="send"
             )
 
-    def received(self, reply: Reply) -> None:
+    def sent_command(self, command: Command) -> None:
         """
-        Log one complete reply from the server.
+        Log a command written: message data as its size, secret steps
+        (AUTH) through :func:`redact`, the rest line by line.
+        """
+        if not self.level:
+            return
+        if command.kind in _MESSAGE_DATA:
+            self.sent(b"<%d bytes of message data>" % len(command.data))
+        elif command.secret:
+            self.sent(redact(command.data) if command.kind is Kind.AUTH else REDACTED)
+        else:
+            for line in command.data.splitlines(keepends=True):
+                self.sent(redact(line))
+
+    def received(self, reply: Reply, secret: bool = False) -> None:
+        """
+        Log one complete reply from the server; only its code when it is
+        part of a secret exchange.
         """
         if self.level:
+            if secret:
+                reply = Reply(reply.code, REDACTED)
             log.info(
                 "{timestamp}reply: {code} {message!r}",
                 timestamp=self._stamp(),

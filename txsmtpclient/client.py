@@ -57,6 +57,7 @@ from txsmtpclient.errors import (
     SMTPException,
     SMTPHeloError,
     SMTPNotSupportedError,
+    SMTPProtocolError,
     SMTPServerDisconnected,
     SMTPTimeoutError,
     SMTPTLSError,
@@ -65,6 +66,7 @@ from txsmtpclient.extensions import Extensions
 from txsmtpclient.message import prepare_message
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, SMTPClientProtocol, Timeouts
 from txsmtpclient.reply import Reply
+from txsmtpclient.session import Command, Kind
 from txsmtpclient.transaction import (
     DSN,
     Envelope,
@@ -223,8 +225,14 @@ class SMTP:
                     f"not connected: connect() failed: {self._connect_error}"
                 )
             raise SMTPServerDisconnected("not connected: call connect() first")
-        if not proto.usable:
-            raise SMTPServerDisconnected(f"the connection was lost earlier: {proto.failure}")
+        failure = proto.failure
+        if failure is not None:
+            # Of the same kind as the cause: a broken server stays a
+            # protocol error (temporary, as every lost connection).
+            kind = SMTPProtocolError if isinstance(failure, SMTPProtocolError) else None
+            raise (kind or SMTPServerDisconnected)(
+                f"the connection was lost earlier: {failure}"
+            ) from failure
         return proto
 
     @property
@@ -337,8 +345,8 @@ class SMTP:
 
     # -- commands ------------------------------------------------------------------
 
-    async def _command(self, line: bytes, stage: str = "command") -> Reply:
-        return await self._connection().send(line, stage)
+    async def _command(self, line: bytes, kind: Kind = Kind.COMMAND) -> Reply:
+        return await self._connection().send(Command(kind, line))
 
     def docmd(self, cmd: str, argstring: str = "") -> Deferred[Reply]:
         """
@@ -393,7 +401,7 @@ class SMTP:
 
     async def _helo(self, name: str | None) -> Reply:
         line = encode_command("HELO", await self._hello_name(name))
-        reply = await self._command(line)
+        reply = await self._command(line, Kind.HELO)
         self.helo_resp = reply.message
         return reply
 
@@ -411,7 +419,7 @@ class SMTP:
     async def _ehlo(self, name: str | None) -> Reply:
         self.esmtp_features = Extensions()
         line = encode_command(self.ehlo_msg, await self._hello_name(name))
-        reply = await self._command(line)
+        reply = await self._command(line, Kind.EHLO)
         self.ehlo_resp = reply.message
         # Features count only from a 250 (RFC 5321 section 4.1.1.1).
         self.does_esmtp = reply.code == 250
@@ -456,7 +464,7 @@ class SMTP:
         """
         Send ``RSET``: abandon the current mail transaction.
         """
-        return self._call(lambda: self._command(b"RSET\r\n"))
+        return self._call(lambda: self._command(b"RSET\r\n", Kind.RSET))
 
     def noop(self) -> Deferred[Reply]:
         """
@@ -501,7 +509,7 @@ class SMTP:
         :raises SMTPNotSupportedError: for SMTPUTF8 or a non-ASCII address
             when the server lacks SMTPUTF8.
         """
-        return self._envelope_command("MAIL", "FROM:", sender, options, "mail")
+        return self._envelope_command("MAIL", "FROM:", sender, options, Kind.MAIL)
 
     def rcpt(self, recip: str, options: Sequence[str] = ()) -> Deferred[Reply]:
         """
@@ -509,10 +517,10 @@ class SMTP:
 
         :returns: a Deferred firing with the reply, whatever its code.
         """
-        return self._envelope_command("RCPT", "TO:", recip, options, "rcpt")
+        return self._envelope_command("RCPT", "TO:", recip, options, Kind.RCPT)
 
     def _envelope_command(
-        self, verb: str, prefix: str, address: str, options: Sequence[str], stage: str
+        self, verb: str, prefix: str, address: str, options: Sequence[str], kind: Kind
     ) -> Deferred[Reply]:
         quoted = quote_address(address)
         checked = check_options(options, f"{verb.lower()} option")
@@ -524,7 +532,7 @@ class SMTP:
                 raise SMTPNotSupportedError("SMTPUTF8 is not supported by the server")
             tail = "".join(" " + o for o in opts)
             line = encode_command(verb, f"{prefix}{quoted}{tail}", utf8=utf8)
-            return await self._command(line, stage)
+            return await self._command(line, kind)
 
         return self._call(op)
 
@@ -546,7 +554,7 @@ class SMTP:
             proto = self._connection()
             # A stream's first chunk is read (and its type checked) first.
             await source.prime(self._reactor)
-            reply = await proto.send(b"DATA\r\n", "data_init")
+            reply = await proto.send(Command(Kind.DATA, b"DATA\r\n"))
             if reply.code != 354:
                 raise SMTPDataError(reply.code, reply.message)
             return (await send_data(proto, source, self._reactor))[0]
@@ -856,7 +864,7 @@ class SMTP:
         async def op() -> Reply:
             proto = self._connection()
             try:
-                reply = await proto.send(b"QUIT\r\n", "quit")
+                reply = await proto.send(Command(Kind.QUIT, b"QUIT\r\n"))
             finally:
                 proto.close()
                 self._reset_session()

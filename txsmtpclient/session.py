@@ -368,6 +368,9 @@ class Session:
         self._buffer = b""
         # Bytes sit in the buffer that arrived while no reply was awaited.
         self._stray = False
+        #: how many replies have been read (the glue restarts its timer when
+        #: this moves).
+        self.received = 0
 
     # -- what the glue asks ------------------------------------------------------
 
@@ -609,6 +612,7 @@ class Session:
         if after is not None and self.state is not State.CLOSING:
             self.state = after
         exchange.replies.append(reply)
+        self.received += 1
         if len(exchange.replies) == len(exchange.kinds):
             self._pending.popleft()
             if after is State.TLS:
@@ -648,6 +652,7 @@ class Session:
             if run.count(kind) != count:
                 count = next(i for i, k in enumerate(run) if k is not kind)
             taken = self._take_plain(lines, index, count, replies)
+            self.received += taken
             index += taken
             if taken < count:
                 break
