@@ -19,6 +19,7 @@ CORE = [
     "txsmtpclient.extensions",
     "txsmtpclient.transaction",
     "txsmtpclient.session",
+    "txsmtpclient.states",
 ]
 #: Checked when they exist (later issues add them).
 LATER = [

@@ -17,7 +17,6 @@ from txsmtpclient.errors import (
 )
 from txsmtpclient.reply import Reply
 from txsmtpclient.session import (
-    SEND_TRANSITIONS,
     Command,
     ConnectionFailed,
     Event,
@@ -28,6 +27,7 @@ from txsmtpclient.session import (
     State,
     Timeouts,
 )
+from txsmtpclient.states import SEND_TRANSITIONS
 
 GREETING = b"220 mx.example ESMTP\r\n"
 
