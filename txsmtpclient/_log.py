@@ -11,6 +11,7 @@ shown through :func:`redact`.
 from __future__ import annotations
 
 import datetime
+import re
 
 from twisted.logger import Logger
 
@@ -21,7 +22,8 @@ __all__ = ["REDACTED", "Transcript", "redact"]
 
 REDACTED = b"<redacted>"
 
-_SECRET_VERBS = (b"AUTH ",)
+# AUTH, its mechanism, then the initial response (RFC 4954 section 4).
+_AUTH_ARGUMENT = re.compile(rb"(?i)(AUTH[ \t]+[^ \t\r\n]+)[ \t]+[^\r\n]*")
 
 #: Kinds whose bytes are message data: summarised, never logged.
 _MESSAGE_DATA = frozenset({Kind.MESSAGE_END, Kind.BDAT, Kind.BDAT_LAST})
@@ -33,15 +35,14 @@ log = Logger(namespace="txsmtpclient")
 
 def redact(line: bytes) -> bytes:
     """
-    What may be logged of a command line: ``AUTH <mechanism>`` keeps its
-    mechanism name and loses any initial response; anything else is shown
-    as it is.
+    The one redaction: what may be logged of a command line.  ``AUTH
+    <mechanism>`` keeps its mechanism name and loses any initial response
+    (``AUTH PLAIN <redacted>``); anything else is shown as it is.  A
+    trailing CRLF is kept.
     """
-    if line[:5].upper() in _SECRET_VERBS:
-        parts = line.split(b" ", 2)
-        if len(parts) > 2:
-            return b" ".join(parts[:2]) + b" " + REDACTED + b"\r\n"
-    return line
+    if line[:4].upper() != b"AUTH":
+        return line
+    return _AUTH_ARGUMENT.sub(rb"\1 " + REDACTED, line, count=1)
 
 
 class Transcript:

@@ -42,7 +42,6 @@ __all__ = [
     "DEFAULT_MAX_SCRAM_ITERATIONS",
     "MECHANISM_PREFERENCE",
     "SUPPORTED_MECHANISMS",
-    "AuthRedactor",
     "CramMD5",
     "Login",
     "Plain",
@@ -55,9 +54,7 @@ __all__ = [
     "decode_challenge",
     "encode_initial_response",
     "encode_response",
-    "is_auth_command",
     "mechanism_for",
-    "redact_auth_line",
     "saslprep",
 ]
 
@@ -672,99 +669,3 @@ def choose_mechanism(
         "no AUTH mechanism in common: server offers "
         f"{', '.join(sorted(offered)) or 'none'}, client allows {', '.join(sorted(allowed))}"
     )
-
-
-# -- transcript redaction ----------------------------------------------------
-
-_AUTH_ARGUMENT = re.compile(rb"(?i)(AUTH[ \t]+[^ \t\r\n]+)[ \t]+[^\r\n]*")
-_REDACTED = b"<redacted>"
-
-
-def is_auth_command(line: bytes) -> bool:
-    """
-    Whether a line sent by the client is an ``AUTH`` command.
-
-    :param line: a command line, with or without CRLF.
-    """
-    return line[:5].upper() in (b"AUTH ", b"AUTH\r", b"AUTH\n", b"AUTH")
-
-
-def redact_auth_line(line: bytes) -> bytes:
-    """
-    Hide the initial response of an ``AUTH`` command for the transcript:
-    ``AUTH PLAIN <anything>`` becomes ``AUTH PLAIN <redacted>``.
-
-    Other lines, and ``AUTH`` without an initial response, come back as
-    they are; a trailing CRLF is kept.
-
-    :param line: a command line, with or without CRLF.
-    :returns: the line to log.
-    """
-    if not is_auth_command(line):
-        return line
-    return _AUTH_ARGUMENT.sub(rb"\1 " + _REDACTED, line, count=1)
-
-
-class _Exchange(enum.Enum):
-    IDLE = "idle"
-    AWAITING_REPLY = "awaiting reply"
-    CHALLENGED = "challenged"
-
-
-def _line_ending(line: bytes) -> bytes:
-    return line[len(line.rstrip(b"\r\n")) :]
-
-
-class AuthRedactor:
-    """
-    Follows one connection's transcript and hides everything secret in an
-    AUTH exchange: the ``AUTH`` initial response, every continuation line
-    the client sends after a 334, and the text of every 334 challenge (a
-    SCRAM challenge carries the salt).
-
-    Feed it every line in the order it crosses the wire; AUTH is never
-    pipelined (RFC 4954 section 4, RFC 2920 section 3.1), so order suffices.
-    """
-
-    def __init__(self) -> None:
-        self._state = _Exchange.IDLE
-
-    def is_auth_continuation(self) -> bool:
-        """
-        Whether the next line the client sends answers a 334 challenge, and
-        so must never be logged.
-        """
-        return self._state is _Exchange.CHALLENGED
-
-    def sent(self, line: bytes) -> bytes:
-        """
-        Note a line the client sent.
-
-        :param line: the line, with or without CRLF.
-        :returns: the line to log.
-        """
-        if self._state is _Exchange.CHALLENGED:
-            self._state = _Exchange.AWAITING_REPLY
-            return _REDACTED + _line_ending(line)
-        if is_auth_command(line):
-            self._state = _Exchange.AWAITING_REPLY
-            return redact_auth_line(line)
-        return line
-
-    def received(self, line: bytes) -> bytes:
-        """
-        Note a reply line the server sent.
-
-        :param line: one reply line (``b"334 ..."``, ``b"235-..."``), with or
-            without CRLF.
-        :returns: the line to log.
-        """
-        if self._state is _Exchange.IDLE:
-            return line
-        if line[:3] == b"334":
-            self._state = _Exchange.CHALLENGED
-            return line[:4] + _REDACTED + _line_ending(line)
-        if line[3:4] != b"-":
-            # The last line of the reply that ends the exchange.
-            self._state = _Exchange.IDLE
-        return line

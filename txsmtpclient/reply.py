@@ -137,6 +137,23 @@ class ReplyParser:
         self._lines = []
         self._size = 0
 
+    def one_line(self, line: bytes) -> Reply | None:
+        """
+        The one fast path for replies: the :class:`Reply` on ``line`` (its
+        terminator stripped) when it is a whole, valid one-line reply within
+        the limits, without touching the parser's state; ``None`` for
+        anything else, which :meth:`feed` then judges line by line.
+        """
+        if (
+            line[3:4] == b" "
+            and len(line) <= self.max_line_length
+            and len(line) - 3 <= self.max_reply_length
+            and line[:3].isdigit()
+            and 0x32 <= line[0] <= 0x35
+        ):
+            return Reply(int(line[:3]), line[4:])
+        return None
+
     def feed(self, line: bytes) -> Reply | None:
         """
         Take one reply line.
@@ -144,16 +161,11 @@ class ReplyParser:
         :returns: the completed reply, or ``None`` if the reply goes on.
         :raises MalformedReply: if the line or the reply breaks the rules.
         """
-        if (
-            line[3:4] == b" "
-            and not self._lines
-            and len(line) <= self.max_line_length
-            and len(line) - 3 <= self.max_reply_length
-            and line[:3].isdigit()
-            and 0x32 <= line[0] <= 0x35
-        ):
+        if not self._lines:
             # The usual case, a one-line reply, checked in one step.
-            return Reply(int(line[:3]), line[4:])
+            reply = self.one_line(line)
+            if reply is not None:
+                return reply
         if len(line) > self.max_line_length:
             raise MalformedReply(
                 f"reply line of {len(line)} bytes exceeds the limit of {self.max_line_length}"

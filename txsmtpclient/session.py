@@ -540,13 +540,4 @@ class Session:
         """
         if line.endswith(b"\r"):
             line = line[:-1]
-        parser = self._parser
-        if (
-            line[3:4] == b" "
-            and line[0] == 0x32
-            and len(line) <= parser.max_line_length
-            and len(line) <= parser.max_reply_length + 3
-            and line[1:3].isdigit()
-        ):
-            return Reply(int(line[:3]), line[4:])
-        return None
+        return self._parser.one_line(line) if line[:1] == b"2" else None
