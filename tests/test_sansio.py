@@ -24,6 +24,7 @@ CORE = [
 #: Checked when they exist (later issues add them).
 LATER = [
     "txsmtpclient.auth",
+    "txsmtpclient._sasl",
     "txsmtpclient.message",
     "txsmtpclient.spool.envelope",
     "txsmtpclient.spool.schedule",
