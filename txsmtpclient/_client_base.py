@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from txsmtpclient._calls import CallQueue
 from txsmtpclient._endpoints import resolve_endpoint
-from txsmtpclient._log import Transcript
+from txsmtpclient._log import Transcript, log_transaction
 from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.commands import (
     check_argument,
@@ -258,6 +258,7 @@ class ClientBase:
         self._proto = None
         factory = Factory.forProtocol(self._new_protocol)
         factory.noisy = False
+        started = self._reactor.seconds()
         attempt = endpoint.connect(factory)
         if self.timeouts.connect is not None:
             attempt.addTimeout(self.timeouts.connect, self._reactor)
@@ -273,6 +274,7 @@ class ClientBase:
             self._connect_error = e
             raise
         self._proto = proto
+        proto.trace.add("connect", self._reactor.seconds() - started)
         self._transcript.note(f"connected to {name or endpoint}")
         self._server_name = name
         try:
@@ -285,6 +287,32 @@ class ClientBase:
             self._connect_error = SMTPConnectError(greeting.code, greeting.message)
             raise SMTPConnectError(greeting.code, greeting.message)
         return greeting
+
+    async def _log_transaction(
+        self, envelope: Envelope, transaction: Coroutine[Any, Any, dict[str, Reply]]
+    ) -> dict[str, Reply]:
+        """
+        Run one ``sendmail`` transaction and end it with its event (see
+        :func:`txsmtpclient._log.log_transaction`), sent or not.
+        """
+        result: dict[str, Reply] | None = None
+        error: BaseException | None = None
+        try:
+            result = await transaction
+            return result
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            if self._proto is not None:
+                log_transaction(
+                    self._proto.trace,
+                    self._server_name,
+                    envelope.sender,
+                    len(envelope.recipients),
+                    result,
+                    error,
+                )
 
     # -- commands ------------------------------------------------------------------
 

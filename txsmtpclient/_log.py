@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Mapping
 
 from twisted.logger import Logger
 
 from txsmtpclient.reply import Reply
 from txsmtpclient.session import Command, Kind
 
-__all__ = ["REDACTED", "Transcript", "redact"]
+__all__ = ["REDACTED", "Trace", "Transcript", "log_transaction", "redact"]
 
 REDACTED = b"<redacted>"
 
@@ -106,3 +107,119 @@ class Transcript:
         """
         if self.level:
             log.info("{timestamp}{text}", timestamp=self._stamp(), text=text, direction="note")
+
+
+#: Where each kind of command's reply time is counted in :class:`Trace`.
+_TRACE_STAGE = {
+    Kind.GREETING: "greeting",
+    Kind.EHLO: "ehlo",
+    Kind.HELO: "ehlo",
+    Kind.STARTTLS: "tls",
+    Kind.AUTH: "auth",
+    Kind.AUTH_RESPONSE: "auth",
+    Kind.MAIL: "envelope",
+    Kind.RCPT: "envelope",
+    Kind.DATA: "envelope",
+    Kind.BDAT: "data",
+    Kind.MESSAGE_END: "final",
+    Kind.BDAT_LAST: "final",
+    Kind.RSET: "command",
+    Kind.QUIT: "command",
+    Kind.COMMAND: "command",
+}
+
+transactions = Logger(namespace="txsmtpclient.transaction")
+
+
+class Trace:
+    """
+    What one connection did since the last transaction event: seconds spent
+    per stage, every reply (AUTH texts redacted), bytes written, and the TLS
+    session.  Kept always, at the cost of a clock reading per command and
+    per reply; turned into an event by :func:`log_transaction`.
+    """
+
+    __slots__ = ("bytes_sent", "last_reply_at", "peer_subject", "replies", "timings", "tls")
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.replies: list[Reply] = []
+        self.bytes_sent = 0
+        self.last_reply_at = 0.0
+        #: (version, cipher) once TLS is up.
+        self.tls: tuple[str | None, str | None] | None = None
+        self.peer_subject: str | None = None
+
+    @staticmethod
+    def stage(kind: Kind) -> str:
+        """
+        The stage whose time a command of ``kind`` counts towards.
+        """
+        return _TRACE_STAGE[kind]
+
+    def add(self, stage: str, seconds: float) -> None:
+        """
+        Count ``seconds`` towards ``stage``.
+        """
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+    def replied(self, replies: list[Reply], secret: bool) -> None:
+        """
+        Keep the replies to one send.
+        """
+        if secret:
+            self.replies += [Reply(reply.code, REDACTED) for reply in replies]
+        else:
+            self.replies += replies
+
+    def take(self) -> tuple[dict[str, float], list[Reply], int]:
+        """
+        The timings, replies and byte count so far, and start afresh.
+        """
+        taken = self.timings, self.replies, self.bytes_sent
+        self.timings, self.replies, self.bytes_sent = {}, [], 0
+        return taken
+
+
+def log_transaction(
+    trace: Trace,
+    relay: str,
+    sender: str,
+    recipients: int,
+    result: Mapping[str, Reply] | None,
+    error: BaseException | None,
+) -> None:
+    """
+    Emit the one event that ends a transaction (``sendmail``), in the
+    ``txsmtpclient.transaction`` namespace at debug level; README.rst's
+    "Transaction events" lists its keys.
+    """
+    timings, replies, bytes_sent = trace.take()
+    final: Reply | None = getattr(result, "final", None)
+    code = final.code if final is not None else getattr(error, "smtp_code", None)
+    if error is None:
+        outcome = "sent"
+    elif type(error).__name__ == "SMTPAmbiguousDelivery":
+        outcome = "ambiguous"
+    else:
+        outcome = "failed"
+    version, cipher = trace.tls if trace.tls is not None else (None, None)
+    transactions.debug(
+        "Transaction to {relay}: {outcome}, code {code}, queue id {queue_id}",
+        relay=relay,
+        outcome=outcome,
+        error=None if error is None else type(error).__name__,
+        temporary=getattr(error, "temporary", None),
+        code=code,
+        queue_id=final.queue_id if final is not None else None,
+        sender=sender,
+        recipients=recipients,
+        refused=len(result) if result is not None else None,
+        timings=timings,
+        duration=sum(timings.values()),
+        tls_version=version,
+        tls_cipher=cipher,
+        peer_subject=trace.peer_subject,
+        replies=tuple(replies),
+        bytes_sent=bytes_sent,
+    )

@@ -154,7 +154,9 @@ class SMTP(Commands):
         :meth:`sendmail` for arguments already checked (the pool checks them
         before it takes a connection, and need not pay for it twice).
         """
-        return self._call(lambda: self._sendmail(envelope, source))
+        return self._call(
+            lambda: self._log_transaction(envelope, self._sendmail(envelope, source))
+        )
 
     def send_message(
         self,

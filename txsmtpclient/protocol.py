@@ -34,7 +34,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsmtpclient._log import Transcript
+from txsmtpclient._log import Trace, Transcript
 from txsmtpclient.errors import (
     SMTPException,
     SMTPServerDisconnected,
@@ -73,12 +73,17 @@ class _Waiter:
     (or, for a batch, the list of them).
     """
 
-    __slots__ = ("batch", "deferred", "secret")
+    __slots__ = ("batch", "deferred", "secret", "sent_at", "stage")
 
-    def __init__(self, deferred: Deferred[Any], batch: bool, secret: bool) -> None:
+    def __init__(
+        self, deferred: Deferred[Any], batch: bool, secret: bool, stage: str = "greeting"
+    ) -> None:
         self.deferred = deferred
         self.batch = batch
         self.secret = secret
+        #: the :class:`Trace` stage its reply time counts towards.
+        self.stage = stage
+        self.sent_at = 0.0
 
 
 @implementer(IHandshakeListener)
@@ -115,12 +120,12 @@ class SMTPClientProtocol(Protocol):
         self.timeouts = timeouts if timeouts is not None else DEFAULT_TIMEOUTS
         self.transcript = transcript if transcript is not None else Transcript()
         self.greeting: Deferred[Reply] = Deferred(self._cancelled)
+        self._greeting = _Waiter(self.greeting, False, False)
         self.session = Session(
-            self.timeouts,
-            max_line_length,
-            max_reply_length,
-            greeting_tag=_Waiter(self.greeting, False, False),
+            self.timeouts, max_line_length, max_reply_length, greeting_tag=self._greeting
         )
+        #: timings, replies and bytes for the transaction event.
+        self.trace = Trace()
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
         self._failure: SMTPException | None = None
@@ -172,7 +177,8 @@ class SMTPClientProtocol(Protocol):
             allow the command.
         """
         deferred: Deferred[Reply] = Deferred(self._cancelled)
-        return self._send((command,), _Waiter(deferred, False, command.secret), deferred)
+        waiter = _Waiter(deferred, False, command.secret, Trace.stage(command.kind))
+        return self._send((command,), waiter, deferred)
 
     def send_batch(self, commands: Sequence[Command]) -> Deferred[list[Reply]]:
         """
@@ -186,7 +192,8 @@ class SMTPClientProtocol(Protocol):
         :raises SMTPLocalProtocolError: as :meth:`send`.
         """
         deferred: Deferred[list[Reply]] = Deferred(self._cancelled)
-        return self._send(commands, _Waiter(deferred, True, False), deferred)
+        waiter = _Waiter(deferred, True, False, Trace.stage(commands[0].kind))
+        return self._send(commands, waiter, deferred)
 
     def _send(
         self, commands: Sequence[Command], waiter: _Waiter, deferred: Deferred[Any]
@@ -204,6 +211,11 @@ class SMTPClientProtocol(Protocol):
             # The server broke the session (bytes before the command).
             self._fatal(e, abort=True)
             return fail(e)
+        waiter.sent_at = now = self._clock.seconds()
+        if waiter.stage == "final" and self.trace.last_reply_at:
+            # Writing the message: from DATA's 354 (or the envelope's
+            # replies, for BDAT) to its end.
+            self.trace.add("data", now - self.trace.last_reply_at)
         if session.pending == 1 and self.connected_:
             self._arm_timer()
         if data:
@@ -239,6 +251,8 @@ class SMTPClientProtocol(Protocol):
         self.tls = True
         if self.session.state is State.TLS:
             self.session.tls_established()
+            self.trace.add("tls", self._clock.seconds() - self.trace.last_reply_at)
+        self._note_tls_session()
         handshake, self._handshake = self._handshake, None
         if handshake is not None and not handshake.called:
             handshake.callback(None)
@@ -256,6 +270,27 @@ class SMTPClientProtocol(Protocol):
         if self._handshake is None:
             self._handshake = Deferred()
         return self._handshake
+
+    def _note_tls_session(self) -> None:
+        """
+        Keep the TLS version, cipher and peer certificate subject for the
+        transaction event, from pyOpenSSL's connection (the transport's
+        handle for implicit TLS, its protocol's after STARTTLS).
+        """
+        handle: Any = None
+        for holder in (self.transport, getattr(self.transport, "protocol", None)):
+            handle = getattr(holder, "getHandle", lambda: None)()
+            if hasattr(handle, "get_cipher_name"):
+                break
+        else:
+            return
+        self.trace.tls = (handle.get_protocol_version_name(), handle.get_cipher_name())
+        certificate = handle.get_peer_certificate()
+        if certificate is not None:
+            self.trace.peer_subject = ", ".join(
+                f"{key.decode()}={value.decode('utf-8', 'replace')}"
+                for key, value in certificate.get_subject().get_components()
+            )
 
     def abort(self, reason: SMTPException) -> None:
         """
@@ -283,6 +318,7 @@ class SMTPClientProtocol(Protocol):
             # Not TCP (a Unix socket, a test transport): nothing to do.
             with contextlib.suppress(OSError, AttributeError):
                 set_no_delay(True)
+        self._greeting.sent_at = self._clock.seconds()
         self._arm_timer()
 
     def dataReceived(self, data: bytes) -> None:
@@ -314,6 +350,10 @@ class SMTPClientProtocol(Protocol):
         if type(event) is Replied:
             waiter: _Waiter = event.tag  # type: ignore[assignment]
             replies = event.replies
+            trace = self.trace
+            trace.last_reply_at = now = self._clock.seconds()
+            trace.add(waiter.stage, now - waiter.sent_at)
+            trace.replied(replies, waiter.secret)
             if not self.session.pending:
                 # Everything written was answered: the transport is empty.
                 self._flushed = True
@@ -377,6 +417,7 @@ class SMTPClientProtocol(Protocol):
         through ``write`` as before, so order and flow control are kept.
         """
         transport: Any = self.transport
+        self.trace.bytes_sent += len(data)
         if (
             self._flushed
             and type(transport) is tcp.Client
