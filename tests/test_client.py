@@ -870,8 +870,11 @@ def _transaction_events(events: list[Any]) -> list[Any]:
     return [e for e in events if e["log_namespace"] == "txsmtpclient.transaction"]
 
 
-def test_transaction_event_carries_timings_replies_bytes_and_queue_id() -> None:
+def test_transaction_event_carries_timings_replies_bytes_and_queue_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """One event per sendmail: per-stage seconds, every reply, bytes written, the queue id."""
+    monkeypatch.setattr(SMTP, "transaction_events", True)
     with capturedLogs() as events:
         clock = MemoryReactorClock()
         endpoint = FakeEndpoint()
@@ -921,6 +924,7 @@ def test_transaction_event_carries_timings_replies_bytes_and_queue_id() -> None:
 def test_transaction_event_on_failure_and_per_transaction() -> None:
     """A refused transaction has its event too; the next counts only its own replies."""
     s = connected_session()
+    s.smtp.transaction_events = True
     with capturedLogs() as events:
         first = s.smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
         s.take()
@@ -942,6 +946,19 @@ def test_transaction_event_on_failure_and_per_transaction() -> None:
         451,
     )
     assert failed["temporary"] is True
-    assert [r.code for r in failed["replies"]] == [220, 250, 451, 250]
+    assert [r.code for r in failed["replies"]] == [250, 451, 250]
     assert (sent["outcome"], [r.code for r in sent["replies"]]) == ("sent", [250, 250, 354, 250])
     assert sent["queue_id"] is None
+
+
+def test_no_transaction_event_unless_asked() -> None:
+    """At debug level 0, without transaction_events, nothing is kept or logged."""
+    s = connected_session()
+    with capturedLogs() as events:
+        d = s.smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+        for reply in (EHLO_PLAIN, b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n"):
+            s.take()
+            s.feed(reply)
+        success_result_of(d)
+    assert _transaction_events(events) == []
+    assert s.proto.trace is None

@@ -139,6 +139,7 @@ async def test_transaction_event_after_starttls_and_login(
     """
     server = smtp_server_factory(ServerScript(credentials=CREDENTIALS), tls=tls_files)
     client = smtp(tls_options=trusting(tls_files))
+    client.transaction_events = True
     with capturedLogs() as events:
         await client.connect(server.address)
         await client.login("alice", CREDENTIALS["alice"], "PLAIN")

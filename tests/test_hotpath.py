@@ -88,7 +88,7 @@ def _collect_replies(proto: Any, count: int, batch: bool) -> Callable[[], list[R
     fast path for plain replies) or one waiter per reply.
     """
     if batch:
-        whole = proto.send_batch([Command(Kind.RCPT, b"(pipelined)\r\n", count=count)])
+        whole = proto.send_batch([Command(Kind.RCPT, b"(pipelined)\r\n", replies=count)])
         return lambda: success_result_of(whole)
     waiters = send_pipelined(proto, b"(pipelined)\r\n", ["rcpt"] * count)
     return lambda: [success_result_of(d) for d in waiters]
@@ -392,7 +392,7 @@ def test_batch_of_differing_plain_replies_keeps_each_text() -> None:
     d = proto.send_batch(
         [
             Command(Kind.MAIL, b"(batch)\r\n"),
-            Command(Kind.RCPT, b"", count=5),
+            Command(Kind.RCPT, b"", replies=5),
             Command(Kind.DATA, b""),
         ]
     )

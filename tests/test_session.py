@@ -76,7 +76,7 @@ CASES: list[tuple[str, list[Command], bytes, list[Reply], State]] = [
         "pipelined-envelope",
         [
             Command(Kind.MAIL, b"MAIL FROM:<a@x>\r\n"),
-            Command(Kind.RCPT, b"RCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\n", count=2),
+            Command(Kind.RCPT, b"RCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\n", replies=2),
             Command(Kind.DATA, b"DATA\r\n"),
         ],
         b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550-5.1.1 no\r\n550 such user\r\n354 go\r\n",
@@ -135,7 +135,7 @@ def test_thousand_replies_take_the_fast_path_and_stay_in_order() -> None:
     """A thousand pipelined RCPT replies in one segment reach the batch in order."""
     session = _greeted()
     session.send_batch(
-        [Command(Kind.MAIL, b"M\r\n"), Command(Kind.RCPT, b"R\r\n" * 1000, count=1000)], "batch"
+        [Command(Kind.MAIL, b"M\r\n"), Command(Kind.RCPT, b"R\r\n" * 1000, replies=1000)], "batch"
     )
     data = b"250 ok\r\n" + b"".join(
         b"250 r%d\r\n" % n if n % 7 else b"450-4.2.0 busy\r\n450 later %d\r\n" % n
@@ -281,7 +281,7 @@ def test_message_data_only_after_354() -> None:
     assert session.send_data(b"hello\r\n") == b"hello\r\n"
     with pytest.raises(SMTPLocalProtocolError, match="RSET in state DATA"):
         session.send(Command(Kind.RSET, b"RSET\r\n"))
-    session.send(Command(Kind.MESSAGE_END, b".\r\n", count=2), "end")
+    session.send(Command(Kind.MESSAGE_END, b".\r\n", replies=2), "end")
     assert session.receive_data(b"250 one\r\n450 two\r\n") == [
         Replied("end", [Reply(250, b"one"), Reply(450, b"two")])
     ]

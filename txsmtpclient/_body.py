@@ -474,7 +474,7 @@ async def send_data(
         # One write, one waiter for every reply to the final dot.
         written = proto.usable
         batch = proto.send_batch(
-            [Command(Kind.MESSAGE_END, encoder.encode(data) + encoder.finish(), count=replies)]
+            [Command(Kind.MESSAGE_END, encoder.encode(data) + encoder.finish(), replies=replies)]
         )
         return await _final_replies(batch, written)
     try:
@@ -491,7 +491,7 @@ async def send_data(
                     await writer.drained()
             written = proto.usable
             finals = proto.send_batch(
-                [Command(Kind.MESSAGE_END, pending + encoder.finish(), count=replies)]
+                [Command(Kind.MESSAGE_END, pending + encoder.finish(), replies=replies)]
             )
     except BaseException as e:
         # Never end a message that was not read whole: drop the connection
@@ -544,7 +544,7 @@ async def send_bdat(
             last = (pending or b"") + (encoder.finish() if encoder is not None else b"")
             written = proto.usable
             finals = proto.send_batch(
-                [Command(Kind.BDAT_LAST, b"BDAT %d LAST\r\n" % len(last) + last, count=replies)]
+                [Command(Kind.BDAT_LAST, b"BDAT %d LAST\r\n" % len(last) + last, replies=replies)]
             )
     except SMTPDataError:
         raise

@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from txsmtpclient._calls import CallQueue
 from txsmtpclient._endpoints import resolve_endpoint
-from txsmtpclient._log import Transcript, log_transaction
+from txsmtpclient._log import Trace, Transcript, log_transaction
 from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.commands import (
     check_argument,
@@ -209,10 +209,21 @@ class ClientBase:
     #: from the host name ``connect`` parsed.
     _implicit_tls: Callable[[str], IOpenSSLClientConnectionCreator] | None = None
 
+    #: Whether each ``sendmail`` ends with a ``txsmtpclient.transaction``
+    #: event (README.rst, "Transaction events"); always at debug level 1 or
+    #: more.  Set it on the class for every session.
+    transaction_events: bool = False
+
+    def _tracing(self) -> bool:
+        return self.transaction_events or self._transcript.level > 0
+
     def _new_protocol(self) -> SMTPClientProtocol:
-        return SMTPClientProtocol(
+        proto = SMTPClientProtocol(
             clock=self._reactor, timeouts=self.timeouts, transcript=self._transcript
         )
+        if self._tracing():
+            proto.trace = Trace()
+        return proto
 
     def _attach_new_protocol(self) -> SMTPClientProtocol:
         """
@@ -274,7 +285,8 @@ class ClientBase:
             self._connect_error = e
             raise
         self._proto = proto
-        proto.trace.add("connect", self._reactor.seconds() - started)
+        if proto.trace is not None:
+            proto.trace.add("connect", self._reactor.seconds() - started)
         self._transcript.note(f"connected to {name or endpoint}")
         self._server_name = name
         try:
@@ -295,6 +307,10 @@ class ClientBase:
         Run one ``sendmail`` transaction and end it with its event (see
         :func:`txsmtpclient._log.log_transaction`), sent or not.
         """
+        proto = self._proto
+        if proto is not None and proto.trace is None and self._tracing():
+            # Asked for after connecting: from this transaction on.
+            proto.trace = Trace()
         result: dict[str, Reply] | None = None
         error: BaseException | None = None
         try:
@@ -304,9 +320,10 @@ class ClientBase:
             error = e
             raise
         finally:
-            if self._proto is not None:
+            proto = self._proto
+            if proto is not None and proto.trace is not None:
                 log_transaction(
-                    self._proto.trace,
+                    proto.trace,
                     self._server_name,
                     envelope.sender,
                     len(envelope.recipients),

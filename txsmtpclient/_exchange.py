@@ -71,7 +71,7 @@ async def send_envelope(
     if pipelining:
         batch = [
             Command(Kind.MAIL, plan.mail),
-            Command(Kind.RCPT, b"".join(plan.rcpts), count=len(plan.rcpts)),
+            Command(Kind.RCPT, b"".join(plan.rcpts), replies=len(plan.rcpts)),
         ]
         if not bdat:
             batch.append(_DATA)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import datetime
 import re
+import time
 from collections.abc import Mapping
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
+from txsmtpclient.errors import SMTPAmbiguousDelivery
 from txsmtpclient.reply import Reply
 from txsmtpclient.session import Command, Kind
 
@@ -199,27 +201,36 @@ def log_transaction(
     code = final.code if final is not None else getattr(error, "smtp_code", None)
     if error is None:
         outcome = "sent"
-    elif type(error).__name__ == "SMTPAmbiguousDelivery":
+    elif isinstance(error, SMTPAmbiguousDelivery):
         outcome = "ambiguous"
     else:
         outcome = "failed"
     version, cipher = trace.tls if trace.tls is not None else (None, None)
-    transactions.debug(
-        "Transaction to {relay}: {outcome}, code {code}, queue id {queue_id}",
-        relay=relay,
-        outcome=outcome,
-        error=None if error is None else type(error).__name__,
-        temporary=getattr(error, "temporary", None),
-        code=code,
-        queue_id=final.queue_id if final is not None else None,
-        sender=sender,
-        recipients=recipients,
-        refused=len(result) if result is not None else None,
-        timings=timings,
-        duration=sum(timings.values()),
-        tls_version=version,
-        tls_cipher=cipher,
-        peer_subject=trace.peer_subject,
-        replies=tuple(replies),
-        bytes_sent=bytes_sent,
+    # Logger.emit's own level check walks every LogLevel on each call; the
+    # event is the same dict it would build, handed to the same observer.
+    transactions.observer(
+        dict(
+            log_logger=transactions,
+            log_level=LogLevel.debug,
+            log_namespace=transactions.namespace,
+            log_source=None,
+            log_format="Transaction to {relay}: {outcome}, code {code}, queue id {queue_id}",
+            log_time=time.time(),
+            relay=relay,
+            outcome=outcome,
+            error=None if error is None else type(error).__name__,
+            temporary=getattr(error, "temporary", None),
+            code=code,
+            queue_id=final.queue_id if final is not None else None,
+            sender=sender,
+            recipients=recipients,
+            refused=len(result) if result is not None else None,
+            timings=timings,
+            duration=sum(timings.values()),
+            tls_version=version,
+            tls_cipher=cipher,
+            peer_subject=trace.peer_subject,
+            replies=tuple(replies),
+            bytes_sent=bytes_sent,
+        )
     )

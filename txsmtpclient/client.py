@@ -155,7 +155,11 @@ class SMTP(Commands):
         before it takes a connection, and need not pay for it twice).
         """
         return self._call(
-            lambda: self._log_transaction(envelope, self._sendmail(envelope, source))
+            lambda: (
+                self._log_transaction(envelope, self._sendmail(envelope, source))
+                if self._tracing()
+                else self._sendmail(envelope, source)
+            )
         )
 
     def send_message(

@@ -124,8 +124,9 @@ class SMTPClientProtocol(Protocol):
         self.session = Session(
             self.timeouts, max_line_length, max_reply_length, greeting_tag=self._greeting
         )
-        #: timings, replies and bytes for the transaction event.
-        self.trace = Trace()
+        #: timings, replies and bytes for the transaction event, when the
+        #: client asks for them (``None``: nothing is kept).
+        self.trace: Trace | None = None
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
         self._failure: SMTPException | None = None
@@ -198,10 +199,10 @@ class SMTPClientProtocol(Protocol):
     def _send(
         self, commands: Sequence[Command], waiter: _Waiter, deferred: Deferred[Any]
     ) -> Deferred[Any]:
-        failure = self.failure
+        session = self.session
+        failure = self._failure or session.error
         if failure is not None:
             return fail(failure)
-        session = self.session
         try:
             if len(commands) == 1:
                 data = session.send(commands[0], waiter)
@@ -211,11 +212,13 @@ class SMTPClientProtocol(Protocol):
             # The server broke the session (bytes before the command).
             self._fatal(e, abort=True)
             return fail(e)
-        waiter.sent_at = now = self._clock.seconds()
-        if waiter.stage == "final" and self.trace.last_reply_at:
-            # Writing the message: from DATA's 354 (or the envelope's
-            # replies, for BDAT) to its end.
-            self.trace.add("data", now - self.trace.last_reply_at)
+        trace = self.trace
+        if trace is not None:
+            waiter.sent_at = now = self._clock.seconds()
+            if waiter.stage == "final" and trace.last_reply_at:
+                # Writing the message: from DATA's 354 (or the envelope's
+                # replies, for BDAT) to its end.
+                trace.add("data", now - trace.last_reply_at)
         if session.pending == 1 and self.connected_:
             self._arm_timer()
         if data:
@@ -251,8 +254,10 @@ class SMTPClientProtocol(Protocol):
         self.tls = True
         if self.session.state is State.TLS:
             self.session.tls_established()
-            self.trace.add("tls", self._clock.seconds() - self.trace.last_reply_at)
-        self._note_tls_session()
+            if self.trace is not None:
+                self.trace.add("tls", self._clock.seconds() - self.trace.last_reply_at)
+        if self.trace is not None:
+            self._note_tls_session(self.trace)
         handshake, self._handshake = self._handshake, None
         if handshake is not None and not handshake.called:
             handshake.callback(None)
@@ -271,7 +276,7 @@ class SMTPClientProtocol(Protocol):
             self._handshake = Deferred()
         return self._handshake
 
-    def _note_tls_session(self) -> None:
+    def _note_tls_session(self, trace: Trace) -> None:
         """
         Keep the TLS version, cipher and peer certificate subject for the
         transaction event, from pyOpenSSL's connection (the transport's
@@ -284,10 +289,10 @@ class SMTPClientProtocol(Protocol):
                 break
         else:
             return
-        self.trace.tls = (handle.get_protocol_version_name(), handle.get_cipher_name())
+        trace.tls = (handle.get_protocol_version_name(), handle.get_cipher_name())
         certificate = handle.get_peer_certificate()
         if certificate is not None:
-            self.trace.peer_subject = ", ".join(
+            trace.peer_subject = ", ".join(
                 f"{key.decode()}={value.decode('utf-8', 'replace')}"
                 for key, value in certificate.get_subject().get_components()
             )
@@ -330,12 +335,14 @@ class SMTPClientProtocol(Protocol):
             self._arm_timer()
         if not events:
             return
-        self._events.extend(events)
         if self._handling:
             # Data fed from a callback: its events wait their turn.
+            self._events.extend(events)
             return
         self._handling = True
         try:
+            for event in events:
+                self._handle(event)
             while self._events:
                 self._handle(self._events.popleft())
         finally:
@@ -351,9 +358,10 @@ class SMTPClientProtocol(Protocol):
             waiter: _Waiter = event.tag  # type: ignore[assignment]
             replies = event.replies
             trace = self.trace
-            trace.last_reply_at = now = self._clock.seconds()
-            trace.add(waiter.stage, now - waiter.sent_at)
-            trace.replied(replies, waiter.secret)
+            if trace is not None:
+                trace.last_reply_at = now = self._clock.seconds()
+                trace.add(waiter.stage, now - waiter.sent_at)
+                trace.replied(replies, waiter.secret)
             if not self.session.pending:
                 # Everything written was answered: the transport is empty.
                 self._flushed = True
@@ -417,7 +425,8 @@ class SMTPClientProtocol(Protocol):
         through ``write`` as before, so order and flow control are kept.
         """
         transport: Any = self.transport
-        self.trace.bytes_sent += len(data)
+        if self.trace is not None:
+            self.trace.bytes_sent += len(data)
         if (
             self._flushed
             and type(transport) is tcp.Client

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
 
 from txsmtpclient.errors import (
     SMTPLocalProtocolError,
@@ -113,15 +114,14 @@ class Timeouts:
 DEFAULT_TIMEOUTS = Timeouts()
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(NamedTuple):
     """
     One command to write, already encoded (:mod:`txsmtpclient.commands`).
 
     :ivar kind: what the command is.
     :ivar data: its bytes, CRLF included (with message data for BDAT and
         :attr:`Kind.MESSAGE_END`).
-    :ivar count: how many replies it gets: several for ``count`` RCPT lines
+    :ivar replies: how many replies it gets: several for that many RCPT lines
         joined in one value, or for LMTP's one reply per recipient after
         the final dot.
     :ivar secret: neither it nor its replies may be logged (AUTH).
@@ -129,12 +129,11 @@ class Command:
 
     kind: Kind
     data: bytes
-    count: int = 1
+    replies: int = 1
     secret: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Replied:
+class Replied(NamedTuple):
     """
     Every reply to one :meth:`Session.send` (one command, or a pipelined
     batch), in order.
@@ -146,16 +145,14 @@ class Replied:
     replies: list[Reply]
 
 
-@dataclass(frozen=True, slots=True)
-class StartTLS:
+class StartTLS(NamedTuple):
     """
     STARTTLS got its 220: start the TLS handshake now, before anything else
     is read.  Whatever was received after the 220 has been thrown away.
     """
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionFailed:
+class ConnectionFailed(NamedTuple):
     """
     The session is over: the server said 421, or broke the protocol.
 
@@ -171,6 +168,18 @@ class ConnectionFailed:
 
 
 Event = Replied | StartTLS | ConnectionFailed
+
+
+#: ANSWERS and REPLY_TRANSITIONS by kind, for one lookup per reply: the
+#: codes and classes that can answer, and the states replies lead to by
+#: exact code or by class (codes are 200 and up, classes 2 to 5).
+_RULES: dict[Kind, tuple[frozenset[int], frozenset[int], dict[int, State]]] = {
+    kind: (
+        *ANSWERS.get(kind, ANSWERS_DEFAULT),
+        {key: state for (k, key), state in REPLY_TRANSITIONS.items() if k is kind},
+    )
+    for kind in Kind
+}
 
 
 class _Exchange:
@@ -266,7 +275,7 @@ class Session:
 
     def send(self, command: Command, tag: object = None) -> bytes:
         """
-        Write one command (or ``command.count`` of one kind).
+        Write one command (or ``command.replies`` of one kind).
 
         :param tag: handed back in the :class:`Replied` for it.
         :returns: the bytes to write.
@@ -277,7 +286,7 @@ class Session:
         :raises SMTPServerDisconnected: when the session is already over.
         """
         self._check_send(command.kind)
-        self._open([command.kind] * command.count, tag)
+        self._open([command.kind] * command.replies, tag)
         return command.data
 
     def send_batch(self, commands: Sequence[Command], tag: object = None) -> bytes:
@@ -291,10 +300,10 @@ class Session:
         kinds: list[Kind] = []
         for command in commands:
             self._check_send(command.kind)
-            if command.count == 1:
+            if command.replies == 1:
                 kinds.append(command.kind)
             else:
-                kinds += [command.kind] * command.count
+                kinds += [command.kind] * command.replies
         self._open(kinds, tag)
         return b"".join([command.data for command in commands])
 
@@ -395,7 +404,13 @@ class Session:
         index, end = 0, len(lines)
         while index < end:
             pending = self._pending
-            if pending and len(pending[0].kinds) > 1 and not parser.in_reply:
+            # The fast path pays off from a handful of replies on (a small
+            # batch, MAIL RCPT DATA, is quicker line by line).
+            if (
+                pending
+                and len(pending[0].kinds) - len(pending[0].replies) > 4
+                and not parser.in_reply
+            ):
                 index = self._take_fast(pending[0], lines, index)
                 if index == end:
                     return True
@@ -450,8 +465,9 @@ class Session:
         """
         kind = exchange.kinds[len(exchange.replies)]
         code = reply.code
-        exact, classes = ANSWERS.get(kind, ANSWERS_DEFAULT)
-        if code not in exact and code // 100 not in classes and code != 421:
+        klass = code // 100
+        exact, classes, moves = _RULES[kind]
+        if code not in exact and klass not in classes and code != 421:
             events.append(
                 self._fail(
                     SMTPProtocolError(
@@ -461,7 +477,7 @@ class Session:
                 )
             )
             return False
-        after = REPLY_TRANSITIONS.get((kind, code)) or REPLY_TRANSITIONS.get((kind, code // 100))
+        after = (moves.get(code) or moves.get(klass)) if moves else None
         if after is not None and self.state is not State.CLOSING:
             self.state = after
         exchange.replies.append(reply)

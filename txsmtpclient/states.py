@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-class Kind(enum.Enum):
+class Kind(str, enum.Enum):
     """
     What a command is, as far as the session cares: its place in the
     dialogue, the replies that can answer it and its timeout.
@@ -65,7 +65,7 @@ _STAGE = {
 }
 
 
-class State(enum.Enum):
+class State(str, enum.Enum):
     """
     Where the dialogue is, as seen from the commands written so far and the
     replies read.
