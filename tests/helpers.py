@@ -20,6 +20,8 @@ from zope.interface import implementer
 
 from txsmtpclient.client import SMTP
 from txsmtpclient.protocol import SMTPClientProtocol, Timeouts
+from txsmtpclient.reply import Reply
+from txsmtpclient.session import Command, Kind
 
 __all__ = [
     "EHLO_PIPELINING",
@@ -29,9 +31,12 @@ __all__ = [
     "NoDelayTransport",
     "Session",
     "assert_no_result",
+    "command",
     "connected_session",
     "deliver",
+    "expect",
     "failure_result_of",
+    "send_pipelined",
     "success_result_of",
 ]
 
@@ -240,3 +245,29 @@ def assert_no_result(d: Deferred[Any]) -> None:
 
     d.addBoth(record)
     assert not results, f"{d!r} fired with {results[0]!r}"
+
+
+def command(data: bytes, stage: str = "command", *, secret: bool = False) -> Command:
+    """
+    A :class:`Command` of the kind a stage name stands for (``"rcpt"``).
+    """
+    return Command(Kind(stage), data, secret=secret)
+
+
+def send_pipelined(
+    proto: SMTPClientProtocol, payload: bytes, stages: list[str]
+) -> list[Deferred[Reply]]:
+    """
+    Write ``payload`` at once and await one reply per stage, each with its
+    own Deferred (the protocol itself gives a pipelined batch one).
+    """
+    return [
+        proto.send(command(payload if n == 0 else b"", stage)) for n, stage in enumerate(stages)
+    ]
+
+
+def expect(proto: SMTPClientProtocol, stage: str = "command") -> Deferred[Reply]:
+    """
+    Await one more reply without writing anything.
+    """
+    return proto.send(command(b"", stage))

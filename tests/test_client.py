@@ -799,3 +799,168 @@ def test_auth_line_logged_redacted() -> None:
     assert "AHVzZXIAaHVudGVyMg" not in repr([dict(e) for e in events])
     sent = [e["data"] for e in events if e.get("direction") == "send"]
     assert sent == [b"AUTH PLAIN <redacted>\r\n"]
+
+
+# -- issue 8, defects 1 to 3: each failed on main before the session engine ------------------
+
+
+def test_replies_sent_before_any_command_are_never_paired() -> None:
+    """
+    Issue 8, defect 1: replies in the greeting's segment, before EHLO was
+    written, are unsolicited: SMTPProtocolError, aborted, nothing written.
+    """
+    clock = MemoryReactorClock()
+    endpoint = FakeEndpoint()
+    smtp = SMTP(endpoint, local_hostname="client.example", reactor=clock)
+    s = Session(smtp, clock, endpoint)
+    d = smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+    s.feed(GREETING + b"250 Sender OK\r\n250 Recipient OK\r\n354 go ahead\r\n")
+    error = failure_result_of(d, SMTPProtocolError)
+    assert "250" in str(error) and error.temporary
+    assert s.transport.io.getvalue() == b""
+    assert s.transport.disconnected
+
+
+def test_421_right_after_the_ehlo_reply_stops_the_client() -> None:
+    """
+    Issue 8, defect 2: a 421 in the EHLO reply's segment: no MAIL is
+    written and sendmail fails with SMTPServerDisconnected naming the 421.
+    """
+    s = connected_session()
+    d = s.smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+    assert s.take() == b"EHLO client.example\r\n"
+    s.feed(EHLO_PLAIN + b"421 4.3.2 shutting down\r\n")
+    error = failure_result_of(d, SMTPServerDisconnected)
+    assert type(error) is SMTPServerDisconnected
+    assert "421 4.3.2 shutting down" in str(error)
+    assert error.temporary
+    assert s.transport.io.getvalue() == b""
+    assert s.transport.disconnecting
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["lock-step", "pipelined"])
+def test_2xx_to_data_is_a_protocol_error(pipelining: bool) -> None:
+    """
+    Issue 8, defect 3: 250 instead of 354 to DATA: SMTPProtocolError,
+    temporary, the connection aborted and no message data written.
+    """
+    s = connected_session()
+    d = s.smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+    assert s.take() == b"EHLO client.example\r\n"
+    s.feed(EHLO_PIPELINING if pipelining else EHLO_PLAIN)
+    if pipelining:
+        assert s.take() == b"MAIL FROM:<a@x> SIZE=4\r\nRCPT TO:<b@x>\r\nDATA\r\n"
+        s.feed(b"250 ok\r\n250 ok\r\n250 ok\r\n")
+    else:
+        for command, reply in [
+            (b"MAIL FROM:<a@x> SIZE=4\r\n", b"250 ok\r\n"),
+            (b"RCPT TO:<b@x>\r\n", b"250 ok\r\n"),
+            (b"DATA\r\n", b"250 ok\r\n"),
+        ]:
+            assert s.take() == command
+            s.feed(reply)
+    error = failure_result_of(d, SMTPProtocolError)
+    assert error.temporary and "DATA" in str(error)
+    assert s.transport.io.getvalue() == b""
+    assert s.transport.disconnected
+
+
+# -- the transaction event (issue 8, item 6) ---------------------------------------------------
+
+
+def _transaction_events(events: list[Any]) -> list[Any]:
+    return [e for e in events if e["log_namespace"] == "txsmtpclient.transaction"]
+
+
+def test_transaction_event_carries_timings_replies_bytes_and_queue_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One event per sendmail: per-stage seconds, every reply, bytes written, the queue id."""
+    monkeypatch.setattr(SMTP, "transaction_events", True)
+    with capturedLogs() as events:
+        clock = MemoryReactorClock()
+        endpoint = FakeEndpoint()
+        smtp = SMTP(endpoint, local_hostname="client.example", reactor=clock)
+        s = Session(smtp, clock, endpoint)
+        d = smtp.sendmail("a@x", ["b@x", "c@x"], b"hi\r\n")
+        clock.advance(1)
+        s.feed(GREETING)
+        written = s.take()
+        clock.advance(2)
+        s.feed(EHLO_PIPELINING)
+        written += s.take()
+        clock.advance(3)
+        s.feed(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n354 go\r\n")
+        written += s.take()
+        clock.advance(4)
+        s.feed(b"250 2.0.0 Ok: queued as 4F3A2B1C0D\r\n")
+    refused = success_result_of(d)
+    assert list(refused) == ["c@x"]
+    (event,) = _transaction_events(events)
+    assert event["outcome"] == "sent" and event["error"] is None
+    assert (event["code"], event["queue_id"]) == (250, "4F3A2B1C0D")
+    assert (event["sender"], event["recipients"], event["refused"]) == ("a@x", 2, 1)
+    assert event["timings"] == {
+        "connect": 0.0,
+        "greeting": 1.0,
+        "ehlo": 2.0,
+        "envelope": 3.0,
+        "data": 0.0,
+        "final": 4.0,
+    }
+    assert event["duration"] == 10.0
+    assert [(r.code, r.enhanced_code) for r in event["replies"]] == [
+        (220, None),
+        (250, None),
+        (250, "2.1.0"),
+        (250, "2.1.5"),
+        (550, "5.1.1"),
+        (354, None),
+        (250, "2.0.0"),
+    ]
+    assert event["bytes_sent"] == len(written)
+    assert event["tls_version"] is None and event["peer_subject"] is None
+    assert event["log_level"].name == "debug"
+
+
+def test_transaction_event_on_failure_and_per_transaction() -> None:
+    """A refused transaction has its event too; the next counts only its own replies."""
+    s = connected_session()
+    s.smtp.transaction_events = True
+    with capturedLogs() as events:
+        first = s.smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+        s.take()
+        s.feed(EHLO_PLAIN)
+        s.take()
+        s.feed(b"451 4.3.0 try later\r\n")
+        assert s.take() == b"RSET\r\n"
+        s.feed(b"250 ok\r\n")
+        failure_result_of(first, SMTPSenderRefused)
+        second = s.smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+        for reply in (b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 done\r\n"):
+            s.take()
+            s.feed(reply)
+        success_result_of(second)
+    failed, sent = _transaction_events(events)
+    assert (failed["outcome"], failed["error"], failed["code"]) == (
+        "failed",
+        "SMTPSenderRefused",
+        451,
+    )
+    assert failed["temporary"] is True
+    assert [r.code for r in failed["replies"]] == [250, 451, 250]
+    assert (sent["outcome"], [r.code for r in sent["replies"]]) == ("sent", [250, 250, 354, 250])
+    assert sent["queue_id"] is None
+
+
+def test_no_transaction_event_unless_asked() -> None:
+    """At debug level 0, without transaction_events, nothing is kept or logged."""
+    s = connected_session()
+    with capturedLogs() as events:
+        d = s.smtp.sendmail("a@x", ["b@x"], b"hi\r\n")
+        for reply in (EHLO_PLAIN, b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n"):
+            s.take()
+            s.feed(reply)
+        success_result_of(d)
+    assert _transaction_events(events) == []
+    assert s.proto.trace is None

@@ -365,15 +365,6 @@ def test_held_cr_across_empty_chunks() -> None:
     assert encoder.finish() == b"\r\n.\r\n"
 
 
-def test_counters() -> None:
-    """bytes_in counts the message, bytes_out everything encode/finish returned."""
-    encoder = DataEncoder()
-    out = encoder.encode(b".a\n") + encoder.encode(b"b\r") + encoder.finish()
-    assert out == b"..a\r\nb\r\n.\r\n"
-    assert encoder.bytes_in == 5
-    assert encoder.bytes_out == len(out)
-
-
 @settings(max_examples=300)
 @given(
     st.lists(st.sampled_from([b".", b"\r", b"\n", b"a", b"\r\n", b".."]), max_size=60).map(

@@ -130,6 +130,35 @@ async def test_starttls_trusted_sends_over_tls(
 
 
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_transaction_event_after_starttls_and_login(
+    smtp_server_factory: ServerFactory, tls_files: TLSFiles
+) -> None:
+    """
+    The transaction event names the TLS version, cipher and peer certificate,
+    times the handshake and AUTH, and holds no credential.
+    """
+    server = smtp_server_factory(ServerScript(credentials=CREDENTIALS), tls=tls_files)
+    client = smtp(tls_options=trusting(tls_files))
+    client.transaction_events = True
+    with capturedLogs() as events:
+        await client.connect(server.address)
+        await client.login("alice", CREDENTIALS["alice"], "PLAIN")
+        await client.sendmail(SENDER, [RECIPIENT], MESSAGE)
+        await client.quit()
+    [event] = [e for e in events if e["log_namespace"] == "txsmtpclient.transaction"]
+    assert event["outcome"] == "sent"
+    assert event["tls_version"] in ("TLSv1.2", "TLSv1.3") and event["tls_cipher"]
+    assert "CN=" in event["peer_subject"]
+    assert {"connect", "greeting", "ehlo", "tls", "auth", "envelope", "final"} <= set(
+        event["timings"]
+    )
+    codes = [r.code for r in event["replies"]]
+    assert codes[0] == 220 and 235 in codes and codes[-1] == 250
+    assert "correct horse" not in repr(event) and "Y29ycmVjdCBob3Jz" not in repr(event)
+    assert formatEvent(event).startswith("Transaction to ")
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
 async def test_required_against_server_without_starttls(
     smtp_server_factory: ServerFactory,
 ) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import cast
 
 import pytest
-from helpers import deliver, failure_result_of, success_result_of
+from helpers import command, deliver, expect, failure_result_of, success_result_of
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
@@ -107,7 +107,8 @@ def _protocol(waiters: int) -> tuple[SMTPClientProtocol, StringTransport, list[D
     proto = SMTPClientProtocol(clock=Clock())
     transport = StringTransport()
     cast(IProtocol, proto).makeConnection(transport)
-    deferreds = [proto.greeting] + [proto.expect("command") for _ in range(waiters - 1)]
+    deliver(proto, b"220 hi\r\n")
+    deferreds = [expect(proto) for _ in range(waiters)]
     return proto, transport, deferreds
 
 
@@ -142,7 +143,7 @@ def test_protocol_receives(
         failure_result_of(waiter, SMTPProtocolError)
         assert transport.disconnected  # aborted, not a polite close
         assert not proto.usable
-        failure_result_of(proto.send(b"NOOP\r\n"), SMTPProtocolError)
+        failure_result_of(proto.send(command(b"NOOP\r\n")), SMTPProtocolError)
     else:
         assert success_result_of(waiter) == expected
         assert proto.usable

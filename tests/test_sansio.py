@@ -18,10 +18,13 @@ CORE = [
     "txsmtpclient.commands",
     "txsmtpclient.extensions",
     "txsmtpclient.transaction",
+    "txsmtpclient.session",
+    "txsmtpclient.states",
 ]
 #: Checked when they exist (later issues add them).
 LATER = [
     "txsmtpclient.auth",
+    "txsmtpclient._sasl",
     "txsmtpclient.message",
     "txsmtpclient.spool.envelope",
     "txsmtpclient.spool.schedule",

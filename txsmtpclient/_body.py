@@ -42,6 +42,7 @@ from txsmtpclient.errors import (
 )
 from txsmtpclient.protocol import SMTPClientProtocol
 from txsmtpclient.reply import Reply
+from txsmtpclient.session import Command, Kind
 
 __all__ = ["Body", "BodySource", "FlowControl", "body_source"]
 
@@ -492,7 +493,7 @@ async def send_data(
         # One write, one waiter for every reply to the final dot.
         written = proto.usable
         batch = proto.send_batch(
-            encoder.encode(data) + encoder.finish(), ("data_end",) * replies, data=True
+            [Command(Kind.MESSAGE_END, encoder.encode(data) + encoder.finish(), replies=replies)]
         )
         return await _final_replies(batch, written)
     try:
@@ -508,13 +509,15 @@ async def send_data(
                     pending = out
                     await writer.drained()
             written = proto.usable
-            finals = proto.send_final(pending + encoder.finish(), replies)
+            finals = proto.send_batch(
+                [Command(Kind.MESSAGE_END, pending + encoder.finish(), replies=replies)]
+            )
     except BaseException as e:
         # Never end a message that was not read whole: drop the connection
         # so the server discards what it has.
         proto.abort(SMTPServerDisconnected(f"message abandoned part way: {e!r}"))
         raise
-    return await _final_replies(gather_replies(finals), written)
+    return await _final_replies(finals, written)
 
 
 async def send_bdat(
@@ -548,20 +551,20 @@ async def send_bdat(
                     if not out:
                         continue
                     if pending is not None:
-                        d = proto.send_final(
-                            b"BDAT %d\r\n" % len(pending) + pending, 1, "data_block"
-                        )
+                        d = proto.send(Command(Kind.BDAT, b"BDAT %d\r\n" % len(pending) + pending))
                         if pipelining:
-                            chunk_replies.extend(d)
+                            chunk_replies.append(d)
                         else:
-                            reply = await d[0]
+                            reply = await d
                             if reply.code != 250:
                                 raise SMTPDataError(reply.code, reply.message)
                     pending = out
                     await writer.drained()
             last = (pending or b"") + (encoder.finish() if encoder is not None else b"")
             written = proto.usable
-            finals = proto.send_final(b"BDAT %d LAST\r\n" % len(last) + last, replies)
+            finals = proto.send_batch(
+                [Command(Kind.BDAT_LAST, b"BDAT %d LAST\r\n" % len(last) + last, replies=replies)]
+            )
     except SMTPDataError:
         raise
     except BaseException as e:
@@ -569,9 +572,9 @@ async def send_bdat(
         raise
     for reply in await gather_replies(chunk_replies):
         if reply.code != 250:
-            await gather_replies(finals)
+            await finals
             raise SMTPDataError(reply.code, reply.message)
-    return await _final_replies(gather_replies(finals), written)
+    return await _final_replies(finals, written)
 
 
 async def _final_replies(replies: Awaitable[list[Reply]], written: bool) -> list[Reply]:

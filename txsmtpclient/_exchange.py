@@ -29,9 +29,14 @@ from txsmtpclient.errors import (
 )
 from txsmtpclient.protocol import SMTPClientProtocol
 from txsmtpclient.reply import Reply
+from txsmtpclient.session import Command, Kind
 from txsmtpclient.transaction import Plan, judge_recipients, sender_error
 
 __all__ = ["authenticate", "reset_after_failure", "send_envelope", "tls_handshake"]
+
+_RSET = Command(Kind.RSET, b"RSET\r\n")
+_DATA = Command(Kind.DATA, b"DATA\r\n")
+_EMPTY_MESSAGE = Command(Kind.MESSAGE_END, b".\r\n")
 
 
 async def reset_after_failure(proto: SMTPClientProtocol) -> None:
@@ -41,7 +46,7 @@ async def reset_after_failure(proto: SMTPClientProtocol) -> None:
     """
     if proto.usable:
         with contextlib.suppress(SMTPException):
-            await proto.send(b"RSET\r\n")
+            await proto.send(_RSET)
 
 
 async def send_envelope(
@@ -64,9 +69,13 @@ async def send_envelope(
     After a refusal the session has been reset with RSET.
     """
     if pipelining:
-        stages = ["mail"] + ["rcpt"] * len(recipients) + ([] if bdat else ["data_init"])
-        batch = plan.mail + b"".join(plan.rcpts) + (b"" if bdat else b"DATA\r\n")
-        replies = await proto.send_batch(batch, stages)
+        batch = [
+            Command(Kind.MAIL, plan.mail),
+            Command(Kind.RCPT, b"".join(plan.rcpts), replies=len(plan.rcpts)),
+        ]
+        if not bdat:
+            batch.append(_DATA)
+        replies = await proto.send_batch(batch)
         error: SMTPException | None = sender_error(sender, replies[0])
         refused, all_refused = judge_recipients(recipients, replies[1 : 1 + len(recipients)])
         error = error or all_refused
@@ -74,24 +83,24 @@ async def send_envelope(
             if not bdat and replies[-1].code == 354:
                 # RFC 2920 section 3.1: DATA was accepted although the
                 # transaction failed; end it with an empty message.
-                await proto.send(b".\r\n", "data_end")
+                await proto.send(_EMPTY_MESSAGE)
             await reset_after_failure(proto)
             raise error
         if not bdat and replies[-1].code != 354:
             await reset_after_failure(proto)
             raise SMTPDataError(replies[-1].code, replies[-1].message)
         return refused
-    error = sender_error(sender, await proto.send(plan.mail, "mail"))
+    error = sender_error(sender, await proto.send(Command(Kind.MAIL, plan.mail)))
     if error is not None:
         await reset_after_failure(proto)
         raise error
-    rcpt_replies = [await proto.send(line, "rcpt") for line in plan.rcpts]
+    rcpt_replies = [await proto.send(Command(Kind.RCPT, line)) for line in plan.rcpts]
     refused, all_refused = judge_recipients(recipients, rcpt_replies)
     if all_refused is not None:
         await reset_after_failure(proto)
         raise all_refused
     if not bdat:
-        data_reply = await proto.send(b"DATA\r\n", "data_init")
+        data_reply = await proto.send(_DATA)
         if data_reply.code != 354:
             await reset_after_failure(proto)
             raise SMTPDataError(data_reply.code, data_reply.message)
@@ -114,11 +123,13 @@ async def authenticate(
     """
     name = mech.name.encode("ascii")
     line = auth_command(mech) if initial_response_ok else b"AUTH " + name
-    reply = await proto.send(line + b"\r\n", "command", secret=True)
+    reply = await proto.send(Command(Kind.AUTH, line + b"\r\n", secret=True))
     try:
         while reply.code == 334:
             response = mech.respond(decode_challenge(reply.message))
-            reply = await proto.send(encode_response(response) + b"\r\n", secret=True)
+            reply = await proto.send(
+                Command(Kind.AUTH_RESPONSE, encode_response(response) + b"\r\n", secret=True)
+            )
         if reply.code == 235:
             # RFC 4954 section 4: success data comes in a 334 challenge;
             # the 235's text is for humans, not the mechanism.
@@ -127,7 +138,7 @@ async def authenticate(
         if reply.code == 334:
             # RFC 4954 section 4: "*" cancels the exchange.
             with contextlib.suppress(SMTPException):
-                await proto.send(CANCEL + b"\r\n", secret=True)
+                await proto.send(Command(Kind.AUTH_RESPONSE, CANCEL + b"\r\n", secret=True))
         else:
             # The server's proof was wrong: it is not who it claims.
             proto.close()

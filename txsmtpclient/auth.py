@@ -2,8 +2,9 @@
 SASL mechanisms for SMTP AUTH (RFC 4954) as challenge -> response steps.
 
 Sans-IO: each mechanism turns decoded server challenges into raw responses;
-base64 framing, command building, mechanism choice and transcript redaction
-are plain functions.  Nothing here imports Twisted or touches a connection.
+base64 framing and command building (in :mod:`txsmtpclient._sasl`, re-exported
+here) and mechanism choice are plain functions.  Nothing here imports Twisted
+or touches a connection.  Transcript redaction is :func:`txsmtpclient._log.redact`.
 
 A driver (the client's ``login``) uses a mechanism like this::
 
@@ -22,7 +23,6 @@ fails the login.
 
 from __future__ import annotations
 
-import abc
 import base64
 import binascii
 import enum
@@ -30,19 +30,27 @@ import hashlib
 import hmac
 import re
 import secrets
-import stringprep
-import unicodedata
 from collections.abc import Callable, Iterable
 from typing import ClassVar
 
-from txsmtpclient.errors import SMTPArgumentError, SMTPException, SMTPNotSupportedError
+from txsmtpclient._sasl import (
+    CANCEL,
+    SASLError,
+    SASLMechanism,
+    auth_command,
+    decode_challenge,
+    encode_initial_response,
+    encode_response,
+    saslprep,
+    utf8,
+)
+from txsmtpclient.errors import SMTPArgumentError, SMTPNotSupportedError
 
 __all__ = [
     "CANCEL",
     "DEFAULT_MAX_SCRAM_ITERATIONS",
     "MECHANISM_PREFERENCE",
     "SUPPORTED_MECHANISMS",
-    "AuthRedactor",
     "CramMD5",
     "Login",
     "Plain",
@@ -55,15 +63,9 @@ __all__ = [
     "decode_challenge",
     "encode_initial_response",
     "encode_response",
-    "is_auth_command",
     "mechanism_for",
-    "redact_auth_line",
     "saslprep",
 ]
-
-#: The line a client sends instead of a response to abandon the exchange; the
-#: server answers 501 (RFC 4954 section 4).
-CANCEL = b"*"
 
 #: Mechanisms :func:`choose_mechanism` picks from without being asked, the
 #: strongest first.  XOAUTH2 needs a token rather than a password, so it is
@@ -77,203 +79,6 @@ SUPPORTED_MECHANISMS: frozenset[str] = frozenset({*MECHANISM_PREFERENCE, "XOAUTH
 #: server could otherwise ask for 2**31 and stall the client.  RFC 7677
 #: section 4 asks servers for at least 4096; real ones use 4096 to 10000.
 DEFAULT_MAX_SCRAM_ITERATIONS = 100_000
-
-# RFC 5321 section 4.5.3.1.4: a command line, CRLF included.
-_MAX_COMMAND_LINE = 512
-
-
-class SASLError(SMTPException):
-    """
-    The server's side of a SASL exchange was wrong: a challenge that is not
-    base64, a challenge the mechanism did not expect, a SCRAM nonce that does
-    not extend ours, a server signature that does not match, or a SCRAM
-    ``e=`` error.  The driver should cancel the exchange and fail the login.
-    """
-
-
-# -- base64 framing (RFC 4954 section 4) -------------------------------------
-
-
-def encode_initial_response(data: bytes) -> bytes:
-    """
-    Encode the initial response sent as the ``AUTH`` command's argument.
-
-    :param data: the mechanism's raw initial response.
-    :returns: its base64, or ``b"="`` for an empty response, which RFC 4954
-        section 4 requires so that "empty" differs from "absent".
-    """
-    if not data:
-        return b"="
-    return base64.b64encode(data)
-
-
-def encode_response(data: bytes) -> bytes:
-    """
-    Encode a response to a 334 challenge, sent as a line on its own.
-
-    :param data: the mechanism's raw response.
-    :returns: its base64; an empty response is an empty line.
-    """
-    return base64.b64encode(data)
-
-
-def decode_challenge(text: bytes) -> bytes:
-    """
-    Decode the text of a 334 reply into the raw server challenge.
-
-    Missing ``=`` padding is tolerated; anything else that is not base64 is
-    refused, as RFC 4954 section 4 has the client cancel then.
-
-    :param text: the reply text after ``334 `` (surrounding whitespace is
-        ignored).  A lone ``=`` decodes to an empty challenge.
-    :returns: the decoded challenge.
-    :raises SASLError: when ``text`` is not base64.
-    """
-    text = text.strip()
-    if text == b"=":
-        return b""
-    padded = text + b"=" * (-len(text) % 4)
-    try:
-        return base64.b64decode(padded, validate=True)
-    except binascii.Error:
-        raise SASLError(f"server challenge is not base64: {text[:64]!r}") from None
-
-
-def auth_command(mechanism: SASLMechanism, *, max_length: int | None = _MAX_COMMAND_LINE) -> bytes:
-    """
-    Build the ``AUTH`` command line (without CRLF) that starts an exchange.
-
-    The initial response is included when the mechanism has one and the
-    line, CRLF included, fits in ``max_length``; otherwise it is left off
-    and the mechanism sends it in answer to the server's empty challenge
-    (RFC 4954 section 4, RFC 4422 section 5.1).
-
-    :param mechanism: the mechanism to start.
-    :param max_length: the longest command line, CRLF included; ``None`` for
-        no limit.  RFC 5321 section 4.5.3.1.4 allows 512 octets.
-    :returns: ``b"AUTH NAME"`` or ``b"AUTH NAME <base64>"``.
-    """
-    command = b"AUTH " + mechanism.name.encode("ascii")
-    initial = mechanism.initial_response()
-    if initial is None:
-        return command
-    with_initial = command + b" " + encode_initial_response(initial)
-    if max_length is not None and len(with_initial) + 2 > max_length:
-        return command
-    return with_initial
-
-
-# -- SASLprep (RFC 4013) -----------------------------------------------------
-
-_PROHIBITED: tuple[Callable[[str], bool], ...] = (
-    stringprep.in_table_c12,  # non-ASCII space
-    stringprep.in_table_c21_c22,  # control characters
-    stringprep.in_table_c3,  # private use
-    stringprep.in_table_c4,  # non-character code points
-    stringprep.in_table_c5,  # surrogates
-    stringprep.in_table_c6,  # inappropriate for plain text
-    stringprep.in_table_c7,  # inappropriate for canonical representation
-    stringprep.in_table_c8,  # change display properties / deprecated
-    stringprep.in_table_c9,  # tagging characters
-)
-
-
-def saslprep(text: str, *, allow_unassigned: bool = False) -> str:
-    """
-    Prepare a user name or password with the SASLprep profile of stringprep
-    (RFC 4013, RFC 3454).
-
-    The error messages name the rule broken and the position, never the
-    character, since the text is usually a password.
-
-    :param text: the string to prepare.
-    :param allow_unassigned: accept code points unassigned in Unicode 3.2
-        ("queries"); by default they are refused, as RFC 5802 section 2.2
-        treats the SCRAM password as a "stored string".
-    :returns: the prepared string.
-    :raises SMTPArgumentError: when ``text`` holds a prohibited character,
-        breaks the bidirectional rules, or (by default) holds an unassigned
-        code point.
-    """
-    if text.isascii() and text.isprintable():
-        # Printable ASCII maps to itself and is never prohibited.
-        return text
-    # RFC 4013 section 2.1 (mapping) and 2.2 (NFKC).
-    mapped = "".join(
-        " " if stringprep.in_table_c12(c) else c for c in text if not stringprep.in_table_b1(c)
-    )
-    prepared = unicodedata.ucd_3_2_0.normalize("NFKC", mapped)
-    for position, char in enumerate(prepared):
-        if any(table(char) for table in _PROHIBITED):
-            raise SMTPArgumentError(f"SASLprep: prohibited character at position {position}")
-        if not allow_unassigned and stringprep.in_table_a1(char):
-            raise SMTPArgumentError(f"SASLprep: unassigned code point at position {position}")
-    # RFC 3454 section 6: right-to-left text must not mix in left-to-right
-    # characters and must start and end with a right-to-left character.
-    if any(stringprep.in_table_d1(c) for c in prepared):
-        if any(stringprep.in_table_d2(c) for c in prepared):
-            raise SMTPArgumentError("SASLprep: mixes right-to-left and left-to-right text")
-        if not (stringprep.in_table_d1(prepared[0]) and stringprep.in_table_d1(prepared[-1])):
-            raise SMTPArgumentError("SASLprep: right-to-left text must start and end with it")
-    return prepared
-
-
-# -- mechanisms --------------------------------------------------------------
-
-
-class SASLMechanism(abc.ABC):
-    """
-    One SASL mechanism's client side, as challenge -> response steps.
-
-    An object serves one exchange.  Every mechanism accepts an empty first
-    challenge in place of sending its initial response with ``AUTH``, as
-    RFC 4422 section 5.1 allows, and answers it with that initial response.
-
-    :cvar name: the mechanism's registered name, as in ``AUTH`` and EHLO.
-    """
-
-    name: ClassVar[str]
-
-    def initial_response(self) -> bytes | None:
-        """
-        The raw initial response to send with the ``AUTH`` command.
-
-        Calling it does not advance the exchange; :func:`auth_command` may
-        still leave it off.
-
-        :returns: the bytes to base64-encode, or ``None`` when the mechanism
-            waits for the server's first challenge.
-        """
-        return None
-
-    @abc.abstractmethod
-    def respond(self, challenge: bytes) -> bytes:
-        """
-        Answer one server challenge (the decoded text of a 334 reply).
-
-        :param challenge: the decoded challenge.
-        :returns: the raw response, to base64-encode and send.
-        :raises SASLError: when the challenge is not what the mechanism
-            expects at this step.
-        """
-
-    def verify_success(self, data: bytes = b"") -> None:
-        """
-        Check the server's part of a successful exchange on its 235 reply.
-
-        Mechanisms that do not authenticate the server accept anything.
-
-        :param data: the decoded additional data that came with success
-            (RFC 4422 section 5), ``b""`` when there was none.
-        :raises SASLError: when the server failed to prove itself.
-        """
-        return None
-
-
-def _utf8(value: str, what: str) -> bytes:
-    if "\0" in value:
-        raise SMTPArgumentError(f"{what} must not contain NUL")
-    return value.encode("utf-8")
 
 
 class Plain(SASLMechanism):
@@ -291,9 +96,9 @@ class Plain(SASLMechanism):
     def __init__(self, username: str, password: str, *, authzid: str | None = None) -> None:
         self._message = b"\0".join(
             (
-                _utf8(authzid or "", "authzid"),
-                _utf8(username, "username"),
-                _utf8(password, "password"),
+                utf8(authzid or "", "authzid"),
+                utf8(username, "username"),
+                utf8(password, "password"),
             )
         )
         self._sent = False
@@ -329,8 +134,8 @@ class Login(SASLMechanism):
     name = "LOGIN"
 
     def __init__(self, username: str, password: str, *, send_username_first: bool = False) -> None:
-        self._username = _utf8(username, "username")
-        self._password = _utf8(password, "password")
+        self._username = utf8(username, "username")
+        self._password = utf8(password, "password")
         self._initial = send_username_first
         self._steps = 0
 
@@ -365,8 +170,8 @@ class CramMD5(SASLMechanism):
     name = "CRAM-MD5"
 
     def __init__(self, username: str, password: str) -> None:
-        self._username = _utf8(username, "username")
-        self._password = _utf8(password, "password")
+        self._username = utf8(username, "username")
+        self._password = utf8(password, "password")
         self._done = False
 
     def respond(self, challenge: bytes) -> bytes:
@@ -672,99 +477,3 @@ def choose_mechanism(
         "no AUTH mechanism in common: server offers "
         f"{', '.join(sorted(offered)) or 'none'}, client allows {', '.join(sorted(allowed))}"
     )
-
-
-# -- transcript redaction ----------------------------------------------------
-
-_AUTH_ARGUMENT = re.compile(rb"(?i)(AUTH[ \t]+[^ \t\r\n]+)[ \t]+[^\r\n]*")
-_REDACTED = b"<redacted>"
-
-
-def is_auth_command(line: bytes) -> bool:
-    """
-    Whether a line sent by the client is an ``AUTH`` command.
-
-    :param line: a command line, with or without CRLF.
-    """
-    return line[:5].upper() in (b"AUTH ", b"AUTH\r", b"AUTH\n", b"AUTH")
-
-
-def redact_auth_line(line: bytes) -> bytes:
-    """
-    Hide the initial response of an ``AUTH`` command for the transcript:
-    ``AUTH PLAIN <anything>`` becomes ``AUTH PLAIN <redacted>``.
-
-    Other lines, and ``AUTH`` without an initial response, come back as
-    they are; a trailing CRLF is kept.
-
-    :param line: a command line, with or without CRLF.
-    :returns: the line to log.
-    """
-    if not is_auth_command(line):
-        return line
-    return _AUTH_ARGUMENT.sub(rb"\1 " + _REDACTED, line, count=1)
-
-
-class _Exchange(enum.Enum):
-    IDLE = "idle"
-    AWAITING_REPLY = "awaiting reply"
-    CHALLENGED = "challenged"
-
-
-def _line_ending(line: bytes) -> bytes:
-    return line[len(line.rstrip(b"\r\n")) :]
-
-
-class AuthRedactor:
-    """
-    Follows one connection's transcript and hides everything secret in an
-    AUTH exchange: the ``AUTH`` initial response, every continuation line
-    the client sends after a 334, and the text of every 334 challenge (a
-    SCRAM challenge carries the salt).
-
-    Feed it every line in the order it crosses the wire; AUTH is never
-    pipelined (RFC 4954 section 4, RFC 2920 section 3.1), so order suffices.
-    """
-
-    def __init__(self) -> None:
-        self._state = _Exchange.IDLE
-
-    def is_auth_continuation(self) -> bool:
-        """
-        Whether the next line the client sends answers a 334 challenge, and
-        so must never be logged.
-        """
-        return self._state is _Exchange.CHALLENGED
-
-    def sent(self, line: bytes) -> bytes:
-        """
-        Note a line the client sent.
-
-        :param line: the line, with or without CRLF.
-        :returns: the line to log.
-        """
-        if self._state is _Exchange.CHALLENGED:
-            self._state = _Exchange.AWAITING_REPLY
-            return _REDACTED + _line_ending(line)
-        if is_auth_command(line):
-            self._state = _Exchange.AWAITING_REPLY
-            return redact_auth_line(line)
-        return line
-
-    def received(self, line: bytes) -> bytes:
-        """
-        Note a reply line the server sent.
-
-        :param line: one reply line (``b"334 ..."``, ``b"235-..."``), with or
-            without CRLF.
-        :returns: the line to log.
-        """
-        if self._state is _Exchange.IDLE:
-            return line
-        if line[:3] == b"334":
-            self._state = _Exchange.CHALLENGED
-            return line[:4] + _REDACTED + _line_ending(line)
-        if line[3:4] != b"-":
-            # The last line of the reply that ends the exchange.
-            self._state = _Exchange.IDLE
-        return line

@@ -213,15 +213,13 @@ class DataEncoder:
     chunk costs a few bulk ``bytes`` operations, no per-byte loop in Python.
     """
 
-    __slots__ = ("_at_line_start", "_held_cr", "bytes_in", "bytes_out", "dot_stuff")
+    __slots__ = ("_at_line_start", "_held_cr", "dot_stuff")
 
     def __init__(self, dot_stuff: bool = True) -> None:
         #: False for BDAT (RFC 3030): line endings only, no dots, no end marker.
         self.dot_stuff = dot_stuff
         self._at_line_start = True
         self._held_cr = False
-        self.bytes_in = 0
-        self.bytes_out = 0
 
     def encode(self, chunk: bytes) -> bytes:
         """
@@ -230,7 +228,6 @@ class DataEncoder:
         :returns: the bytes to send for it (possibly empty: a trailing CR is
             held back until the next chunk shows whether an LF follows).
         """
-        self.bytes_in += len(chunk)
         if self._held_cr:
             chunk = b"\r" + chunk
             self._held_cr = False
@@ -259,7 +256,6 @@ class DataEncoder:
             if self._at_line_start and chunk[0] == 0x2E:
                 chunk = b"." + chunk
         self._at_line_start = chunk[-1] == 0x0A
-        self.bytes_out += len(chunk)
         return chunk
 
     def finish(self) -> bytes:
@@ -275,13 +271,11 @@ class DataEncoder:
             out = CRLF
             self._at_line_start = True
         if not self.dot_stuff:
-            self.bytes_out += len(out)
             return out
         if not self._at_line_start:
             out += CRLF
         out += b"." + CRLF
         self._at_line_start = True
-        self.bytes_out += len(out)
         return out
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "SMTPDataError",
     "SMTPException",
     "SMTPHeloError",
+    "SMTPLocalProtocolError",
     "SMTPNotSupportedError",
     "SMTPProtocolError",
     "SMTPRecipientsRefused",
@@ -69,6 +70,15 @@ class SMTPArgumentError(SMTPException, ArgumentError):
     recipient list, or a malformed host or port.  Raised before anything is
     written to the connection.  A ``ValueError``, and the client's form of
     the light checks' :class:`txsmtpclient._checks.ArgumentError`.
+    """
+
+
+class SMTPLocalProtocolError(SMTPException, RuntimeError):
+    """
+    The client tried a step the session's state does not allow (a command
+    during the TLS handshake, message data before DATA's 354): a bug in the
+    calling code, raised before anything is written.  See
+    :data:`txsmtpclient.session.SEND_TRANSITIONS`.
     """
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "MalformedReply",
     "Reply",
     "ReplyParser",
+    "parse_queue_id",
 ]
 
 #: RFC 5321 section 4.5.3.1.5 allows 512 octets per reply line, but real
@@ -27,6 +28,35 @@ DEFAULT_MAX_REPLY_LENGTH = 256 * 1024
 # RFC 3463 section 2: class "." subject "." detail, then a space (RFC 2034),
 # or the end of the first line.
 _ENHANCED = re.compile(rb"([245])\.(\d{1,3})\.(\d{1,3})(?:[ \n]|$)")
+
+
+#: Where relays put their queue id in the reply to the final dot.
+_QUEUE_ID_PATTERNS = (
+    # Postfix, Sendmail ("Ok: queued as 4F3A2B1C0D", "Message accepted for
+    # delivery" has none), SendGrid, Mailgun-like.
+    re.compile(r"queued as\s+<?([^\s>]+?)>?(?:\s|$)", re.IGNORECASE),
+    # Exim: "OK id=1qXyZ9-000AbC-Dd".
+    re.compile(r"\bid=([A-Za-z0-9._@-]+)"),
+    # Exchange: "[InternalId=12345, Hostname=...] Queued mail for delivery".
+    re.compile(r"InternalId=([0-9A-Za-z]+)"),
+    # Gmail: "2.0.0 OK  1700000000 x1-20020a05600c000000b0040000000000si.123 - gsmtp".
+    re.compile(r"OK\s+\d+\s+(\S+)\s+-\s+gsmtp", re.IGNORECASE),
+)
+
+
+def parse_queue_id(text: str) -> str | None:
+    """
+    Find the relay's queue id in the text of a 250 reply to the final dot.
+
+    :param text: the reply text without the code, e.g. ``"2.0.0 Ok: queued
+        as ABC123"``.
+    :returns: ``"ABC123"``, or ``None`` if the text names no id.
+    """
+    for pattern in _QUEUE_ID_PATTERNS:
+        match = pattern.search(text)
+        if match is not None:
+            return match.group(1)
+    return None
 
 
 class MalformedReply(Exception):
@@ -73,6 +103,14 @@ class Reply(NamedTuple):
         if match is None or match.group(1)[0] != 0x30 + self.code // 100:
             return None
         return match.group(0).rstrip().decode("ascii")
+
+    @property
+    def queue_id(self) -> str | None:
+        """
+        The relay's queue id named in the reply (``"250 2.0.0 Ok: queued as
+        ABC123"`` gives ``"ABC123"``), if any: see :func:`parse_queue_id`.
+        """
+        return parse_queue_id(self.text)
 
     @property
     def is_positive(self) -> bool:
@@ -137,6 +175,23 @@ class ReplyParser:
         self._lines = []
         self._size = 0
 
+    def one_line(self, line: bytes) -> Reply | None:
+        """
+        The one fast path for replies: the :class:`Reply` on ``line`` (its
+        terminator stripped) when it is a whole, valid one-line reply within
+        the limits, without touching the parser's state; ``None`` for
+        anything else, which :meth:`feed` then judges line by line.
+        """
+        if (
+            line[3:4] == b" "
+            and len(line) <= self.max_line_length
+            and len(line) - 3 <= self.max_reply_length
+            and line[:3].isdigit()
+            and 0x32 <= line[0] <= 0x35
+        ):
+            return Reply(int(line[:3]), line[4:])
+        return None
+
     def feed(self, line: bytes) -> Reply | None:
         """
         Take one reply line.
@@ -144,16 +199,11 @@ class ReplyParser:
         :returns: the completed reply, or ``None`` if the reply goes on.
         :raises MalformedReply: if the line or the reply breaks the rules.
         """
-        if (
-            line[3:4] == b" "
-            and not self._lines
-            and len(line) <= self.max_line_length
-            and len(line) - 3 <= self.max_reply_length
-            and line[:3].isdigit()
-            and 0x32 <= line[0] <= 0x35
-        ):
+        if not self._lines:
             # The usual case, a one-line reply, checked in one step.
-            return Reply(int(line[:3]), line[4:])
+            reply = self.one_line(line)
+            if reply is not None:
+                return reply
         if len(line) > self.max_line_length:
             raise MalformedReply(
                 f"reply line of {len(line)} bytes exceeds the limit of {self.max_line_length}"

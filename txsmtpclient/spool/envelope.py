@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from txsmtpclient._checks import ArgumentError, check_argument, check_dsn
 from txsmtpclient._checks import check_options as check_options_
+from txsmtpclient.reply import parse_queue_id
 from txsmtpclient.spool.schedule import Recurrence, next_occurrence
 
 __all__ = [
@@ -347,34 +348,6 @@ def _checked(check: Callable[[T, str], U], value: T, what: str) -> U:
         return check(value, what)
     except (TypeError, ArgumentError) as e:
         raise EnvelopeError(str(e)) from None
-
-
-_QUEUE_ID_PATTERNS = (
-    # Postfix, Sendmail ("Ok: queued as 4F3A2B1C0D", "Message accepted for
-    # delivery" has none), SendGrid, Mailgun-like.
-    re.compile(r"queued as\s+<?([^\s>]+?)>?(?:\s|$)", re.IGNORECASE),
-    # Exim: "OK id=1qXyZ9-000AbC-Dd".
-    re.compile(r"\bid=([A-Za-z0-9._@-]+)"),
-    # Exchange: "[InternalId=12345, Hostname=...] Queued mail for delivery".
-    re.compile(r"InternalId=([0-9A-Za-z]+)"),
-    # Gmail: "2.0.0 OK  1700000000 x1-20020a05600c000000b0040000000000si.123 - gsmtp".
-    re.compile(r"OK\s+\d+\s+(\S+)\s+-\s+gsmtp", re.IGNORECASE),
-)
-
-
-def parse_queue_id(text: str) -> str | None:
-    """
-    Find the relay's queue id in the text of a 250 reply to the final dot.
-
-    :param text: the reply text without the code, e.g. ``"2.0.0 Ok: queued
-        as ABC123"``.
-    :returns: ``"ABC123"``, or ``None`` if the text names no id.
-    """
-    for pattern in _QUEUE_ID_PATTERNS:
-        match = pattern.search(text)
-        if match is not None:
-            return match.group(1)
-    return None
 
 
 def apply_attempt(entry: Entry, attempt: Attempt, *, keep: int = MAX_ATTEMPTS_KEPT) -> Entry:

@@ -1,0 +1,170 @@
+"""
+TLS and AUTH for :class:`~txsmtpclient.SMTP`: STARTTLS and the TLS policy
+(RFC 3207), and login (RFC 4954).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+)
+
+from txsmtpclient._client_base import ClientBase
+from txsmtpclient._exchange import (
+    authenticate,
+    tls_handshake,
+)
+from txsmtpclient._tls import client_tls_options
+from txsmtpclient.auth import (
+    choose_mechanism,
+    mechanism_for,
+)
+from txsmtpclient.commands import (
+    check_argument,
+)
+from txsmtpclient.errors import (
+    SMTPAuthenticationError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPNotSupportedError,
+    SMTPTLSError,
+)
+from txsmtpclient.reply import Reply
+
+__all__ = ["Security"]
+
+
+class Security(ClientBase):
+    """
+    STARTTLS, the TLS policy applied before anything else, and AUTH.
+    """
+
+    async def _ehlo_or_helo_if_needed(self, tls_policy: bool = True) -> None:
+        if self.helo_resp is None and self.ehlo_resp is None:
+            reply = await self._ehlo(None)
+            if not 200 <= reply.code < 300:
+                if self.ehlo_msg != "EHLO":
+                    raise SMTPHeloError(reply.code, reply.message)
+                reply = await self._helo(None)
+                if not 200 <= reply.code < 300:
+                    raise SMTPHeloError(reply.code, reply.message)
+        if tls_policy:
+            await self._apply_tls_policy()
+
+    # -- TLS and AUTH ------------------------------------------------------------
+
+    def starttls(self, context: IOpenSSLClientConnectionCreator | None = None) -> Deferred[Reply]:
+        """
+        Switch the connection to TLS (RFC 3207), then say EHLO again: the
+        feature list from before TLS is dropped.
+
+        :param context: TLS client options (``optionsForClientTLS(...)``);
+            by default the ones given to the constructor, or options that
+            verify the certificate against the system's trust roots and the
+            server's host name.
+        :returns: a Deferred firing with the reply to STARTTLS.
+        :raises SMTPNotSupportedError: when the server does not offer
+            STARTTLS.
+        :raises SMTPTLSError: when the handshake fails (the connection is
+            closed).
+        """
+        return self._call(lambda: self._starttls(context))
+
+    def _server_tls_options(self) -> IOpenSSLClientConnectionCreator:
+        if self._tls_options is not None:
+            return self._tls_options
+        name = self.server_hostname or self._server_name
+        if not name:
+            raise SMTPTLSError(
+                "cannot verify the server's certificate: no host name is known for it; "
+                "pass server_hostname= or tls_options="
+            )
+        return client_tls_options(name)
+
+    async def _starttls(self, context: IOpenSSLClientConnectionCreator | None) -> Reply:
+        await self._ehlo_or_helo_if_needed(tls_policy=False)
+        proto = self._connection()
+        if proto.tls:
+            raise SMTPException("TLS is already active on this connection")
+        if not self.has_option("starttls"):
+            raise SMTPNotSupportedError("STARTTLS extension not supported by server.")
+        reply = await proto.starttls(context or self._server_tls_options())
+        if reply.code != 220:
+            return reply
+        self._reset_session()
+        await tls_handshake(proto, self.timeouts.command, self._reactor)
+        ehlo = await self._ehlo(None)
+        if ehlo.code != 250:
+            raise SMTPHeloError(ehlo.code, ehlo.message)
+        return reply
+
+    async def _apply_tls_policy(self) -> None:
+        proto = self._connection()
+        if proto.tls or self.tls == "never":
+            return
+        if self.has_option("starttls"):
+            reply = await self._starttls(None)
+            if reply.code == 220 or self.tls != "required":
+                return
+            refusal = f"the server refused STARTTLS: {reply.code} {reply.text}"
+        else:
+            refusal = "the server does not offer STARTTLS"
+        if self.tls == "required":
+            proto.close()
+            raise SMTPTLSError(f'tls="required" but {refusal}; nothing was sent in the clear')
+
+    def login(
+        self,
+        user: str,
+        password: str,
+        mechanism: str | None = None,
+        *,
+        initial_response_ok: bool = True,
+    ) -> Deferred[Reply]:
+        """
+        Authenticate (RFC 4954) with the strongest mechanism both sides
+        have among SCRAM-SHA-256, CRAM-MD5, PLAIN and LOGIN, or the one named
+        (``"XOAUTH2"`` with an OAuth 2.0 token as ``password``).
+
+        Refused over a connection without TLS unless the SMTP object was
+        made with ``allow_plaintext_auth=True``.  Credentials and AUTH
+        payloads never reach the debug log.
+
+        :returns: a Deferred firing with the 235 reply.
+        :raises SMTPNotSupportedError: when the server offers no AUTH, or no
+            mechanism in common, or the connection is not encrypted.
+        :raises SMTPAuthenticationError: when the server refuses the
+            credentials (with its reply), or its SCRAM proof is wrong.
+        """
+        check_argument(user, "user")
+        if not isinstance(password, str):
+            raise TypeError(f"password must be str, not {type(password).__name__}")
+        return self._call(lambda: self._login(user, password, mechanism, initial_response_ok))
+
+    async def _login(
+        self, user: str, password: str, mechanism: str | None, initial_response_ok: bool
+    ) -> Reply:
+        await self._ehlo_or_helo_if_needed()
+        proto = self._connection()
+        if not self.has_option("auth"):
+            raise SMTPNotSupportedError("SMTP AUTH extension not supported by server.")
+        if not proto.tls and not self.allow_plaintext_auth:
+            raise SMTPNotSupportedError(
+                "refusing to send credentials over a connection without TLS: use STARTTLS "
+                "or implicit TLS, or pass allow_plaintext_auth=True"
+            )
+        offered = self.esmtp_features.auth_mechanisms
+        if mechanism is None:
+            name = choose_mechanism(offered)
+        else:
+            name = mechanism.upper()
+            if name not in offered:
+                raise SMTPNotSupportedError(
+                    f"the server does not offer AUTH {name}; it offers {sorted(offered)}"
+                )
+        mech = mechanism_for(name, user, password)
+        reply = await authenticate(proto, mech, initial_response_ok)
+        if reply.code not in (235, 503):
+            raise SMTPAuthenticationError(reply.code, reply.message)
+        return reply
