@@ -216,7 +216,6 @@ def test_unsolicited_reply_while_idle() -> None:
     failure_result_of(smtp.noop(), SMTPServerDisconnected)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 defect 1: fixed by the session engine")
 def test_premature_bytes_after_the_greeting() -> None:
     """Bytes sent with the greeting before any command are never taken as EHLO's reply."""
     script = Script()
