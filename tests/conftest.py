@@ -99,3 +99,32 @@ def postfix(postfix_instance: PostfixInstance) -> PostfixInstance:
     postfix_instance.wait_for_queue_empty()
     postfix_instance.clear_maildir()
     return postfix_instance
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """
+    One private PostgreSQL cluster for the whole run (``tests/pgcluster.py``);
+    skips when PostgreSQL is not installed.
+    """
+    from pgcluster import PostgresCluster, PostgresUnavailable
+
+    try:
+        cluster = PostgresCluster().start()
+    except PostgresUnavailable as e:
+        pytest.skip(f"no private PostgreSQL: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """The URL of a new database in the private cluster, migrated to the current schema."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    from txsmtpclient.spool.postgres_schema import open_checked
+
+    url: str = pg_cluster.create_database()
+    open_checked(url, apply_migrations=True)
+    return url
