@@ -32,6 +32,7 @@ from txsmtpclient._endpoints import _description_host, _is_description
 from txsmtpclient.client import SMTP
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.cli import default_spool
+from txsmtpclient.spool.postgres_tap import check_queue, queue_service, queue_settings
 from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_duration
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
@@ -161,6 +162,21 @@ class Options(usage.Options):
             f"On stop, how long sends in flight may take to finish [default: {DEFAULTS['grace']}]",
         ],
         [
+            "queue",
+            "q",
+            None,
+            "Send from a PostgreSQL queue shared by many daemons instead of the spool "
+            "folder: postgresql://user@host/db (put the password in ~/.pgpass or "
+            "$PGPASSWORD rather than here: ps shows the command line)",
+        ],
+        [
+            "lease",
+            None,
+            None,
+            "With --queue: how long a claim lasts unless renewed; a dead daemon's "
+            "messages are sent again this long after it died [default: 60s]",
+        ],
+        [
             "config",
             None,
             None,
@@ -175,6 +191,11 @@ class Options(usage.Options):
             None,
             "Queue a failure notice (a delivery status notification) to the sender "
             "of a message that failed",
+        ],
+        [
+            "migrate",
+            None,
+            "With --queue: bring the database's schema up to date before starting",
         ],
         [
             "no-fsync",
@@ -217,12 +238,14 @@ class Options(usage.Options):
         for key, value in self.items():
             if key == "config":
                 continue
-            if key in ("notify-sender", "no-fsync"):
+            if key in ("notify-sender", "no-fsync", "migrate"):
                 if value:
                     given[key] = True
             elif value is not None:
                 given[key] = value
         self.settings = _settings(given)
+        if self.settings["queue"]:
+            check_queue(self.settings)
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -303,6 +326,7 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     settings["status_port"] = text("status-port")
     settings["notify_sender"] = _flag("notify-sender", given.get("notify-sender", False))
     settings["fsync"] = not _flag("no-fsync", given.get("no-fsync", False))
+    settings.update(queue_settings(given))
     return settings
 
 
@@ -454,7 +478,12 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         password=password,
         reactor=reactor,
     )
-    spool = Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=SetAsideReporter())
+    top = MultiService()
+    spool, attach = queue_service(
+        settings,
+        top,
+        lambda: Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=SetAsideReporter()),
+    )
     service = SpoolService(
         spool,
         pool,
@@ -466,7 +495,6 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         policy=settings["policy"],
         notify_sender=settings["notify_sender"],
     )
-    top = MultiService()
     if settings["status_port"]:
         site = Site(StatusResource(service))
         site.noisy = False
@@ -477,4 +505,5 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         status.setServiceParent(top)
     service.setName("spool")  # type: ignore[no-untyped-call]
     service.setServiceParent(top)  # type: ignore[no-untyped-call]
+    attach(service)
     return top

@@ -84,18 +84,18 @@ class OperatorCommands(QueueDatabase):
 
     def retry(self, entry_id: str) -> Entry:
         """
-        Make an entry due now: a queued one keeps its history; a failed or
-        cancelled one is queued again with its failed recipients pending
-        and a fresh queue lifetime.
+        Make an entry due now: a queued or held one keeps its history; a
+        failed or cancelled one is queued again with its failed recipients
+        pending and a fresh queue lifetime.
 
         :raises EntryNotFound: if there is none with this id.
         :raises EntryBusy: if it is being sent right now.
-        :raises EntryStateError: if it was delivered or is held.
+        :raises EntryStateError: if it was delivered.
         """
         now = self._clock()
 
         def change(entry: Entry) -> tuple[Entry, str]:
-            if entry.state is State.QUEUED:
+            if entry.state.value in ("queue", HELD):
                 return replace(entry, due=now), "queue"
             recipients = tuple(
                 Recipient(r.address, RecipientState.PENDING, r.reply)
@@ -107,7 +107,7 @@ class OperatorCommands(QueueDatabase):
                 recipients = tuple(Recipient(r.address) for r in recipients)
             return replace(entry, recipients=recipients, due=now, occurrence_due=now), "queue"
 
-        return self._operate(entry_id, ("queue", "failed", "cancelled"), change)
+        return self._operate(entry_id, ("queue", HELD, "failed", "cancelled"), change)
 
     def hold(self, entry_id: str) -> Entry:
         """

@@ -22,14 +22,16 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
 from txsmtpclient.spool.codec import encode_entry
 from txsmtpclient.spool.envelope import Dsn, Entry, EnvelopeError, State
+from txsmtpclient.spool.postgres_schema import QueueDatabaseError, QueueUnavailable
 from txsmtpclient.spool.queue import (
     EntryBusy,
     EntryNotFound,
     EntryStateError,
+    IQueue,
     SpoolError,
     SpoolFull,
 )
@@ -72,6 +74,10 @@ __all__ = [
 ]
 
 
+#: sysexits(3): the configuration (here the queue database) is wrong.
+EX_CONFIG = 78
+
+
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
@@ -90,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--spool",
         metavar="DIR",
         help="spool folder (default: $TXSMTP_SPOOL, else ~/.local/share/txsmtp/spool)",
+    )
+    common.add_argument(
+        "--queue",
+        metavar="URL",
+        help="a PostgreSQL queue (postgresql://user@host/db) instead of the spool folder; "
+        "the password belongs in ~/.pgpass or $PGPASSWORD (default: $TXSMTP_QUEUE)",
     )
     parser = argparse.ArgumentParser(
         prog="python -m txsmtpclient",
@@ -178,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     counts = commands.add_parser("counts", parents=[common], help="entries per state")
     counts.add_argument("--json", action="store_true")
     commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="create or update the --queue database's schema",
+        description="Apply the schema migrations the --queue database lacks.",
+    )
+    commands.add_parser(
         "sendmail",
         help="sendmail(1)-compatible: [-t] [-i] [-f ADDR] [-F NAME] [recipients...] < message",
         add_help=False,
@@ -244,7 +262,7 @@ def _list_line(entry: Entry) -> str:
     )
 
 
-def _enqueue(args: argparse.Namespace, spool: Spool, stdin: BinaryIO, now: float) -> str:
+def _enqueue(args: argparse.Namespace, spool: IQueue, stdin: BinaryIO, now: float) -> str:
     if args.message:
         with open(args.message, "rb") as f:
             message = f.read()
@@ -285,6 +303,8 @@ _EXIT_CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ..
     ((EntryNotFound, EntryBusy, EntryStateError), EX_NOTFOUND),
     ((EnvelopeError, ScheduleError), EX_DATAERR),
     (SpoolFull, EX_TEMPFAIL),
+    (QueueUnavailable, EX_TEMPFAIL),
+    (QueueDatabaseError, EX_CONFIG),
     (SpoolError, EX_SOFTWARE),
     (OSError, EX_TEMPFAIL),
 )
@@ -326,17 +346,52 @@ def main(
             args = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EX_USAGE
-    spool = Spool(args.spool or default_spool(environ), clock=clock)
     try:
+        spool = _open_queue(args, environ, clock, stdout)
+        if spool is None:
+            return EX_OK
         return _dispatch(args, spool, stdin, stdout, clock)
     except (SpoolError, EnvelopeError, ScheduleError, OSError) as e:
         print(f"error: {e}", file=stderr)
         return next(code for kinds, code in _EXIT_CODES if isinstance(e, kinds))
 
 
+def _open_queue(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    clock: Callable[[], float],
+    stdout: TextIO,
+) -> IQueue | None:
+    """
+    The spool folder, or the ``--queue`` database (checked first, so a wrong
+    URL, password or schema is one line); ``None`` once ``migrate`` is done.
+
+    :raises QueueDatabaseError: if the database cannot be used.
+    """
+    url = args.queue or environ.get("TXSMTP_QUEUE")
+    if args.command == "migrate" and not url:
+        raise SpoolError("migrate needs --queue URL (or $TXSMTP_QUEUE)")
+    if not url:
+        return Spool(args.spool or default_spool(environ), clock=clock)
+    from txsmtpclient.spool.postgres_schema import is_queue_url, open_checked
+
+    if not is_queue_url(url):
+        raise QueueDatabaseError("--queue: expected a URL such as postgresql://user@host/db")
+    applied = open_checked(url, apply_migrations=args.command == "migrate")
+    if args.command == "migrate":
+        done = ", ".join(map(str, applied)) if applied else "none needed"
+        print(f"migrations applied: {done}", file=stdout)
+        return None
+    from txsmtpclient.spool.postgres import PostgresQueue
+
+    queue = PostgresQueue(url, clock=clock, reconnect_for=0, max_connections=2)
+    # PostgresQueue.due already returns ids, as IQueue.due will (spoolperf).
+    return cast(IQueue, queue)
+
+
 def _dispatch(
     args: argparse.Namespace,
-    spool: Spool,
+    spool: IQueue,
     stdin: BinaryIO,
     stdout: TextIO,
     clock: Callable[[], float],

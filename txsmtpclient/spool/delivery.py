@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import random
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -56,7 +56,7 @@ from txsmtpclient.spool.envelope import (
     parse_queue_id,
 )
 from txsmtpclient.spool.notice import failure_notice
-from txsmtpclient.spool.queue import EntryNotFound, IQueue, SpoolFull
+from txsmtpclient.spool.queue import EntryNotFound, IChunkedMessages, IQueue, SpoolFull
 from txsmtpclient.spool.schedule import Jitter, RetryPolicy
 from txsmtpclient.transaction import Refused
 
@@ -252,7 +252,7 @@ class Deliverer:
 
     async def _deliver(self, entry: Entry) -> DeliveryReport:
         try:
-            message = await self.blocking(self.queue.read_message, entry.id)
+            message = await self._message(entry.id)
         except (OSError, EntryNotFound) as e:
             return await self._set_aside(entry, f"message unreadable: {e}")
         if not entry.pending:
@@ -266,7 +266,28 @@ class Deliverer:
             return await self._set_aside(entry, attempt)
         return await self._finish(entry, attempt)
 
-    async def _attempt(self, entry: Entry, message: bytes) -> Attempt | str | None:
+    async def _message(self, entry_id: str) -> Body:
+        """
+        The message to send: bytes, or from a queue that stores it in
+        chunks, a stream of them read one at a time off the reactor thread
+        (memory stays flat whatever the size).  The first chunk is read now,
+        so a missing message is found before the transaction starts.
+        """
+        queue = self.queue
+        if not isinstance(queue, IChunkedMessages):
+            return await self.blocking(queue.read_message, entry_id)
+        first = await self.blocking(queue.read_chunk, entry_id, 0)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            chunk, seq = first, 0
+            while chunk is not None:
+                yield chunk
+                seq += 1
+                chunk = await self.blocking(queue.read_chunk, entry_id, seq)
+
+        return chunks()
+
+    async def _attempt(self, entry: Entry, message: Body) -> Attempt | str | None:
         """
         One SMTP transaction.
 

@@ -73,6 +73,8 @@ class State(str, Enum):
     CANCELLED = "cancelled"
     #: Unreadable or not well formed; set aside for a human.
     CORRUPT = "corrupt"
+    #: Kept back for an operator (never sent from); ``retry`` queues it again.
+    HELD = "held"
 
 
 class RecipientState(str, Enum):

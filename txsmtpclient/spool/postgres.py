@@ -89,8 +89,6 @@ class SubmissionLike(Protocol):
     def recurrence(self) -> Recurrence | str | None: ...
     @property
     def timezone(self) -> str | None: ...
-    @property
-    def idempotency_key(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +177,9 @@ class PostgresQueue(OperatorCommands):
                     if not body.seekable():
                         raise QueueUnavailable("the database went away while a stream was read")
                     body.seek(start)
-                ids.append(self._insert(conn, entry, body, submission.idempotency_key))
+                # Submission may not carry a key (spoolperf's has none yet).
+                key = getattr(submission, "idempotency_key", None)
+                ids.append(self._insert(conn, entry, body, key))
             return ids
 
         return self._run(insert)
