@@ -67,6 +67,8 @@ class PostgresCluster:
         self.data = self.root / "data"
         self.port = free_loopback_port()
         self._as_user: dict[str, Any] = {}
+        self._template: str | None = None
+        self._shared: str | None = None
         if os.geteuid() == 0:
             user = pwd.getpwnam(_USER)
             os.chown(self.root, user.pw_uid, user.pw_gid)
@@ -144,11 +146,32 @@ class PostgresCluster:
         """A TCP URL with the superuser's password."""
         return f"postgresql://postgres:{password}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """A new empty database; returns its URL."""
+    def create_database(self, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template``; returns its URL."""
         import psycopg
 
         name = f"t_{uuid.uuid4().hex[:12]}"
+        copy = f' TEMPLATE "{template}"' if template else ""
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+            conn.execute(f'CREATE DATABASE "{name}"{copy}'.encode())
         return self.url(name)
+
+    def migrated_database(self) -> str:
+        """A new database with the current schema (a copy of one migrated once)."""
+        if self._template is None:
+            from txsmtpclient.spool.postgres_schema import open_checked
+
+            url = self.create_database()
+            open_checked(url, apply_migrations=True)
+            self._template = url.rpartition("/")[2]
+        return self.create_database(self._template)
+
+    def shared_database(self) -> str:
+        """One migrated database for many tests, emptied at each call."""
+        import psycopg
+
+        if self._shared is None:
+            self._shared = self.migrated_database()
+        with psycopg.connect(self._shared, autocommit=True) as conn:
+            conn.execute(b"TRUNCATE txsmtp_entry CASCADE")
+        return self._shared

@@ -167,14 +167,15 @@ class PostgresQueue(OperatorCommands):
         """
         now = self._clock()
         planned = [(self._new_entry(m, now), m) for m in messages]
-        starts = [m.message.tell() if _is_stream(m.message) else 0 for _, m in planned]
+        # Where each stream starts, to read it again if a retry is needed.
+        starts = [_start(m.message) for _, m in planned]
 
         def insert(conn: Conn, retrying: bool) -> builtins.list[str]:
             ids = []
             for (entry, submission), start in zip(planned, starts, strict=True):
                 body = submission.message
                 if retrying and _is_stream(body):
-                    if not body.seekable():
+                    if start is None:
                         raise QueueUnavailable("the database went away while a stream was read")
                     body.seek(start)
                 # Submission may not carry a key (spoolperf's has none yet).
@@ -589,3 +590,10 @@ def _scalar(conn: Conn, query: Any) -> float | None:
 
 def _is_stream(body: bytes | str | BinaryIO) -> TypeGuard[BinaryIO]:
     return not isinstance(body, (bytes, str))
+
+
+def _start(body: bytes | str | BinaryIO) -> int | None:
+    """A seekable stream's position, ``None`` for other streams, 0 for bytes."""
+    if not _is_stream(body):
+        return 0
+    return body.tell() if body.seekable() else None
