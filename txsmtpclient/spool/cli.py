@@ -346,6 +346,7 @@ def main(
             args = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EX_USAGE
+    spool: IQueue | None = None
     try:
         spool = _open_queue(args, environ, clock, stdout)
         if spool is None:
@@ -354,6 +355,11 @@ def main(
     except (SpoolError, EnvelopeError, ScheduleError, OSError) as e:
         print(f"error: {e}", file=stderr)
         return next(code for kinds, code in _EXIT_CODES if isinstance(e, kinds))
+    finally:
+        # A database queue holds connections; the spool folder has nothing to close.
+        close = getattr(spool, "close", None)
+        if close is not None:
+            close()
 
 
 def _open_queue(

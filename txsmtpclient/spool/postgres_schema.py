@@ -119,10 +119,16 @@ def describe_error(error: BaseException, url: str | None = None) -> str:
     # libpq quotes the host and user, never the password; the URL is named
     # (redacted) so the operator sees which database was meant.
     where = redact_url(url) if url is not None else "the queue database"
+    # libpq reports login failures at connect time without a SQLSTATE.
     sqlstate = getattr(error, "sqlstate", None)
-    if sqlstate in ("28P01", "28000"):
-        return f"cannot log in to {where}: {text}; check the user and password in the URL"
-    if sqlstate == "3D000":
+    if sqlstate in ("28P01", "28000") or any(
+        words in text for words in ("password authentication failed", "no password supplied")
+    ):
+        return (
+            f"cannot log in to {where}: {text}; check the user and password "
+            "(URL, ~/.pgpass or $PGPASSWORD)"
+        )
+    if sqlstate == "3D000" or ("database" in text and "does not exist" in text):
         return f"{where}: {text}; create it first (createdb)"
     if isinstance(error, QueueDatabaseError):
         return text

@@ -127,8 +127,13 @@ class QueueListener(Service):
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_poll:
+                    # The earliest due entry, or the earliest lease of another
+                    # worker to expire (it may have died).
                     row = conn.execute(
-                        "SELECT min(due) FROM txsmtp_entry WHERE state = 'queue'"
+                        "SELECT least((SELECT min(due) FROM txsmtp_entry WHERE state = 'queue'),"
+                        " (SELECT extract(epoch FROM min(lease_until))::float8 FROM txsmtp_entry"
+                        " WHERE state = 'sending' AND lease_owner <> %s))",
+                        (self.queue.worker,),
                     ).fetchone()
                     next_due = float(row[0]) if row and row[0] is not None else math.inf
                     next_poll = now + self.poll_interval
