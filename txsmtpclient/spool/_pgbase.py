@@ -9,6 +9,7 @@ Every method blocks on the database.  Nothing here imports Twisted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -126,7 +127,7 @@ class QueueDatabase:
             min_size=1,
             max_size=max(1, max_connections),
             open=False,
-            timeout=max(1.0, min(reconnect_for, 10.0)),
+            timeout=max(5.0, min(reconnect_for, 30.0)),
             name="txsmtp-queue",
         )
         self._pool.open(wait=False)
@@ -162,8 +163,15 @@ class QueueDatabase:
             except psycopg.OperationalError as e:
                 now = time.monotonic()
                 if deadline is None:
+                    # Maybe only pooled connections from before a restart:
+                    # drop the dead ones and retry at once, unannounced.
                     deadline = now + self.reconnect_for
-                    self._note_outage(e)
+                    with contextlib.suppress(psycopg.Error):
+                        self._pool.check()
+                    if self.reconnect_for > 0:
+                        retrying = True
+                        continue
+                self._note_outage(e)
                 if now >= deadline:
                     raise QueueUnavailable(describe_error(e, self.url)) from e
                 time.sleep(min(delay, deadline - now))
@@ -172,7 +180,7 @@ class QueueDatabase:
                 continue
             except psycopg.Error as e:
                 raise QueueDatabaseError(describe_error(e, self.url)) from e
-            if deadline is not None or self._outage:
+            if self._outage:
                 self._note_back()
             return result
 

@@ -390,7 +390,7 @@ def _open_queue(
         return None
     from txsmtpclient.spool.postgres import PostgresQueue
 
-    queue = PostgresQueue(url, clock=clock, reconnect_for=0, max_connections=2)
+    queue = PostgresQueue(url, clock=clock, reconnect_for=10.0, max_connections=2)
     # PostgresQueue.due already returns ids, as IQueue.due will (spoolperf).
     return cast(IQueue, queue)
 
