@@ -26,7 +26,7 @@ from txsmtpclient.spool.envelope import (
     ReplyRecord,
     State,
 )
-from txsmtpclient.spool.postgres import PostgresQueue
+from txsmtpclient.spool.postgres import PlainSubmission, PostgresQueue
 from txsmtpclient.spool.postgres_schema import (
     SCHEMA_VERSION,
     QueueDatabaseError,
@@ -180,11 +180,12 @@ def test_bad_envelope_stores_nothing(queue: PostgresQueue) -> None:
     """A malformed recipient raises EnvelopeError before anything is stored, even in a batch."""
     with pytest.raises(EnvelopeError):
         queue.enqueue(MESSAGE, "a@example.test", ["bad\r\nRCPT TO:<x>"])
-    from txsmtpclient.spool.postgres import _Submission
-
     with pytest.raises(EnvelopeError):
         queue.enqueue_many(
-            [_Submission(MESSAGE, "a@example.test", "b@x.test"), _Submission(MESSAGE, "a", [])]
+            [
+                PlainSubmission(MESSAGE, "a@example.test", "b@x.test"),
+                PlainSubmission(MESSAGE, "a", []),
+            ]
         )
     assert sum(queue.counts().values()) == 0
 
@@ -200,10 +201,8 @@ def test_idempotency_key_returns_first_id(queue: PostgresQueue) -> None:
 
 def test_enqueue_many_keeps_order(queue: PostgresQueue) -> None:
     """enqueue_many returns the ids in order, each message stored."""
-    from txsmtpclient.spool.postgres import _Submission
-
     ids = queue.enqueue_many(
-        [_Submission(f"m{n}".encode(), "a@example.test", f"r{n}@x.test") for n in range(5)]
+        [PlainSubmission(f"m{n}".encode(), "a@example.test", f"r{n}@x.test") for n in range(5)]
     )
     assert [queue.read_message(i) for i in ids] == [f"m{n}".encode() for n in range(5)]
 
@@ -417,3 +416,11 @@ def test_redact_url() -> None:
     assert redact_url("postgresql://u:s3cret@h:5/db?password=x&sslmode=require") == (
         "postgresql://u:***@h:5/db?password=***&sslmode=require"
     )
+
+
+def test_bad_idempotency_key_is_refused(queue: PostgresQueue) -> None:
+    """An empty, over-long or unprintable key raises ValueError, as in the file spool."""
+    for key in ("", "x" * 256, "a\nb"):
+        with pytest.raises(ValueError, match="idempotency key"):
+            queue.enqueue(MESSAGE, "a@example.test", "b@x.test", idempotency_key=key)
+    assert sum(queue.counts().values()) == 0

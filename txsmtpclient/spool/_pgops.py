@@ -132,9 +132,15 @@ class OperatorCommands(QueueDatabase):
         :raises EntryBusy: if it is being sent; EntryStateError if finished.
         """
         due = to_epoch(when)
-        return self._operate(
-            entry_id, ("queue", HELD), lambda e: (replace(e, due=due), e.state.value)
-        )
+
+        def change(entry: Entry) -> tuple[Entry, str]:
+            moved = replace(entry, due=due)
+            if entry.failures == 0:
+                # Not tried yet: the queue lifetime counts from the new time.
+                moved = replace(moved, occurrence_due=due)
+            return moved, entry.state.value
+
+        return self._operate(entry_id, ("queue", HELD), change)
 
     def get(self, entry_id: str) -> Entry:
         """
