@@ -61,7 +61,8 @@ class PostgresCluster:
     test with :meth:`create_database`, :meth:`stop` it at the end.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.bin = find_pg_bin()
         self.root = Path(tempfile.mkdtemp(prefix="txsmtp-pg-"))
         self.data = self.root / "data"
@@ -116,9 +117,11 @@ class PostgresCluster:
                 f"port = {self.port}\n"
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "max_connections = 200\nshared_buffers = 32MB\n"
             )
+            if not self.durable:
+                # Tests need no crash safety from the server itself.
+                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
         self._pg_ctl("start")
         return self
 
