@@ -3,7 +3,7 @@ Several ``twist txsmtp --queue postgresql://...`` daemons (subprocesses) on
 one private PostgreSQL database, sending to an aiosmtpd sink in this process.
 
 Bounded in time and count for a loaded 2-core machine: the issue's 5,000
-messages become 300 per run (the same code paths; ``bench/pg_drain.py``
+messages become 200 per run (the same code paths; ``bench/pg_drain.py``
 drains thousands).  No sleeps: every wait polls with a bound.
 """
 
@@ -31,7 +31,7 @@ from txsmtpclient.spool.postgres import PlainSubmission, PostgresQueue
 
 REPO = Path(__file__).resolve().parent.parent
 SENDER = "fleet@example.test"
-MESSAGES = 300
+MESSAGES = 200
 
 
 def _message(n: int, tag: str) -> bytes:
@@ -146,7 +146,7 @@ def _drained(queue: PostgresQueue) -> bool:
 
 
 def test_three_daemons_send_each_message_once(fleet: Fleet, queue: PostgresQueue) -> None:
-    """3 daemons on one database deliver 300 messages, each exactly once."""
+    """3 daemons on one database deliver 200 messages, each exactly once."""
     expected = _enqueue(queue, "once")
     for n in range(3):
         fleet.start(n)
@@ -294,15 +294,32 @@ def _twist(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-@pytest.mark.parametrize("problem", ["unreachable", "password", "schema"])
-def test_bad_database_is_one_line_at_start(pg_cluster: Any, problem: str) -> None:
-    """An unreachable URL, a wrong password or an unmigrated schema: one error line, no trace."""
+def _bad_url(pg_cluster: Any, problem: str) -> tuple[str, str]:
     if problem == "unreachable":
-        url, fix = "postgresql://u@127.0.0.1:1/db", "check that PostgreSQL runs"
-    elif problem == "password":
-        url, fix = pg_cluster.url(password="wrong"), "check the user and password"
-    else:
-        url, fix = pg_cluster.create_database(), "migrate"
+        return "postgresql://u@127.0.0.1:1/db", "check that PostgreSQL runs"
+    if problem == "password":
+        return pg_cluster.url(password="wrong"), "check the user and password"
+    return pg_cluster.create_database(), "migrate"
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "password", "schema"])
+def test_bad_database_is_one_line(pg_cluster: Any, problem: str) -> None:
+    """An unreachable URL, a wrong password or an unmigrated schema: a one-line UsageError."""
+    from twisted.python import usage
+
+    from txsmtpclient.tap import Options
+
+    url, fix = _bad_url(pg_cluster, problem)
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--queue", url])
+    text = str(caught.value)
+    assert text.startswith("--queue: ") and fix in text and "\n" not in text
+    assert "wrong" not in text
+
+
+def test_bad_database_stops_twist_without_traceback(pg_cluster: Any) -> None:
+    """twist txsmtp itself: a wrong password is one Error line and a non-zero exit."""
+    url, fix = _bad_url(pg_cluster, "password")
     result = _twist("--queue", url)
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert result.returncode != 0
