@@ -131,3 +131,32 @@ async def test_listener_renews_the_workers_leases(pg_url: str) -> None:
         await listener.stopService()
         queue.close()
         other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_daemon_streams_a_chunked_message_byte_for_byte(
+    pg_url: str, smtp_server: Any
+) -> None:
+    """A 3 MB message stored in 1 MiB chunks reaches the relay byte for byte, in order."""
+    from test_daemon_e2e import _until
+
+    body = b"".join(b"line %07d " % n + b"x" * 80 + b"\r\n" for n in range(32000))
+    message = b"Subject: big\r\n\r\n" + body
+    options = tap.Options()
+    options.parseOptions(
+        ["--queue", pg_url, "--relay", smtp_server.address, "--tls", "never", "--grace", "5"]
+    )
+    top = tap.makeService(options)
+    spool_service: Any = top.getServiceNamed("spool")
+    queue: PostgresQueue = spool_service.queue
+    top.startService()
+    try:
+        await spool_service.when_ready()
+        entry_id = queue.enqueue(message, "a@example.test", "b@example.test")
+        assert queue.read_chunk(entry_id, 2) is not None  # really several chunks
+        await _until(lambda: len(smtp_server.messages) == 1, 60, "the message")
+        await _until(lambda: queue.get(entry_id).state.value == "done", 30, "done")
+    finally:
+        await top.stopService()
+        queue.close()
+    assert smtp_server.messages[0].content == message

@@ -252,7 +252,7 @@ class Deliverer:
 
     async def _deliver(self, entry: Entry) -> DeliveryReport:
         try:
-            message = await self._message(entry.id)
+            message = await self._message(entry)
         except (OSError, EntryNotFound) as e:
             return await self._set_aside(entry, f"message unreadable: {e}")
         if not entry.pending:
@@ -266,24 +266,28 @@ class Deliverer:
             return await self._set_aside(entry, attempt)
         return await self._finish(entry, attempt)
 
-    async def _message(self, entry_id: str) -> Body:
+    async def _message(self, entry: Entry) -> Body:
         """
         The message to send: bytes, or from a queue that stores it in
         chunks, a stream of them read one at a time off the reactor thread
         (memory stays flat whatever the size).  The first chunk is read now,
-        so a missing message is found before the transaction starts.
+        so a missing message is found before the transaction starts; a
+        message that fits in it is sent as bytes.
         """
         queue = self.queue
         if not isinstance(queue, IChunkedMessages):
-            return await self.blocking(queue.read_message, entry_id)
-        first = await self.blocking(queue.read_chunk, entry_id, 0)
+            return await self.blocking(queue.read_message, entry.id)
+        first = await self.blocking(queue.read_chunk, entry.id, 0)
+        if first is None or len(first) >= entry.size > 0:
+            return first or b""
 
         async def chunks() -> AsyncIterator[bytes]:
-            chunk, seq = first, 0
+            chunk: bytes | None = first
+            seq = 0
             while chunk is not None:
                 yield chunk
                 seq += 1
-                chunk = await self.blocking(queue.read_chunk, entry_id, seq)
+                chunk = await self.blocking(queue.read_chunk, entry.id, seq)
 
         return chunks()
 
