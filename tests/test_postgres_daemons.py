@@ -216,7 +216,7 @@ def test_recurring_message_fires_once_per_occurrence(
     entry_id = queue.enqueue(_message(0, "tick"), SENDER, "r0@example.test", recurrence="every 1s")
     for n in range(3):
         fleet.start(n)
-    _wait_for(lambda: len(fleet.server.messages) >= 4, 60, "four occurrences")
+    _wait_for(lambda: len(fleet.server.messages) >= 3, 60, "three occurrences")
 
     def cancelled() -> bool:
         try:
@@ -242,7 +242,7 @@ def test_cli_cancels_race_claims(fleet: Fleet, queue: PostgresQueue) -> None:
     CLI cancels from 4 threads race 2 daemons' claims: a cancelled message
     never arrives, every other one arrives once, and no cancel is lost.
     """
-    count = 120
+    count = 60
     _enqueue(queue, "race", count)
     ids = [e.id for e in queue.list(State.QUEUED)]
     results: dict[str, int] = {}
