@@ -424,3 +424,20 @@ def test_bad_idempotency_key_is_refused(queue: PostgresQueue) -> None:
         with pytest.raises(ValueError, match="idempotency key"):
             queue.enqueue(MESSAGE, "a@example.test", "b@x.test", idempotency_key=key)
     assert sum(queue.counts().values()) == 0
+
+
+def test_unreadable_envelope_is_set_aside_at_claim(
+    make_queue: Callable[..., PostgresQueue], pg_url: str
+) -> None:
+    """An envelope no version can read is set aside at claim; the rest is still claimed."""
+    reasons: list[tuple[str, str]] = []
+    queue = make_queue(on_set_aside=lambda i, r: reasons.append((i, r)))
+    bad = queue.enqueue(MESSAGE, "a@example.test", "b@x.test", at=1.0)
+    good = queue.enqueue(MESSAGE, "a@example.test", "b@x.test", at=2.0)
+    _sql(
+        pg_url,
+        "UPDATE txsmtp_entry SET envelope = '{\"version\": 99}' WHERE id = %s RETURNING id",
+        bad,
+    )
+    assert [e.id for e in queue.claim_due(time.time(), 10)] == [good]
+    assert queue.counts()["corrupt"] == 1 and [i for i, _ in reasons] == [bad]

@@ -46,6 +46,7 @@ from txsmtpclient.spool._pgenqueue import Enqueueing, PlainSubmission, Submissio
 from txsmtpclient.spool.envelope import (
     Attempt,
     Entry,
+    EnvelopeError,
     Outcome,
     OutcomeKind,
     State,
@@ -96,6 +97,7 @@ class PostgresQueue(Enqueueing):
     def _claim_where(self, where: str, params: dict[str, Any]) -> builtins.list[Entry]:
         tokens: dict[str, uuid.UUID] = {}
         token = uuid.uuid4()
+        bad: dict[str, str] = {}
 
         def take(conn: Conn, retrying: bool) -> builtins.list[Entry]:
             rows = []
@@ -115,13 +117,29 @@ class PostgresQueue(Enqueueing):
                     f"{where} FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}",
                     {**params, "worker": self.worker, "token": token, "lease": self.lease},
                 ).fetchall()
-            return [row_entry(r) for r in rows]
+            entries = []
+            for row in rows:
+                try:
+                    entries.append(row_entry(row))
+                except EnvelopeError as e:
+                    # Unreadable (written by a newer version?): set it aside
+                    # rather than fail every claim after it.
+                    bad[row[0]] = f"envelope unreadable: {e}"
+                    conn.execute(
+                        "UPDATE txsmtp_entry SET state = 'corrupt', reason = %s,"
+                        " lease_until = NULL, updated = now() WHERE id = %s",
+                        (bad[row[0]], row[0]),
+                    )
+            return entries
 
         entries = self._run(take)
         for entry in entries:
             tokens[entry.id] = token
         with self._lock:
             self._held.update(tokens)
+        if self._on_set_aside is not None:
+            for entry_id, reason in bad.items():
+                self._on_set_aside(entry_id, reason)
         return entries
 
     def claim(self, entry_id: str) -> Entry | None:
