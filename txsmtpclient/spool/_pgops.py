@@ -10,6 +10,7 @@ Every method blocks on the database.  Nothing here imports Twisted.
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
@@ -24,7 +25,14 @@ from txsmtpclient.spool._pgbase import (
     row_entry,
     to_state,
 )
-from txsmtpclient.spool.envelope import Entry, Recipient, RecipientState, State, is_valid_id
+from txsmtpclient.spool.envelope import (
+    Entry,
+    EnvelopeError,
+    Recipient,
+    RecipientState,
+    State,
+    is_valid_id,
+)
 from txsmtpclient.spool.queue import EntryBusy, EntryNotFound, EntryStateError
 from txsmtpclient.spool.schedule import to_epoch
 
@@ -162,7 +170,7 @@ class OperatorCommands(QueueDatabase):
     def list(self, state: State | None = None) -> builtins.list[Entry]:
         """
         Every entry in a state, or in every state but corrupt; queued ones by
-        due time, the rest by creation.
+        due time, the rest by creation.  Unreadable ones are skipped.
         """
         if state is None:
             where, params = "state <> 'corrupt'", ()
@@ -175,7 +183,13 @@ class OperatorCommands(QueueDatabase):
                 params,
             ).fetchall()
         )
-        return [row_entry(r) for r in rows]
+        entries = []
+        for row in rows:
+            # Unreadable ones are skipped, as in the folder spool (a claim
+            # sets them aside).
+            with contextlib.suppress(EnvelopeError):
+                entries.append(row_entry(row))
+        return entries
 
     def counts(self) -> dict[str, int]:
         """
