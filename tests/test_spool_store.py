@@ -122,6 +122,7 @@ def test_enqueue_writes_message_and_envelope(spool: Spool) -> None:
         "failed": 0,
         "cancelled": 0,
         "corrupt": 0,
+        "held": 0,
     }
 
 

@@ -73,7 +73,7 @@ class State(str, Enum):
     CANCELLED = "cancelled"
     #: Unreadable or not well formed; set aside for a human.
     CORRUPT = "corrupt"
-    #: Kept back for an operator (never sent from); ``retry`` queues it again.
+    #: Held by an operator: never sent until released (``Spool.unhold``).
     HELD = "held"
 
 
