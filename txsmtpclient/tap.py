@@ -479,10 +479,12 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         reactor=reactor,
     )
     top = MultiService()
+    on_set_aside = SetAsideReporter()
     spool, attach = queue_service(
         settings,
         top,
-        lambda: Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=SetAsideReporter()),
+        lambda: Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=on_set_aside),
+        on_set_aside,
     )
     service = SpoolService(
         spool,

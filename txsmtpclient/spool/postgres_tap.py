@@ -70,12 +70,17 @@ def check_queue(settings: Mapping[str, Any]) -> None:
 
 
 def queue_service(
-    settings: Mapping[str, Any], top: MultiService, make_spool: Callable[[], Any]
+    settings: Mapping[str, Any],
+    top: MultiService,
+    make_spool: Callable[[], Any],
+    on_set_aside: Callable[[str, str], None] | None = None,
 ) -> tuple[Any, Callable[[Any], None]]:
     """
     The queue the daemon sends from: the spool folder, or with ``--queue``
     a :class:`~txsmtpclient.spool.postgres.PostgresQueue` and its listener.
 
+    :param make_spool: builds the spool folder's queue.
+    :param on_set_aside: reports entries set aside (default: logged).
     :returns: ``(queue, attach)``; ``attach(service)`` adds what the queue
         needs beside the spool service (the listener) to ``top``.
     """
@@ -86,17 +91,19 @@ def queue_service(
 
     from txsmtpclient.spool.postgres import PostgresQueue
     from txsmtpclient.spool.postgres_service import QueueListener, wake_from_thread
-    from txsmtpclient.spool.service import SetAsideReporter
 
     log = Logger(namespace="txsmtpclient.spool.postgres")
-    reporter = SetAsideReporter()
+    if on_set_aside is None:
+        from txsmtpclient.spool.service import SetAsideReporter
+
+        on_set_aside = SetAsideReporter()
     queue = PostgresQueue(
         settings["queue"],
         lease=settings["lease"],
         max_connections=settings["concurrency"] + 3,
         reconnect_for=300.0,
         on_outage=lambda message: log.warn("{message}", message=message),
-        on_set_aside=reporter,
+        on_set_aside=on_set_aside,
     )
 
     def attach(service: Any) -> None:
