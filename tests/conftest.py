@@ -99,3 +99,33 @@ def postfix(postfix_instance: PostfixInstance) -> PostfixInstance:
     postfix_instance.wait_for_queue_empty()
     postfix_instance.clear_maildir()
     return postfix_instance
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """
+    One private PostgreSQL cluster for the whole run (``tests/pgcluster.py``);
+    skips when PostgreSQL is not installed.
+    """
+    from pgcluster import PostgresCluster, PostgresUnavailable
+
+    try:
+        cluster = PostgresCluster().start()
+    except PostgresUnavailable as e:
+        pytest.skip(f"no private PostgreSQL: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """
+    The URL of a database in the private cluster with the current schema,
+    emptied for this test (one database for the run: creating one per test
+    costs seconds on a loaded machine).
+    """
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    url: str = pg_cluster.shared_database()
+    return url

@@ -38,6 +38,7 @@ from txsmtpclient.errors import SMTPArgumentError
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.cli import default_spool
 from txsmtpclient.spool.delivery import AMBIGUOUS_POLICIES
+from txsmtpclient.spool.postgres_tap import check_queue, queue_service, queue_settings
 from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_duration
 from txsmtpclient.spool.sendmail import (
     EX_CANTCREAT,
@@ -225,6 +226,21 @@ class Options(DKIMOptions, usage.Options):
             f"[default: {DEFAULTS['on-ambiguous']}]",
         ],
         [
+            "queue",
+            "q",
+            None,
+            "Send from a PostgreSQL queue shared by many daemons instead of the spool "
+            "folder: postgresql://user@host/db (put the password in ~/.pgpass or "
+            "$PGPASSWORD rather than here: ps shows the command line)",
+        ],
+        [
+            "lease",
+            None,
+            None,
+            "With --queue: how long a claim lasts unless renewed; a dead daemon's "
+            "messages are sent again this long after it died [default: 60s]",
+        ],
+        [
             "config",
             None,
             None,
@@ -239,6 +255,11 @@ class Options(DKIMOptions, usage.Options):
             None,
             "Queue a failure notice (a delivery status notification) to the sender "
             "of a message that failed",
+        ],
+        [
+            "migrate",
+            None,
+            "With --queue: bring the database's schema up to date before starting",
         ],
         [
             "no-fsync",
@@ -307,13 +328,15 @@ class Options(DKIMOptions, usage.Options):
         for key, value in self.items():
             if key == "config":
                 continue
-            if key in ("notify-sender", "no-fsync"):
+            if key in ("notify-sender", "no-fsync", "migrate"):
                 if value:
                     given[key] = True
             elif value is not None:
                 given[key] = value
         self.settings = _settings(given)
         self.settings["dkim"] = dkim_keys(self, given)
+        if self.settings["queue"]:
+            check_queue(self.settings)
         check_startup(self.settings)
 
 
@@ -321,7 +344,8 @@ def check_startup(settings: Mapping[str, Any]) -> None:
     """
     Check what :func:`makeService` will use, without starting anything: the
     relay parsed by the client's one host parser, the password and CA files
-    read, the status port description parsed, the spool folder opened.
+    read, the status port description parsed, the spool folder opened
+    (with ``--queue``, the database was checked by ``check_queue``).
 
     :raises StartupError: naming the option and what is wrong.
     """
@@ -356,7 +380,9 @@ def check_startup(settings: Mapping[str, Any]) -> None:
                 "description such as tcp:8025:interface=127.0.0.1",
                 EX_USAGE,
             ) from None
-    _check_spool(settings["spool"])
+    if not settings.get("queue"):
+        # With --queue the messages live in the database, not this folder.
+        _check_spool(settings["spool"])
 
 
 def _check_spool(path: str) -> None:
@@ -462,6 +488,7 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     settings["on_ambiguous"] = on_ambiguous
     settings["notify_sender"] = _flag("notify-sender", given.get("notify-sender", False))
     settings["fsync"] = not _flag("no-fsync", given.get("no-fsync", False))
+    settings.update(queue_settings(given))
     return settings
 
 
@@ -690,7 +717,13 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
             reporter(path, reason)
             metrics.entry_set_aside(path, reason)
 
-    spool = Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=on_set_aside)
+    top = MultiService()
+    spool, attach = queue_service(
+        settings,
+        top,
+        lambda: Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=on_set_aside),
+        on_set_aside,
+    )
     service = SpoolService(
         spool,
         signing_sender(pool, settings),
@@ -704,7 +737,6 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         observer=metrics,
         on_ambiguous=settings["on_ambiguous"],
     )
-    top = MultiService()
     if metrics is not None:
         _control(settings, service, pool, metrics).setServiceParent(top)
     if settings["status_port"]:
@@ -721,4 +753,5 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         status.setServiceParent(top)
     service.setName("spool")  # type: ignore[no-untyped-call]
     service.setServiceParent(top)  # type: ignore[no-untyped-call]
+    attach(service)
     return top

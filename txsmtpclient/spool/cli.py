@@ -25,14 +25,16 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
 from txsmtpclient.spool.codec import entry_json
 from txsmtpclient.spool.envelope import Dsn, Entry, EnvelopeError, State
+from txsmtpclient.spool.postgres_schema import QueueDatabaseError, QueueUnavailable
 from txsmtpclient.spool.queue import (
     EntryBusy,
     EntryNotFound,
     EntryStateError,
+    IQueue,
     SpoolError,
     SpoolFull,
 )
@@ -78,6 +80,10 @@ __all__ = [
 ]
 
 
+#: sysexits(3): the configuration (here the queue database) is wrong.
+EX_CONFIG = 78
+
+
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
@@ -116,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--spool",
         metavar="DIR",
         help="spool folder (default: $TXSMTP_SPOOL, else ~/.local/share/txsmtp/spool)",
+    )
+    common.add_argument(
+        "--queue",
+        metavar="URL",
+        help="a PostgreSQL queue (postgresql://user@host/db) instead of the spool folder; "
+        "the password belongs in ~/.pgpass or $PGPASSWORD (default: $TXSMTP_QUEUE)",
     )
     parser = _Parser(
         prog="python -m txsmtpclient",
@@ -221,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("id")
     counts = commands.add_parser("counts", parents=[common], help="entries per state")
     counts.add_argument("--json", action="store_true")
+    commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="create or update the --queue database's schema",
+        description="Apply the schema migrations the --queue database lacks.",
+    )
     commands.add_parser(
         "sendmail",
         help="sendmail(1)-compatible: [-t] [-i] [-f ADDR] [-F NAME] [recipients...] < message",
@@ -328,7 +346,7 @@ def _list_line(entry: Entry) -> str:
     )
 
 
-def _enqueue(args: argparse.Namespace, spool: Spool, stdin: BinaryIO, now: float) -> str:
+def _enqueue(args: argparse.Namespace, spool: IQueue, stdin: BinaryIO, now: float) -> str:
     if args.message:
         try:
             with open(args.message, "rb") as f:
@@ -379,6 +397,8 @@ _EXIT_CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ..
     ((EntryNotFound, EntryBusy, EntryStateError), EX_NOTFOUND),
     ((EnvelopeError, ScheduleError), EX_DATAERR),
     (SpoolFull, EX_TEMPFAIL),
+    (QueueUnavailable, EX_TEMPFAIL),
+    (QueueDatabaseError, EX_CONFIG),
     (SpoolError, EX_SOFTWARE),
     (PermissionError, EX_NOPERM),
     (OSError, EX_TEMPFAIL),
@@ -444,9 +464,11 @@ def main(
             args = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EX_USAGE
+    spool: IQueue | None = None
     try:
-        path = args.spool or default_spool(environ)
-        spool = _open_spool(path, create=args.command not in _NEEDS_SPOOL, clock=clock)
+        spool = _open_queue(args, environ, clock, stdout)
+        if spool is None:
+            return EX_OK
         return _dispatch(args, spool, stdin, stdout, clock)
     except CommandError as e:
         print(f"error: {e}", file=stderr)
@@ -460,11 +482,50 @@ def main(
     except (SpoolError, EnvelopeError, ScheduleError, OSError) as e:
         print(f"error: {e}", file=stderr)
         return next(code for kinds, code in _EXIT_CODES if isinstance(e, kinds))
+    finally:
+        # A database queue holds connections; the spool folder has nothing to close.
+        close = getattr(spool, "close", None)
+        if close is not None:
+            close()
+
+
+def _open_queue(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    clock: Callable[[], float],
+    stdout: TextIO,
+) -> IQueue | None:
+    """
+    The spool folder, or the ``--queue`` database (checked first, so a wrong
+    URL, password or schema is one line); ``None`` once ``migrate`` is done.
+
+    :raises QueueDatabaseError: if the database cannot be used.
+    """
+    url = args.queue or environ.get("TXSMTP_QUEUE")
+    if args.command == "migrate" and not url:
+        raise SpoolError("migrate needs --queue URL (or $TXSMTP_QUEUE)")
+    if not url:
+        path = args.spool or default_spool(environ)
+        return _open_spool(path, create=args.command not in _NEEDS_SPOOL, clock=clock)
+    from txsmtpclient.spool.postgres_schema import is_queue_url, open_checked
+
+    if not is_queue_url(url):
+        raise QueueDatabaseError("--queue: expected a URL such as postgresql://user@host/db")
+    applied = open_checked(url, apply_migrations=args.command == "migrate")
+    if args.command == "migrate":
+        done = ", ".join(map(str, applied)) if applied else "none needed"
+        print(f"migrations applied: {done}", file=stdout)
+        return None
+    from txsmtpclient.spool.postgres import PostgresQueue
+
+    queue = PostgresQueue(url, clock=clock, reconnect_for=10.0, max_connections=2)
+    # PostgresQueue.due already returns ids, as IQueue.due will (spoolperf).
+    return cast(IQueue, queue)
 
 
 def _dispatch(
     args: argparse.Namespace,
-    spool: Spool,
+    spool: IQueue,
     stdin: BinaryIO,
     stdout: TextIO,
     clock: Callable[[], float],
@@ -474,6 +535,9 @@ def _dispatch(
         entry_id = _enqueue(args, spool, stdin, clock())
         print(f"{entry_id} due {_when(spool.get(entry_id).due)}", file=stdout)
     elif command == "list" and args.state == State.CORRUPT.value:
+        if not isinstance(spool, Spool):
+            # A database queue keeps unreadable entries out of its rows.
+            raise CommandError("--state corrupt lists the spool folder's corrupt/ files", EX_USAGE)
         corrupt = spool.corrupt()
         if not args.json:
             print("FILE SET ASIDE: REASON", file=stdout)

@@ -33,7 +33,7 @@ import functools
 import random
 import socket
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -67,7 +67,13 @@ from txsmtpclient.spool.envelope import (
     parse_queue_id,
 )
 from txsmtpclient.spool.notice import failure_notice
-from txsmtpclient.spool.queue import EntryNotFound, IQueue, SpoolError, SpoolFull
+from txsmtpclient.spool.queue import (
+    EntryNotFound,
+    IChunkedMessages,
+    IQueue,
+    SpoolError,
+    SpoolFull,
+)
 from txsmtpclient.spool.schedule import Jitter, RetryPolicy
 from txsmtpclient.transaction import DSN, Envelope, Refused
 
@@ -314,10 +320,10 @@ class Deliverer:
 
     async def _deliver_traced(self, entry: Entry, span: AttemptSpan) -> DeliveryReport:
         try:
-            message = await self.blocking(self.queue.read_message, entry.id)
+            message = await self._message(entry)
         except (OSError, EntryNotFound) as e:
             return await self._set_aside(entry, f"message unreadable: {e}")
-        span.event("spool.message_read", self.clock.seconds(), size=len(message))
+        span.event("spool.message_read", self.clock.seconds(), size=entry.size)
         if not entry.pending:
             # Claimed with nothing left to send (every recipient answered
             # before a crash): finish it.
@@ -331,7 +337,32 @@ class Deliverer:
         span.attempted(attempt)
         return await self._finish(entry, attempt)
 
-    async def _attempt(self, entry: Entry, message: bytes) -> Attempt | str | None:
+    async def _message(self, entry: Entry) -> Body:
+        """
+        The message to send: bytes, or from a queue that stores it in
+        chunks, a stream of them read one at a time off the reactor thread
+        (memory stays flat whatever the size).  The first chunk is read now,
+        so a missing message is found before the transaction starts; a
+        message that fits in it is sent as bytes.
+        """
+        queue = self.queue
+        if not isinstance(queue, IChunkedMessages):
+            return await self.blocking(queue.read_message, entry.id)
+        first = await self.blocking(queue.read_chunk, entry.id, 0)
+        if first is None or len(first) >= entry.size > 0:
+            return first or b""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            chunk: bytes | None = first
+            seq = 0
+            while chunk is not None:
+                yield chunk
+                seq += 1
+                chunk = await self.blocking(queue.read_chunk, entry.id, seq)
+
+        return chunks()
+
+    async def _attempt(self, entry: Entry, message: Body) -> Attempt | str | None:
         """
         One SMTP transaction.
 

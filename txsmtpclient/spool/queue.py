@@ -21,6 +21,8 @@ __all__ = [
     "EntryBusy",
     "EntryNotFound",
     "EntryStateError",
+    "IChunkedMessages",
+    "IClaimDue",
     "IQueue",
     "SpoolError",
     "SpoolFull",
@@ -194,4 +196,34 @@ class IQueue(Protocol):
         """
         At daemon start: return abandoned in-flight entries to the queue and
         remove orphan files.
+        """
+
+
+@runtime_checkable
+class IClaimDue(Protocol):
+    """
+    A queue that finds and claims due entries in one step (a database's
+    ``FOR UPDATE SKIP LOCKED``), so workers sharing it do not race for the
+    same ids.  The daemon uses it instead of :meth:`IQueue.due` then
+    :meth:`IQueue.claim` when the queue has it.
+    """
+
+    def claim_due(self, now: float, limit: int) -> builtins.list[Entry]:
+        """
+        Claim up to ``limit`` entries due at ``now``, earliest first.
+        """
+
+
+@runtime_checkable
+class IChunkedMessages(Protocol):
+    """
+    A queue whose messages are read chunk by chunk (kept in a database), so
+    the daemon streams a big message in bounded memory.
+    """
+
+    def read_chunk(self, entry_id: str, seq: int) -> bytes | None:
+        """
+        Chunk number ``seq`` (from 0) of the message, ``None`` past the end.
+
+        :raises EntryNotFound: if there is no such entry.
         """

@@ -41,7 +41,7 @@ from txsmtpclient.spool.delivery import (
 )
 from txsmtpclient.spool.envelope import Attempt, Entry
 from txsmtpclient.spool.observer import DeliveryObserver, NullObserver
-from txsmtpclient.spool.queue import IQueue
+from txsmtpclient.spool.queue import IClaimDue, IQueue
 from txsmtpclient.spool.schedule import Jitter, RetryPolicy
 
 __all__ = ["SetAsideReporter", "SpoolService", "StatusResource"]
@@ -350,6 +350,16 @@ class SpoolService(MultiService):
     async def _take_work(self) -> None:
         free = self.concurrency - len(self.in_flight)
         if free <= 0 or self.stopping or self.disk_full:
+            return
+        if isinstance(self.queue, IClaimDue):
+            # A shared database claims due entries in one step (SKIP LOCKED),
+            # so workers do not race for the same ids.
+            taken = await self._run_blocking(self.queue.claim_due, self.clock.seconds(), free)
+            for held in taken:
+                if self.stopping:
+                    await self._run_blocking(self.queue.release, held.id)
+                else:
+                    self._send(held)
             return
         entries = await self._run_blocking(self.queue.due, self.clock.seconds(), free)
         for entry in entries:

@@ -1,0 +1,204 @@
+"""
+The connection side of :class:`~txsmtpclient.spool.postgres.PostgresQueue`:
+the bounded connection pool, transactions retried with backoff while the
+database is unreachable (logged once when it goes and once when it is back),
+and the row <-> :class:`~txsmtpclient.spool.envelope.Entry` mapping.
+
+Every method blocks on the database.  Nothing here imports Twisted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from txsmtpclient.spool.codec import decode_entry, encode_entry
+from txsmtpclient.spool.envelope import Entry, State
+from txsmtpclient.spool.postgres_schema import (
+    QueueDatabaseError,
+    QueueUnavailable,
+    describe_error,
+    redact_url,
+)
+
+__all__ = [
+    "CHANNEL",
+    "CHUNK_SIZE",
+    "COLUMNS",
+    "HELD",
+    "Conn",
+    "QueueDatabase",
+    "entry_json",
+    "row_entry",
+    "to_state",
+]
+
+T = TypeVar("T")
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+#: The NOTIFY channel enqueues and requeues signal on; the payload is the
+#: entry's due time in epoch seconds.
+CHANNEL = "txsmtp_queue"
+
+#: Bytes per stored chunk of a message.
+CHUNK_SIZE = 1024 * 1024
+
+#: The held state's name in the database (control's ``State.HELD``).
+HELD = "held"
+#: The columns :func:`row_entry` reads.
+COLUMNS = "id, state, envelope::text"
+
+
+def to_state(value: str) -> State:
+    """The :class:`State` named in the database."""
+    return State(value)
+
+
+def row_entry(row: tuple[Any, ...]) -> Entry:
+    """An entry from a row of :data:`COLUMNS`."""
+    return decode_entry(row[2].encode("utf-8"), id=row[0], state=to_state(row[1]))
+
+
+def entry_json(entry: Entry) -> str:
+    """An entry's JSON for the ``envelope`` column."""
+    return encode_entry(entry).decode("utf-8")
+
+
+class QueueDatabase:
+    """
+    A queue in a PostgreSQL database (see the module docstring).  Implements
+    :class:`~txsmtpclient.spool.queue.IQueue`; every method blocks.
+
+    :param url: a libpq URL, ``postgresql://user:password@host:port/db``
+        (a ``host=/path`` query parameter names a Unix socket folder).
+    :param clock: the current time in epoch seconds, for due times and
+        records (leases use the database's clock).
+    :param lease: seconds a claim lasts unless renewed
+        (:meth:`renew_leases`); a dead worker's entries are sent again this
+        long after it died.
+    :param max_connections: the connection pool's bound.
+    :param reconnect_for: seconds a call keeps retrying while the database
+        is unreachable before it raises :class:`QueueUnavailable`; 0 for
+        one try (the command line).
+    :param worker: this worker's name in leases (default host:pid:random).
+    :param on_outage: called with a one-line message once when the database
+        becomes unreachable and once when it is back (the daemon logs it).
+    :param on_set_aside: called with ``(id, reason)`` for each entry set aside.
+    :param chunk_size: bytes per stored chunk of a message.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        lease: float = 60.0,
+        max_connections: int = 10,
+        reconnect_for: float = 60.0,
+        worker: str | None = None,
+        on_outage: Callable[[str], None] | None = None,
+        on_set_aside: Callable[[str, str], None] | None = None,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        if lease <= 0:
+            raise ValueError(f"lease must be positive, got {lease!r}")
+        self.url = url
+        self.lease = lease
+        self.reconnect_for = reconnect_for
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.chunk_size = chunk_size
+        self._clock = clock
+        self._on_outage = on_outage
+        self._on_set_aside = on_set_aside
+        self._lock = threading.Lock()
+        self._held: dict[str, uuid.UUID] = {}
+        self._outage = False
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(1, max_connections),
+            open=False,
+            timeout=max(5.0, min(reconnect_for, 30.0)),
+            name="txsmtp-queue",
+        )
+        self._pool.open(wait=False)
+
+    def __repr__(self) -> str:
+        return f"PostgresQueue({redact_url(self.url)!r})"
+
+    def close(self) -> None:
+        """
+        Close the connection pool (claims not finished stay leased until
+        they expire).
+        """
+        self._pool.close()
+
+    # --- running transactions ---------------------------------------------------
+
+    def _run(self, fn: Callable[[Conn, bool], T]) -> T:
+        """
+        Run ``fn(conn, retrying)`` in one transaction, retrying with backoff
+        while the database is unreachable.
+
+        :raises QueueUnavailable: after ``reconnect_for`` seconds of trying.
+        :raises QueueDatabaseError: for a database error that retrying cannot
+            cure.
+        """
+        deadline: float | None = None
+        delay = 0.1
+        retrying = False
+        while True:
+            try:
+                with self._pool.connection() as conn:
+                    result = fn(conn, retrying)
+            except psycopg.OperationalError as e:
+                now = time.monotonic()
+                if deadline is None:
+                    # Maybe only pooled connections from before a restart:
+                    # drop the dead ones and retry at once, unannounced.
+                    deadline = now + self.reconnect_for
+                    with contextlib.suppress(psycopg.Error):
+                        self._pool.check()
+                    if self.reconnect_for > 0:
+                        retrying = True
+                        continue
+                self._note_outage(e)
+                if now >= deadline:
+                    raise QueueUnavailable(describe_error(e, self.url)) from e
+                time.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 5.0)
+                retrying = True
+                continue
+            except psycopg.Error as e:
+                raise QueueDatabaseError(describe_error(e, self.url)) from e
+            if self._outage:
+                self._note_back()
+            return result
+
+    def _note_outage(self, error: BaseException) -> None:
+        with self._lock:
+            first, self._outage = not self._outage, True
+        if first and self._on_outage is not None:
+            self._on_outage(
+                f"queue database unreachable, retrying with backoff: "
+                f"{describe_error(error, self.url)}"
+            )
+
+    def _note_back(self) -> None:
+        with self._lock:
+            was, self._outage = self._outage, False
+        if was and self._on_outage is not None:
+            self._on_outage(f"queue database reachable again: {redact_url(self.url)}")
+
+    @staticmethod
+    def _notify(conn: Conn, due: float) -> None:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, repr(due)))
