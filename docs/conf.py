@@ -48,18 +48,16 @@ def _inventory(*paths: str) -> str | None:
     return None
 
 
-intersphinx_mapping = {
-    "python": (
-        "https://docs.python.org/3",
-        _inventory(
-            "/usr/share/doc/python3.11/html/objects.inv", "/usr/share/doc/python3/html/objects.inv"
-        ),
-    ),
-    "twisted": (
-        "https://docs.twisted.org/en/stable/api/",
-        _inventory("/usr/share/doc/twisted-doc/html/api/objects.inv"),
-    ),
-}
+_python = _inventory(
+    "/usr/share/doc/python3.11/html/objects.inv", "/usr/share/doc/python3/html/objects.inv"
+)
+_twisted = _inventory("/usr/share/doc/twisted-doc/html/api/objects.inv")
+# Only local inventories: the build must not reach the network.
+intersphinx_mapping = {}
+if _python is not None:
+    intersphinx_mapping["python"] = ("https://docs.python.org/3", _python)
+if _twisted is not None:
+    intersphinx_mapping["twisted"] = ("https://docs.twisted.org/en/stable/api/", _twisted)
 
 nitpicky = True
 nitpick_ignore_regex = [
@@ -68,4 +66,11 @@ nitpick_ignore_regex = [
     # Private modules' names show where a public name is defined.
     ("py:class", r"txsmtpclient(\.\w+)*\._\w+(\.\w+)*"),
     ("py:class", r"twisted\.internet\._sslverify\..*"),
+    # Docstrings name their neighbours by short names (``Reply``,
+    # ``SMTP.connect``): those render as code without a link.  Qualified
+    # references are still checked.
+    ("py:.*", r"[A-Za-z_]\w*(\.\w+)?"),
+    # Private modules are not documented.
+    ("py:mod", r"txsmtpclient(\.\w+)*\._\w+"),
+    ("py:(func|class|meth|data)", r"txsmtpclient(\.\w+)*\._\w+\..*"),
 ]

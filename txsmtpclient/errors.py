@@ -78,7 +78,7 @@ class SMTPLocalProtocolError(SMTPException, RuntimeError):
     The client tried a step the session's state does not allow (a command
     during the TLS handshake, message data before DATA's 354): a bug in the
     calling code, raised before anything is written.  See
-    :data:`txsmtpclient.session.SEND_TRANSITIONS`.
+    :data:`txsmtpclient.states.SEND_TRANSITIONS`.
     """
 
 

@@ -173,10 +173,12 @@ class Envelope:
     :ivar priority: MT-PRIORITY (RFC 6710): -9 to 9.
 
     These five are sent only when the server advertises their extension;
-    otherwise sending fails with :class:`SMTPNotSupportedError` before MAIL.
+    otherwise sending fails with
+    :class:`~txsmtpclient.errors.SMTPNotSupportedError` before MAIL.
     Given as raw ``mail_options`` (``"REQUIRETLS"``, ``"HOLDFOR=60"``,
     ``"BY=3600;R"``, ``"MT-PRIORITY=3"``: the spool's form) they are read
     into these fields.
+
     :raises TypeError: (when made) for values of the wrong type.
     :raises SMTPArgumentError: (when made) for control characters, an empty
         recipient, no recipients, or an option that is not one word.
