@@ -352,5 +352,6 @@ def test_cli_migrate_enqueue_and_counts(pg_cluster: Any, tmp_path: Path) -> None
     queued = run("enqueue", "--from", SENDER, "--to", "x@example.test", stdin=_message(1, "c"))
     assert queued.returncode == 0, queued.stderr
     assert b'"queue": 1' in run("counts", "--json").stdout
-    shown = run("show", queued.stdout.decode().strip())
+    # enqueue prints "ID due TIME".
+    shown = run("show", queued.stdout.decode().split()[0])
     assert b"<x@example.test>" in shown.stdout
