@@ -369,7 +369,7 @@ def test_dsn_requests_are_passed_to_the_client(spool: Spool, clock: Clock) -> No
 
 
 class FullOnce:
-    """A spool whose first record_attempt fails with a full disk."""
+    """A spool whose first complete fails with a full disk."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
@@ -378,11 +378,11 @@ class FullOnce:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.spool, name)
 
-    def record_attempt(self, entry_id: str, attempt: Any) -> Entry:
+    def complete(self, entry_id: str, outcome: Any = None, *, attempt: Any = None) -> Entry:
         if self.failures:
             self.failures -= 1
             raise SpoolFull(28, "disk full")
-        return self.spool.record_attempt(entry_id, attempt)
+        return self.spool.complete(entry_id, outcome, attempt=attempt)
 
 
 def test_disk_full_is_reported_and_retried(spool: Spool, clock: Clock) -> None:

@@ -214,10 +214,10 @@ class FullSpool:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.spool, name)
 
-    def record_attempt(self, entry_id: str, attempt: Any) -> Any:
+    def complete(self, entry_id: str, outcome: Any = None, *, attempt: Any = None) -> Any:
         if self.full:
             raise SpoolFull(28, "No space left on device")
-        return self.spool.record_attempt(entry_id, attempt)
+        return self.spool.complete(entry_id, outcome, attempt=attempt)
 
 
 def test_full_disk_pauses_new_work(spool: Spool, clock: Clock) -> None:

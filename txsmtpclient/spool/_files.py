@@ -151,6 +151,7 @@ class SpoolFiles:
         self._fsync = fsync
         self._on_set_aside = on_set_aside
         self._lock = threading.Lock()
+        self._finishing = threading.Lock()
         # The queue folder's listing: (mtime_ns, [(due_ms, id, name)] sorted,
         # {id: name}).  Refreshed from names only.
         self._index: _QueueIndex | None = None
@@ -187,33 +188,40 @@ class SpoolFiles:
             finally:
                 os.close(fd)
 
-    def _write_tmp(self, data: bytes | BinaryIO) -> tuple[str, int]:
+    def _write_tmp(
+        self, data: bytes | BinaryIO, *, head: bytes = b"", sync: bool = True
+    ) -> tuple[str, int]:
         """
-        Write data to a new file in ``tmp/``, fsynced; returns (path, size).
-        The file is removed again if writing fails.
+        Write ``head`` and then data to a new file in ``tmp/``, fsynced
+        unless ``sync`` is false; returns (path, size of data).  The file is
+        removed again if writing fails.
         """
         path = os.path.join(self.path, "tmp", f"{os.getpid()}.{secrets.token_hex(8)}.tmp")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(data, bytes):
-                    f.write(data)
-                    size = len(data)
-                else:
+            if isinstance(data, bytes):
+                # One write call for the whole file: no buffered file object.
+                _write_all(fd, head + data if head else data)
+                size = len(data)
+            else:
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    f.write(head)
                     shutil.copyfileobj(data, f, 1024 * 1024)
-                    size = f.tell()
-                f.flush()
-                if self._fsync:
-                    os.fsync(f.fileno())
+                    size = f.tell() - len(head)
+            if sync and self._fsync:
+                os.fsync(fd)
         except BaseException:
+            os.close(fd)
             unlink_if_present(path)
             raise
+        os.close(fd)
         return path, size
 
-    def _write_entry(self, entry: Entry, path: str) -> None:
+    def _write_entry(self, entry: Entry, path: str, *, sync_dir: bool = True) -> None:
         """
         Replace the file at ``path`` (held by this process) with ``entry``,
-        atomically: tmp, fsync, rename.
+        atomically: tmp, fsync, rename.  ``sync_dir=False`` leaves the
+        folder's fsync to a move that follows.
         """
         try:
             tmp, _ = self._write_tmp(encode_entry(entry))
@@ -225,15 +233,45 @@ class SpoolFiles:
         except BaseException:
             unlink_if_present(tmp)
             raise
-        self._sync_dir(os.path.dirname(path))
+        if sync_dir:
+            self._sync_dir(os.path.dirname(path))
 
-    def _move(self, src: str, dst: str) -> None:
+    def _finish_held(self, entry: Entry, held: str, target: str) -> None:
+        """
+        Move a held entry to a finished state's ``target`` with its new
+        content in one write and one rename: tmp, fsync, rename to
+        ``target``, fsync the folders, then drop the held file.  A crash
+        before the drop leaves both; :meth:`recover` drops the held one,
+        since the finished file is the newer.  The queue folder is synced
+        too, so that the claim's rename out of it is as durable as the
+        finish (a claim itself is not fsynced).
+        """
+        try:
+            tmp, _ = self._write_tmp(encode_entry(entry))
+        except OSError as e:
+            raise_if_full(e, f"cannot update entry {entry.id}")
+            raise
+        # The lock keeps an in-process retry() from taking the finished
+        # file into the same held name before the held file is dropped.
+        with self._finishing:
+            try:
+                os.rename(tmp, target)
+            except BaseException:
+                unlink_if_present(tmp)
+                raise
+            self._sync_dir(os.path.dirname(target), self._dir(State.QUEUED))
+            unlink_if_present(held)
+
+    def _move(self, src: str, dst: str, *, sync: bool = True) -> None:
         os.rename(src, dst)
-        self._sync_dir(os.path.dirname(dst), os.path.dirname(src))
+        if sync:
+            self._sync_dir(os.path.dirname(dst), os.path.dirname(src))
 
     def _read(self, path: str, entry_id: str, state: State) -> Entry:
+        # Only the first line: an entry enqueued whole shares its file with
+        # the message, which follows the envelope's line.
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.readline()
         return decode_entry(data, id=entry_id, state=state)
 
     # --- the queue index ----------------------------------------------------
@@ -318,10 +356,11 @@ class SpoolFiles:
         except FileNotFoundError:
             raise EntryStateError(f"entry {entry_id} is not claimed by this process") from None
 
-    def _take_queued(self, entry_id: str, target: str) -> bool:
+    def _take_queued(self, entry_id: str, target: str, *, sync: bool = True) -> bool:
         """
-        Move a queued entry to ``target`` in one rename.  Looks twice, since
-        another process may move it between finding and renaming.
+        Move a queued entry to ``target`` in one rename (fsynced unless
+        ``sync`` is false).  Looks twice, since another process may move it
+        between finding and renaming.
 
         :returns: whether it was moved; ``False`` if it is not queued.
         """
@@ -330,7 +369,7 @@ class SpoolFiles:
             if path is None:
                 return False
             try:
-                self._move(path, target)
+                self._move(path, target, sync=sync)
             except FileNotFoundError:
                 continue  # moved by someone else meanwhile; look again
             return True
@@ -433,6 +472,12 @@ class SpoolFiles:
             entry_id, pid = parsed
             if not abandoned(pid):
                 continue
+            if any(os.path.exists(self._final_path(st, entry_id)) for st in FINISHED):
+                # A finish that crashed after its rename (see _finish_held):
+                # the finished file is the newer copy.
+                unlink_if_present(path)
+                report["finished"] += 1
+                continue
             try:
                 entry = self._read(path, entry_id, State.SENDING)
             except FileNotFoundError:
@@ -530,6 +575,12 @@ class _QueueIndex:
                     by_id[parts[1]] = name
             self._by_id = by_id
         return self._by_id.get(entry_id)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def unlink_if_present(path: str) -> None:

@@ -18,7 +18,7 @@ queue unchanged, to be sent again at the next start.
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,6 +46,9 @@ from txsmtpclient.spool.schedule import Jitter, RetryPolicy
 __all__ = ["SetAsideReporter", "SpoolService", "StatusResource"]
 
 T = TypeVar("T")
+
+#: Due ids looked up at once (and kept for the next ticks).
+_BATCH = 100
 
 
 class SetAsideReporter:
@@ -156,6 +159,9 @@ class SpoolService(MultiService):
         #: Whether the service is stopping (or stopped): no new work.
         self.stopping = False
         self._timer: IDelayedCall | None = None
+        # Due ids found by the last look at the queue and not claimed yet;
+        # only the spool thread running _claim_batch touches it.
+        self._ready: deque[str] = deque()
         self._ticking: Deferred[None] | None = None
         self._again = False
         self._tick_active = False
@@ -329,20 +335,44 @@ class SpoolService(MultiService):
         free = self.concurrency - len(self.in_flight)
         if free <= 0 or self.stopping or self.disk_full:
             return
-        entries = await self._run_blocking(self.queue.due, self.clock.seconds(), free)
-        for entry in entries:
+        claimed = await self._run_blocking(self._claim_batch, self.clock.seconds(), free)
+        for i, (entry, message) in enumerate(claimed):
             if self.stopping:
+                # Not sent: back to the queue as they were.
+                for rest, _ in claimed[i:]:
+                    await self._run_blocking(self.queue.release, rest.id)
                 return
-            claimed = await self._run_blocking(self.queue.claim, entry.id)
-            if claimed is None:
-                continue  # another process took it, or it was cancelled
-            if self.stopping:
-                await self._run_blocking(self.queue.release, claimed.id)
-                return
-            self._send(claimed)
+            self._send(entry, message)
 
-    def _send(self, entry: Entry) -> None:
-        d = self.deliverer.deliver(entry)
+    def _claim_batch(self, now: float, free: int) -> list[tuple[Entry, bytes | None]]:
+        """
+        In a spool thread: claim up to ``free`` due entries and read their
+        messages, so one hand-off to the thread pool serves a whole batch.
+        The due ids are looked up ``_BATCH`` at a time and kept, so the
+        queue's listing is not read again for every message.
+        """
+        claimed: list[tuple[Entry, bytes | None]] = []
+        scanned = False
+        while len(claimed) < free:
+            if not self._ready:
+                if scanned:
+                    break
+                self._ready.extend(self.queue.due(now, max(free, _BATCH)))
+                scanned = True
+                continue
+            entry = self.queue.claim(self._ready.popleft())
+            if entry is None:
+                continue  # another process took it, or it was cancelled
+            message: bytes | None
+            try:
+                message = self.queue.read_message(entry.id)
+            except Exception:
+                message = None  # the deliverer reads again, and sets it aside
+            claimed.append((entry, message))
+        return claimed
+
+    def _send(self, entry: Entry, message: bytes | None = None) -> None:
+        d = self.deliverer.deliver(entry, message)
         self.in_flight[entry.id] = d
 
         def done(result: DeliveryReport | Failure) -> None:
