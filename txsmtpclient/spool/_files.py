@@ -158,6 +158,10 @@ class SpoolFiles:
         # Paths of entries due() returned lately, so claim() finds them
         # without building the whole id map.
         self._recent: dict[str, str] = {}
+        # Entries this process claimed, as last read, with the held file's
+        # (inode, mtime, size) then: finishing reuses them rather than
+        # reading and decoding the file again.  Any rewrite makes a new file.
+        self._claimed: dict[str, tuple[tuple[int, int, int], Entry]] = {}
         for sub in ("tmp", "msg", *(s.value for s in State)):
             os.makedirs(os.path.join(self.path, sub), exist_ok=True)
 
@@ -349,12 +353,31 @@ class SpoolFiles:
 
     # --- held entries -----------------------------------------------------
 
-    def _read_held(self, entry_id: str) -> Entry:
+    def _read_held(self, entry_id: str, *, keep: bool = False) -> Entry:
+        """
+        An entry this process holds, from memory if its file is unchanged
+        since it was last read (``keep``: remember it for next time).
+
+        :raises EntryStateError: if this process does not hold it.
+        """
         path = self._held_path(entry_id)
         try:
-            return self._read(path, entry_id, State.SENDING)
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                cached = self._claimed.get(entry_id)
+                if cached is not None and cached[0] == key:
+                    entry = cached[1]
+                else:
+                    entry = decode_entry(f.readline(), id=entry_id, state=State.SENDING)
         except FileNotFoundError:
+            self._claimed.pop(entry_id, None)
             raise EntryStateError(f"entry {entry_id} is not claimed by this process") from None
+        if keep:
+            self._claimed[entry_id] = (key, entry)
+        else:
+            self._claimed.pop(entry_id, None)
+        return entry
 
     def _take_queued(self, entry_id: str, target: str, *, sync: bool = True) -> bool:
         """
@@ -449,6 +472,7 @@ class SpoolFiles:
         )
         me = os.getpid()
         now = time.time()
+        self._claimed.clear()
 
         def abandoned(pid: int) -> bool:
             return pid == me or not _pid_alive(pid)

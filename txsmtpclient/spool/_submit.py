@@ -27,9 +27,11 @@ from txsmtpclient.spool.schedule import parse_recurrence, to_epoch
 __all__ = ["message_start", "new_entry"]
 
 
-def new_entry(submission: Submission, now: float) -> Entry:
+def new_entry(submission: Submission, now: float, seq: int = 0) -> Entry:
     """
-    The entry a submission makes, checked.
+    The entry a submission makes, checked.  ``seq`` (its place in a batch)
+    adds microseconds to the time in its id, so that a batch's entries due
+    at once are sent in order.
 
     :raises EnvelopeError: for a malformed address or option.
     :raises ScheduleError: for a bad recurrence or time zone.
@@ -47,7 +49,7 @@ def new_entry(submission: Submission, now: float) -> Entry:
     else:
         due = now
     return Entry(
-        id=new_id(now),
+        id=new_id(now + seq / 1_000_000),
         sender=submission.sender,
         recipients=rcpts,
         due=due,

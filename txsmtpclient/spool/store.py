@@ -193,7 +193,7 @@ class Spool(SpoolFiles):
             before it returns may leave any of them stored, each whole.
         """
         now = self._clock()
-        entries = [new_entry(m, now) for m in messages]
+        entries = [new_entry(m, now, i) for i, m in enumerate(messages)]
         written: builtins.list[tuple[Entry, str, str | None]] = []
         placed: builtins.list[str] = []
         try:
@@ -307,8 +307,8 @@ class Spool(SpoolFiles):
         if not self._take_queued(entry_id, held, sync=False):
             return None
         try:
-            return self._read(held, entry_id, State.SENDING)
-        except (OSError, EnvelopeError) as e:
+            return self._read_held(entry_id, keep=True)
+        except (OSError, EnvelopeError, EntryStateError) as e:
             self.set_aside(held, str(e))
             return None
 
