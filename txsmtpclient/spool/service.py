@@ -4,8 +4,12 @@
 At start it recovers the spool (entries a dead process left in flight go
 back to the queue); then it polls the queue on an injected clock, claims due
 entries and hands them to a :class:`~txsmtpclient.spool.delivery.Deliverer`,
-at most ``concurrency`` at once.  Every blocking spool call runs in a small
-dedicated thread pool, never in the reactor thread.
+at most ``concurrency`` at once.  On Linux it also watches a spool folder's
+queue with inotify, so an enqueued message is taken on the next reactor
+turn rather than at the next poll; the poll stays as the safety net.  Every
+blocking spool call runs in a small dedicated thread pool, never in the
+reactor thread, and claims due entries in batches (one hand-off to the
+thread pool for all the free slots).
 
 On stop it takes no new work and lets the sends in flight finish within a
 grace period; those still running after it are cancelled and go back to the
@@ -32,6 +36,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from txsmtpclient.spool._wakeup import watch_queue
 from txsmtpclient.spool.delivery import (
     Blocking,
     Deliverer,
@@ -91,6 +96,8 @@ class SpoolService(MultiService):
         message.
     :param store_retry: seconds between tries of a spool update while the
         disk is full.
+    :param watch: watch a spool folder for new entries (Linux inotify, read
+        by ``reactor``) rather than only polling.
     """
 
     log = Logger()
@@ -112,6 +119,7 @@ class SpoolService(MultiService):
         jitter: Jitter | None = None,
         notify_sender: bool = False,
         store_retry: float = 5.0,
+        watch: bool = True,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if concurrency < 1:
@@ -162,6 +170,11 @@ class SpoolService(MultiService):
         # Due ids found by the last look at the queue and not claimed yet;
         # only the spool thread running _claim_batch touches it.
         self._ready: deque[str] = deque()
+        self._watch = watch
+        self._unwatch: Callable[[], None] | None = None
+        self._poke: IDelayedCall | None = None
+        #: Looks at the queue (ticks) since start, for tests and metrics.
+        self.ticks = 0
         self._ticking: Deferred[None] | None = None
         self._again = False
         self._tick_active = False
@@ -227,6 +240,8 @@ class SpoolService(MultiService):
             )
         self._recovering = False
         self._started = None
+        if self._watch and not self.stopping:
+            self._unwatch = watch_queue(self.queue, self._reactor, self._poked)
         waiting, self._ready_waiters = self._ready_waiters, []
         for d in waiting:
             d.callback(None)
@@ -261,6 +276,12 @@ class SpoolService(MultiService):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        if self._poke is not None and self._poke.active():
+            self._poke.cancel()
+        self._poke = None
         if self._started is not None:
             await self._started
         if self._ticking is not None:
@@ -312,6 +333,14 @@ class SpoolService(MultiService):
         # With spool calls that finish at once the tick is already over.
         self._ticking = None if d.called else d
 
+    def _poked(self) -> None:
+        """
+        An entry arrived in the queue: look on the next reactor turn, once
+        for however many arrived meanwhile (no busy loop on a burst).
+        """
+        if self._poke is None or not self._poke.active():
+            self._poke = self._reactor.callLater(0, self.wake)
+
     async def _tick(self) -> None:
         self._tick_active = True
         if self._timer is not None and self._timer.active():
@@ -320,6 +349,7 @@ class SpoolService(MultiService):
         try:
             while True:
                 self._again = False
+                self.ticks += 1
                 await self._take_work()
                 if not self._again or self.stopping:
                     break
