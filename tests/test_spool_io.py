@@ -22,7 +22,7 @@ from txsmtpclient.spool import _files
 from txsmtpclient.spool.codec import decode_entry
 from txsmtpclient.spool.envelope import Attempt, EnvelopeError, Outcome, OutcomeKind, State
 from txsmtpclient.spool.queue import Submission
-from txsmtpclient.spool.store import Spool, SpoolFull
+from txsmtpclient.spool.store import EntryBusy, Spool, SpoolFull
 
 MESSAGE = b"From: a@x\r\nTo: b@x\r\nSubject: hi\r\n\r\nHello.\r\n"
 T0 = 1_900_000_000.0
@@ -217,3 +217,39 @@ def test_message_path_splits_a_message_stored_with_its_envelope(spool: Spool) ->
     assert Path(spool.message_path(entry_id)).read_bytes() == MESSAGE
     assert spool.read_message(entry_id) == MESSAGE
     assert spool.claim(entry_id) is not None
+
+
+def test_group_commit_shares_folder_fsyncs(spool: Spool, counted: Counted) -> None:
+    """
+    Three finishes in one group_commit(): three file fsyncs, each folder
+    fsynced once at the end, and the held files removed only after that.
+    """
+    ids = spool.enqueue_many([Submission(MESSAGE, "a@x", [f"r{i}@x"]) for i in range(3)])
+    for entry_id in ids:
+        spool.claim(entry_id)
+    counted.take()
+    with spool.group_commit():
+        for entry_id in ids:
+            spool.complete(entry_id, attempt=delivered())
+        assert counted.calls["dir_fsync"] == 0
+        assert len(files(spool, "sending")) == 3
+    assert counted.take() == {"file_created": 3, "file_fsync": 3, "rename": 3, "dir_fsync": 2}
+    assert files(spool, "sending") == []
+    assert [spool.get(i).state for i in ids] == [State.DONE] * 3
+
+
+def test_retry_waits_for_a_finish_to_be_committed(spool: Spool) -> None:
+    """
+    Retrying an entry whose finish is not yet committed answers EntryBusy
+    (it is still held); once committed, the retry queues it again.
+    """
+    entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x"])
+    spool.claim(entry_id)
+    refused = Attempt(T0, 0.1, "relay", 550, "5.1.1 no such user")
+    with spool.group_commit():
+        spool.fail(entry_id, Outcome(T0, OutcomeKind.FAILED, 550, "no"), attempt=refused)
+        with pytest.raises(EntryBusy):
+            spool.retry(entry_id)
+    spool.retry(entry_id)
+    assert spool.due(T0, 10) == [entry_id]
+    assert spool.get(entry_id).state is State.QUEUED

@@ -10,19 +10,24 @@ and nothing about when to.  Every method does blocking file I/O.
 
 from __future__ import annotations
 
-import bisect
 import builtins
 import contextlib
-import errno
-import math
 import os
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from txsmtpclient.spool._names import (
+    QueueIndex,
+    parse_held_name,
+    queue_name,
+    raise_if_full,
+    unlink_if_present,
+    write_all,
+)
 from txsmtpclient.spool.codec import decode_entry, encode_entry
 from txsmtpclient.spool.envelope import (
     Entry,
@@ -38,20 +43,9 @@ from txsmtpclient.spool.queue import (
     EntryNotFound,
     EntryStateError,
     SpoolError,
-    SpoolFull,
 )
 
-__all__ = [
-    "FINISHED",
-    "ORPHAN_AGE",
-    "SpoolFiles",
-    "new_id",
-    "parse_held_name",
-    "parse_queue_name",
-    "queue_name",
-    "raise_if_full",
-    "unlink_if_present",
-]
+__all__ = ["FINISHED", "ORPHAN_AGE", "SpoolFiles"]
 
 #: Files in ``tmp/`` and ``msg/`` whose writer is still alive are left alone
 #: by :meth:`SpoolFiles.recover` unless they are older than this (pid reuse).
@@ -63,16 +57,6 @@ _RACY_SECONDS = 2.0
 
 #: The states an entry ends in (until an operator retries it).
 FINISHED = (State.DONE, State.FAILED, State.CANCELLED)
-
-
-def new_id(now: float) -> str:
-    """
-    A spool id unique across processes and hosts sharing a spool: the time in
-    microseconds (hex), the pid, and 32 random bits.
-
-    :param now: the current time, epoch seconds.
-    """
-    return f"{int(now * 1_000_000):x}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -97,40 +81,6 @@ def _pid_of_id(entry_id: str) -> int:
     return int(entry_id.split("-")[1])
 
 
-def queue_name(due: float, entry_id: str) -> str:
-    """
-    A queued entry's file name: ``{due_ms:015d}.{id}.json``, so that name
-    order is due order.
-    """
-    return f"{max(0, math.floor(due * 1000)):015d}.{entry_id}.json"
-
-
-def parse_queue_name(name: str) -> tuple[int, str] | None:
-    """
-    ``(due_ms, id)`` from a queued entry's file name, or ``None`` if it is
-    not one.
-    """
-    parts = name.split(".")
-    if len(parts) != 3 or parts[2] != "json" or not parts[0].isdigit():
-        return None
-    if not is_valid_id(parts[1]):
-        return None
-    return int(parts[0]), parts[1]
-
-
-def parse_held_name(name: str) -> tuple[str, int] | None:
-    """
-    ``(id, holder pid)`` from a file name in ``sending/``, or ``None`` if it
-    is not one.
-    """
-    parts = name.split(".")
-    if len(parts) != 3 or parts[2] != "json" or not parts[1].isdigit():
-        return None
-    if not is_valid_id(parts[0]):
-        return None
-    return parts[0], int(parts[1])
-
-
 class SpoolFiles:
     """
     A spool folder's files and the safe ways to change them; the base of
@@ -152,9 +102,11 @@ class SpoolFiles:
         self._on_set_aside = on_set_aside
         self._lock = threading.Lock()
         self._finishing = threading.Lock()
+        # Per thread: the folders and held files of an open group_commit().
+        self._group = threading.local()
         # The queue folder's listing: (mtime_ns, [(due_ms, id, name)] sorted,
         # {id: name}).  Refreshed from names only.
-        self._index: _QueueIndex | None = None
+        self._index: QueueIndex | None = None
         # Paths of entries due() returned lately, so claim() finds them
         # without building the whole id map.
         self._recent: dict[str, str] = {}
@@ -182,8 +134,40 @@ class SpoolFiles:
     def _final_path(self, state: State, entry_id: str) -> str:
         return os.path.join(self._dir(state), f"{entry_id}.json")
 
+    @contextlib.contextmanager
+    def group_commit(self) -> Iterator[None]:
+        """
+        Share folder fsyncs among the changes made in this thread inside the
+        block (group commit): each folder is fsynced once when the block
+        ends, and only then are finished entries' held files removed.  A
+        change made inside the block is durable only once the block has
+        ended: acknowledge none before.  Blocks nest (the outermost
+        commits).
+
+        :raises OSError: if a folder cannot be fsynced at the end.
+        """
+        if getattr(self._group, "dirs", None) is not None:
+            yield
+            return
+        dirs: dict[str, None] = {}
+        after: builtins.list[tuple[str, int]] = []
+        self._group.dirs, self._group.after = dirs, after
+        try:
+            yield
+        finally:
+            self._group.dirs = self._group.after = None
+            try:
+                self._sync_dir(*dirs)
+            finally:
+                for path, inode in after:
+                    self._drop_held(path, inode)
+
     def _sync_dir(self, *dirs: str) -> None:
         if not self._fsync:
+            return
+        group = getattr(self._group, "dirs", None)
+        if group is not None:
+            group.update(dict.fromkeys(dirs))
             return
         for d in dict.fromkeys(dirs):
             fd = os.open(d, os.O_RDONLY)
@@ -205,7 +189,7 @@ class SpoolFiles:
         try:
             if isinstance(data, bytes):
                 # One write call for the whole file: no buffered file object.
-                _write_all(fd, head + data if head else data)
+                write_all(fd, head + data if head else data)
                 size = len(data)
             else:
                 with os.fdopen(fd, "wb", closefd=False) as f:
@@ -255,16 +239,28 @@ class SpoolFiles:
         except OSError as e:
             raise_if_full(e, f"cannot update entry {entry.id}")
             raise
-        # The lock keeps an in-process retry() from taking the finished
-        # file into the same held name before the held file is dropped.
-        with self._finishing:
-            try:
-                os.rename(tmp, target)
-            except BaseException:
-                unlink_if_present(tmp)
-                raise
-            self._sync_dir(os.path.dirname(target), self._dir(State.QUEUED))
-            unlink_if_present(held)
+        inode = os.stat(held).st_ino
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            unlink_if_present(tmp)
+            raise
+        self._sync_dir(os.path.dirname(target), self._dir(State.QUEUED))
+        after = getattr(self._group, "after", None)
+        if after is not None:
+            after.append((held, inode))  # once the group's fsyncs are done
+        else:
+            self._drop_held(held, inode)
+
+    def _drop_held(self, held: str, inode: int) -> None:
+        """
+        Remove a finished entry's held file, unless an in-process retry()
+        has meanwhile taken the finished file into the same name (another
+        inode); the lock keeps the two from interleaving.
+        """
+        with self._finishing, contextlib.suppress(FileNotFoundError):
+            if os.stat(held).st_ino == inode:
+                os.unlink(held)
 
     def _move(self, src: str, dst: str, *, sync: bool = True) -> None:
         os.rename(src, dst)
@@ -280,7 +276,7 @@ class SpoolFiles:
 
     # --- the queue index ----------------------------------------------------
 
-    def _queue_index(self, *, fresh: bool = False) -> _QueueIndex:
+    def _queue_index(self, *, fresh: bool = False) -> QueueIndex:
         """
         The queue's file names, sorted (so by due time), relisted only if
         the folder changed since the last listing: its mtime moves on every
@@ -300,7 +296,7 @@ class SpoolFiles:
         # due order, so nothing is parsed or read here.
         names = os.listdir(self._dir(State.QUEUED))
         names.sort()
-        index = _QueueIndex(mtime, names)
+        index = QueueIndex(mtime, names)
         with self._lock:
             self._index = index
         return index
@@ -564,62 +560,3 @@ class SpoolFiles:
         with self._lock:
             self._index = None
         return report
-
-
-class _QueueIndex:
-    """
-    A listing of ``queue/``: names sorted, which is due order, and an id to
-    name map built only when first asked for.
-    """
-
-    __slots__ = ("_by_id", "mtime_ns", "names")
-
-    def __init__(self, mtime_ns: int, names: builtins.list[str]) -> None:
-        self.mtime_ns = mtime_ns
-        self.names = names
-        self._by_id: dict[str, str] | None = None
-
-    def due_count(self, now: float) -> int:
-        """
-        How many names, from the start, are due at ``now``.
-        """
-        # "/" sorts just after ".", so every "{now_ms}.{id}.json" is below.
-        bound = f"{max(0, math.floor(now * 1000)):015d}/"
-        return bisect.bisect_right(self.names, bound)
-
-    def name_of(self, entry_id: str) -> str | None:
-        """
-        The file name of a queued id, if listed.
-        """
-        if self._by_id is None:
-            by_id = {}
-            for name in self.names:
-                parts = name.split(".")
-                if len(parts) == 3:
-                    by_id[parts[1]] = name
-            self._by_id = by_id
-        return self._by_id.get(entry_id)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def unlink_if_present(path: str) -> None:
-    """
-    Remove a file; one already gone is fine.
-    """
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def raise_if_full(error: OSError, what: str) -> None:
-    """
-    Raise :class:`SpoolFull` for a full disk or quota; return otherwise.
-    """
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise SpoolFull(
-            error.errno, f"{what}: the spool's disk is full ({error.strerror})"
-        ) from error

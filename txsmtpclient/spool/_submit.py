@@ -14,7 +14,7 @@ Sans-IO: nothing here touches files or imports Twisted.
 
 from __future__ import annotations
 
-from txsmtpclient.spool._files import new_id
+from txsmtpclient.spool._names import new_id
 from txsmtpclient.spool.envelope import (
     Entry,
     check_address,

@@ -21,6 +21,7 @@ queue unchanged, to be sent again at the next start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter, deque
 from collections.abc import Callable
@@ -170,6 +171,10 @@ class SpoolService(MultiService):
         # Due ids found by the last look at the queue and not claimed yet;
         # only the spool thread running _claim_batch touches it.
         self._ready: deque[str] = deque()
+        # Spool calls waiting for the thread pool, and whether a batch runs.
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self._batch_running = False
+        self._flush_call: IDelayedCall | None = None
         self._watch = watch
         self._unwatch: Callable[[], None] | None = None
         self._poke: IDelayedCall | None = None
@@ -190,8 +195,62 @@ class SpoolService(MultiService):
         return self._blocking(f, *args)
 
     def _pool_blocking(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
-        assert self._threadpool is not None
-        return deferToThreadPool(self._reactor, self._threadpool, f, *args)
+        """
+        Run a spool call in the thread pool, batched: the calls made while
+        the previous batch runs (or within one reactor turn) go to the pool
+        together, one hand-off for all, inside the queue's
+        ``group_commit()`` if it has one, so that they share folder fsyncs.
+        Each call's Deferred fires after the whole batch is durable.
+        """
+        d: Deferred[T] = Deferred()
+        self._pending.append((f, args, d))
+        if not self._batch_running and self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self._batch_running or not self._pending or self._threadpool is None:
+            return
+        batch, self._pending = self._pending, []
+        self._batch_running = True
+        calls = [(f, args) for f, args, _ in batch]
+        running = deferToThreadPool(self._reactor, self._threadpool, self._run_batch, calls)
+        running.addBoth(self._batch_done, batch)
+
+    def _run_batch(
+        self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[tuple[bool, Any]]:
+        group = getattr(self.queue, "group_commit", None)
+        results: list[tuple[bool, Any]] = []
+        try:
+            with group() if group is not None else contextlib.nullcontext():
+                for f, args in calls:
+                    try:
+                        results.append((True, f(*args)))
+                    except Exception:
+                        results.append((False, Failure()))
+        except Exception:
+            # The group's fsyncs failed: nothing in it is known durable.
+            failed = Failure()
+            return [(False, failed)] * len(calls)
+        return results
+
+    def _batch_done(
+        self,
+        results: list[tuple[bool, Any]] | Failure,
+        batch: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]],
+    ) -> None:
+        self._batch_running = False
+        if isinstance(results, Failure):
+            results = [(False, results)] * len(batch)
+        for (ok, value), (_, _, d) in zip(results, batch, strict=True):
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
+        if self._pending:
+            self._flush()
 
     # -- service ----------------------------------------------------------------------
 

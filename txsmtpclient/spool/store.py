@@ -50,10 +50,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import BinaryIO
 
-from txsmtpclient.spool._files import (
-    FINISHED,
-    ORPHAN_AGE,
-    SpoolFiles,
+from txsmtpclient.spool._files import FINISHED, ORPHAN_AGE, SpoolFiles
+from txsmtpclient.spool._names import (
     new_id,
     parse_held_name,
     parse_queue_name,
