@@ -55,6 +55,8 @@ T = TypeVar("T")
 
 #: Due ids looked up at once (and kept for the next ticks).
 _BATCH = 100
+#: Batches of spool calls run at once in the thread pool.
+_BATCHES = 4
 
 
 class SetAsideReporter:
@@ -173,7 +175,7 @@ class SpoolService(MultiService):
         self._ready: deque[str] = deque()
         # Spool calls waiting for the thread pool, and whether a batch runs.
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
-        self._batch_running = False
+        self._batches_running = 0
         self._flush_call: IDelayedCall | None = None
         self._watch = watch
         self._unwatch: Callable[[], None] | None = None
@@ -197,23 +199,24 @@ class SpoolService(MultiService):
     def _pool_blocking(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
         """
         Run a spool call in the thread pool, batched: the calls made while
-        the previous batch runs (or within one reactor turn) go to the pool
-        together, one hand-off for all, inside the queue's
+        :data:`_BATCHES` batches run (or within one reactor turn) go to the
+        pool together, one hand-off for all, inside the queue's
         ``group_commit()`` if it has one, so that they share folder fsyncs.
-        Each call's Deferred fires after the whole batch is durable.
+        Each call's Deferred fires after the whole batch is durable.  A few
+        batches run at once: the file system merges their fsyncs.
         """
         d: Deferred[T] = Deferred()
         self._pending.append((f, args, d))
-        if not self._batch_running and self._flush_call is None:
+        if self._batches_running < _BATCHES and self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
         return d
 
     def _flush(self) -> None:
         self._flush_call = None
-        if self._batch_running or not self._pending or self._threadpool is None:
+        if self._batches_running >= _BATCHES or not self._pending or self._threadpool is None:
             return
         batch, self._pending = self._pending, []
-        self._batch_running = True
+        self._batches_running += 1
         calls = [(f, args) for f, args, _ in batch]
         running = deferToThreadPool(self._reactor, self._threadpool, self._run_batch, calls)
         running.addBoth(self._batch_done, batch)
@@ -241,7 +244,7 @@ class SpoolService(MultiService):
         results: list[tuple[bool, Any]] | Failure,
         batch: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]],
     ) -> None:
-        self._batch_running = False
+        self._batches_running -= 1
         if isinstance(results, Failure):
             results = [(False, results)] * len(batch)
         for (ok, value), (_, _, d) in zip(results, batch, strict=True):
