@@ -5,7 +5,7 @@ Layout (Maildir-like; every state is a folder, every state change a rename)::
 
     SPOOL/
       tmp/        files being written: {pid}.{random}.tmp
-      msg/        message bytes, written once: {id}.eml
+      msg/        message bytes, written once: {id}.eml (see below)
       queue/      waiting entries, due time first: {due_ms:015d}.{id}.json
       sending/    entries claimed by process pid: {id}.{pid}.json
       done/       {id}.json
@@ -17,16 +17,28 @@ An entry's envelope (:class:`~txsmtpclient.spool.envelope.Entry`, JSON) is
 always written whole to ``tmp/``, fsynced, and renamed into place; its folder
 is its state.  A change of content happens only while the entry is held in
 ``sending/`` under the holder's pid (written to ``tmp/``, fsynced, renamed over
-the held file), and a change of state is one rename.  So a SIGKILL at any
-moment leaves each message in exactly one well-formed place, plus at worst an
-orphan file in ``tmp/`` or ``msg/`` that :meth:`Spool.recover` removes.
+the held file), and a change of state is one rename.  Finishing is one write
+and one rename: the final envelope goes from ``tmp/`` straight to ``done/``
+or ``failed/``, and the held file is dropped after.  So a SIGKILL at any
+moment leaves each message in one well-formed place, plus at worst an
+orphan file in ``tmp/`` or ``msg/``, or a held copy of a finished entry,
+that :meth:`Spool.recover` removes.
+
+A message enqueued as bytes is one file with two names, ``msg/{id}.eml``
+and the entry in ``queue/``: the envelope's JSON on the first line, then the
+message, so that enqueueing fsyncs one file (and the two folders).  Readers
+of an envelope read its first line only; :meth:`Spool.read_message` skips
+that line when it names the entry.  The envelope's later versions are files
+of their own.
 
 Due entries are found from file names alone: ``queue/`` is listed with
-:func:`os.scandir` (and not even that while the folder is unchanged) and only
-due entries are read.
+:func:`os.listdir` (and not even that while the folder is unchanged) and
+nothing is read until an entry is claimed.
 
-Every method of :class:`Spool` does blocking file I/O (each state change
-fsyncs a file and a folder).  A Twisted daemon calls them through
+Every method of :class:`Spool` does blocking file I/O: a change fsyncs the
+file it writes and the folders it renames into before returning (inside
+:meth:`Spool.group_commit`, at the end of the block), except a claim, whose
+loss in a power cut only leaves the entry queued.  A Twisted daemon calls them through
 ``twisted.internet.threads.deferToThread``; methods on different ids may run
 in different threads at once.  The spool assumes one host: a held entry's
 owner is recognised by pid.  For several machines, implement :class:`IQueue`
