@@ -198,22 +198,30 @@ class SpoolService(MultiService):
 
     def _pool_blocking(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
         """
-        Run a spool call in the thread pool, batched: the calls made while
-        :data:`_BATCHES` batches run (or within one reactor turn) go to the
-        pool together, one hand-off for all, inside the queue's
+        Run a spool call in the thread pool, batched: at once when none
+        runs; else the calls made while :data:`_BATCHES` batches run (or
+        within one reactor turn) go to the pool together, one hand-off for all, inside the queue's
         ``group_commit()`` if it has one, so that they share folder fsyncs.
         Each call's Deferred fires after the whole batch is durable.  A few
         batches run at once: the file system merges their fsyncs.
         """
         d: Deferred[T] = Deferred()
         self._pending.append((f, args, d))
-        if self._batches_running < _BATCHES and self._flush_call is None:
+        if self._batches_running == 0:
+            # Idle: no wait (a just-due message goes out at once).
+            self._flush()
+        elif self._batches_running < _BATCHES and self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
         return d
 
     def _flush(self) -> None:
         self._flush_call = None
-        if self._batches_running >= _BATCHES or not self._pending or self._threadpool is None:
+        if self._threadpool is None:
+            pending, self._pending = self._pending, []
+            for _, _, d in pending:
+                d.errback(RuntimeError("the spool service is not running"))
+            return
+        if self._batches_running >= _BATCHES or not self._pending:
             return
         batch, self._pending = self._pending, []
         self._batches_running += 1
