@@ -54,7 +54,7 @@ __all__ = ["SetAsideReporter", "SpoolService", "StatusResource"]
 T = TypeVar("T")
 
 #: Due ids looked up at once (and kept for the next ticks).
-_BATCH = 100
+_BATCH = 1000
 #: Batches of spool calls run at once in the thread pool.
 _BATCHES = 4
 
