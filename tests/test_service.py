@@ -5,17 +5,19 @@ Tests for :mod:`txsmtpclient.spool.service`: the polling daemon on a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import pytest_twisted
 from helpers import success_result_of
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.web.server import NOT_DONE_YET
@@ -454,4 +456,56 @@ async def test_without_a_watch_new_mail_waits_for_the_poll(spool: Spool, clock: 
     clock.advance(1.0)
     assert len(sender.sends) == 1
     sender.accept(0)
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_spool_calls_made_together_share_one_group_commit(tmp_path: Path) -> None:
+    """
+    With its own thread pool, spool calls made while another runs go to the
+    pool as one batch inside the queue's group_commit(), and each caller
+    hears back only after its batch's group has ended (the changes are
+    durable).
+    """
+    from twisted.internet import reactor
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    events: list[tuple[str, int]] = []
+    current = threading.local()
+    batches = iter(range(1, 100))
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(spool, name)
+
+        def counts(self) -> dict[str, int]:
+            events.append(("call", current.batch))
+            return {"batch": current.batch}
+
+        @contextlib.contextmanager
+        def group_commit(self) -> Iterator[None]:
+            current.batch = next(batches)
+            events.append(("enter", current.batch))
+            yield
+            events.append(("exit", current.batch))
+
+    service = SpoolService(
+        Recording(), HeldSender(), relay="r", clock=reactor, reactor=reactor, watch=False
+    )
+    service.startService()
+    await service.when_ready()
+    del events[:]
+    answered: list[int] = []
+
+    def check(status: dict[str, Any]) -> None:
+        batch = status["counts"]["batch"]
+        assert ("exit", batch) in events
+        answered.append(batch)
+
+    calls = [service.status().addCallback(check) for _ in range(3)]
+    await DeferredList(calls, fireOnOneErrback=True)
+    # The first went out at once (nothing ran); the next two, made while it
+    # ran, went together (the two batches may run at the same time).
+    assert sorted(Counter(answered).values()) == [1, 2]
+    assert Counter(b for kind, b in events if kind == "call") == Counter(answered)
     await service.stopService()
