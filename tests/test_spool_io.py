@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import stat
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,27 +39,32 @@ class Counted:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: Counter[str] = Counter()
         self.fail_fsync_at: int | None = None
+        lock = threading.Lock()  # enqueue_many fsyncs from several threads
         real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
         real_link, real_open = os.link, os.open
         real_decode = decode_entry
 
         def fsync(fd: int) -> None:
             kind = "dir_fsync" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file_fsync"
-            self.calls[kind] += 1
-            if kind == "file_fsync" and self.calls[kind] == self.fail_fsync_at:
+            with lock:
+                self.calls[kind] += 1
+                count = self.calls[kind]
+            if kind == "file_fsync" and count == self.fail_fsync_at:
                 raise OSError(errno.ENOSPC, "No space left on device")
             real_fsync(fd)
 
         def counting(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                self.calls[name] += 1
+                with lock:
+                    self.calls[name] += 1
                 return real(*args, **kwargs)
 
             return wrapper
 
         def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
             if flags & os.O_CREAT:
-                self.calls["file_created"] += 1
+                with lock:
+                    self.calls["file_created"] += 1
             return real_open(path, flags, *args, **kwargs)
 
         monkeypatch.setattr(os, "fsync", fsync)

@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from txsmtpclient.spool._names import (
@@ -161,6 +162,25 @@ class SpoolFiles:
             finally:
                 for path, inode in after:
                     self._drop_held(path, inode)
+
+    def _sync_files(self, paths: builtins.list[str]) -> None:
+        """
+        Fsync files written without it, several at once (a few threads), so
+        that the file system can merge their journal commits.
+        """
+        if not self._fsync or not paths:
+            return
+
+        def sync(path: str) -> None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+            for _ in pool.map(sync, paths):
+                pass
 
     def _sync_dir(self, *dirs: str) -> None:
         if not self._fsync:

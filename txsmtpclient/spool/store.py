@@ -208,7 +208,10 @@ class Spool(SpoolFiles):
         placed: builtins.list[str] = []
         try:
             for entry, submission in zip(entries, messages, strict=True):
-                written.append(self._write_new(entry, submission.message))
+                written.append(self._write_new(entry, submission.message, sync=len(entries) == 1))
+            if len(entries) > 1:
+                # Fsynced together: the file system merges their commits.
+                self._sync_files([p for _, m, e in written for p in (m, e) if p is not None])
             for entry, message_tmp, envelope_tmp in written:
                 # The message first: the daemon may claim the entry the
                 # moment its envelope lands in queue/.
@@ -234,7 +237,7 @@ class Spool(SpoolFiles):
         return [entry.id for entry in entries]
 
     def _write_new(
-        self, entry: Entry, message: bytes | str | BinaryIO
+        self, entry: Entry, message: bytes | str | BinaryIO, *, sync: bool = True
     ) -> tuple[Entry, str, str | None]:
         """
         Write a new entry's files to ``tmp/``, fsynced.  A message given as
@@ -250,12 +253,12 @@ class Spool(SpoolFiles):
         if isinstance(message, bytes):
             entry = replace(entry, size=len(message))
             head = encode_entry(entry) + b"\n"
-            path, _ = self._write_tmp(message, head=head)
+            path, _ = self._write_tmp(message, head=head, sync=sync)
             return entry, path, None
-        message_tmp, size = self._write_tmp(message)
+        message_tmp, size = self._write_tmp(message, sync=sync)
         entry = replace(entry, size=size)
         try:
-            envelope_tmp, _ = self._write_tmp(encode_entry(entry))
+            envelope_tmp, _ = self._write_tmp(encode_entry(entry), sync=sync)
         except BaseException:
             unlink_if_present(message_tmp)
             raise
