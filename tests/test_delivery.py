@@ -277,6 +277,27 @@ def test_failure_notice_is_queued_to_sender(spool: Spool, clock: Clock) -> None:
     assert "Message-ID: <1@example.test>" in spool.read_message(notice.id).decode()
 
 
+def test_failure_notice_reuses_the_message_read_for_sending(
+    spool: Spool, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused message is read from the spool once, for both the send and its notice."""
+    reads: list[str] = []
+    real_read = spool.read_message
+
+    def counting_read(entry_id: str) -> bytes:
+        reads.append(entry_id)
+        return real_read(entry_id)
+
+    monkeypatch.setattr(spool, "read_message", counting_read)
+    sender = ScriptedSender(SMTPRecipientsRefused({"a@example.test": (550, b"5.1.1 unknown")}))
+    deliverer, _ = make(spool, clock, sender, notify_sender=True)
+    entry = claim(spool, "a@example.test", sender="author@example.test")
+    success_result_of(deliverer.deliver(entry))
+    assert reads == [entry.id]
+    [notice] = spool.list(State.QUEUED)
+    assert "Message-ID: <1@example.test>" in real_read(notice.id).decode()
+
+
 def test_no_failure_notice_for_a_bounce(spool: Spool, clock: Clock) -> None:
     """A message from the null sender never gets a notice (RFC 5321 section 4.5.5)."""
     sender = ScriptedSender(SMTPRecipientsRefused({"a@example.test": (550, b"unknown")}))
@@ -362,7 +383,7 @@ def test_dsn_requests_are_passed_to_the_client(spool: Spool, clock: Clock) -> No
 
 
 class FullOnce:
-    """A spool whose first record_attempt fails with a full disk."""
+    """A spool whose first complete fails with a full disk."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
@@ -371,11 +392,11 @@ class FullOnce:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.spool, name)
 
-    def record_attempt(self, entry_id: str, attempt: Any) -> Entry:
+    def complete(self, entry_id: str, outcome: Any = None, *, attempt: Any = None) -> Entry:
         if self.failures:
             self.failures -= 1
             raise SpoolFull(28, "disk full")
-        return self.spool.record_attempt(entry_id, attempt)
+        return self.spool.complete(entry_id, outcome, attempt=attempt)
 
 
 def test_disk_full_is_reported_and_retried(spool: Spool, clock: Clock) -> None:

@@ -5,16 +5,19 @@ Tests for :mod:`txsmtpclient.spool.service`: the polling daemon on a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import pytest_twisted
 from helpers import success_result_of
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.web.server import NOT_DONE_YET
@@ -82,6 +85,7 @@ def service_for(spool: Any, clock: Clock, sender: HeldSender, **kwargs: Any) -> 
         poll_interval=1.0,
         grace=kwargs.pop("grace", 10.0),
         policy=RetryPolicy(initial=60.0, maximum=600.0),
+        watch=kwargs.pop("watch", False),
         **kwargs,
     )
 
@@ -206,10 +210,10 @@ class FullSpool:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.spool, name)
 
-    def record_attempt(self, entry_id: str, attempt: Any) -> Any:
+    def complete(self, entry_id: str, outcome: Any = None, *, attempt: Any = None) -> Any:
         if self.full:
             raise SpoolFull(28, "No space left on device")
-        return self.spool.record_attempt(entry_id, attempt)
+        return self.spool.complete(entry_id, outcome, attempt=attempt)
 
 
 def test_full_disk_pauses_new_work(spool: Spool, clock: Clock) -> None:
@@ -335,3 +339,176 @@ def test_start_up_line_names_the_spool(spool: Spool, clock: Clock) -> None:
     assert line["spool"] == spool.path
     assert spool.path in formatEvent(line)
     success_result_of(service.stopService())
+
+
+class ArrivalSender(HeldSender):
+    """
+    A HeldSender whose ``arrived`` fires once ``expected`` sends have come in,
+    on a later reactor turn (so the last send's caller has returned first).
+    """
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+        self.arrived: Deferred[None] = Deferred()
+
+    def sendmail(self, *args: Any, **kwargs: Any) -> Deferred[dict[str, Reply]]:
+        from twisted.internet import reactor
+
+        d = super().sendmail(*args, **kwargs)
+        if len(self.sends) == self.expected:
+            reactor.callLater(0, self.arrived.callback, None)
+        return d
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+
+
+def watching_service(spool: Any, clock: Clock, sender: HeldSender, concurrency: int) -> Any:
+    from twisted.internet import reactor
+
+    return SpoolService(
+        spool,
+        sender,
+        relay="relay.test:25",
+        clock=clock,
+        reactor=reactor,
+        blocking=inline,
+        concurrency=concurrency,
+        poll_interval=1.0,
+        watch=True,
+    )
+
+
+@linux_only
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_enqueue_wakes_the_service_without_waiting_for_the_poll(
+    spool: Spool, clock: Clock
+) -> None:
+    """
+    A message enqueued while the service idles is sent at once: the poll's
+    Clock is never advanced, the spool watch alone starts the delivery.
+    """
+    from twisted.internet import reactor
+
+    sender = ArrivalSender(expected=1)
+    service = watching_service(spool, clock, sender, concurrency=2)
+    service.startService()
+    assert sender.sends == [] and service.ticks == 1
+    spool.enqueue(MESSAGE, "f@example.test", ["a@example.test"])
+    await sender.arrived.addTimeout(30, reactor)
+    assert sender.sends[0][0] == ["a@example.test"]
+    assert clock.seconds() == NOW  # no poll ran
+    sender.accept(0)
+    assert spool.counts()["done"] == 1
+    await service.stopService()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_burst_of_enqueues_wakes_a_bounded_number_of_times(
+    spool: Spool, clock: Clock
+) -> None:
+    """
+    300 messages arriving at once (150 enqueues and one enqueue_many of
+    150) are all taken in a handful of looks at the queue, not one per
+    message.
+    """
+    from twisted.internet import reactor
+
+    from txsmtpclient.spool.queue import Submission
+
+    looks: list[int] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(spool, name)
+
+        def due(self, now: float, limit: int) -> list[str]:
+            found = spool.due(now, limit)
+            looks.append(len(found))
+            return found
+
+    sender = ArrivalSender(expected=300)
+    service = watching_service(Counting(), clock, sender, concurrency=1000)
+    service.startService()
+    for i in range(150):
+        spool.enqueue(MESSAGE, "f@example.test", [f"r{i}@example.test"])
+    spool.enqueue_many(
+        [Submission(MESSAGE, "f@example.test", [f"s{i}@example.test"]) for i in range(150)]
+    )
+    await sender.arrived.addTimeout(60, reactor)
+    assert len(sender.sends) == 300
+    assert len(looks) <= 10, looks
+    assert service.ticks <= 10
+    for i in range(300):
+        sender.accept(i)
+    assert spool.counts()["done"] == 300
+    await service.stopService()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_without_a_watch_new_mail_waits_for_the_poll(spool: Spool, clock: Clock) -> None:
+    """With watching off, an enqueue is found by the next poll and not before."""
+    sender = ArrivalSender(expected=1)
+    service = service_for(spool, clock, sender, watch=False)
+    service.startService()
+    spool.enqueue(MESSAGE, "f@example.test", ["a@example.test"])
+    assert sender.sends == []
+    clock.advance(1.0)
+    assert len(sender.sends) == 1
+    sender.accept(0)
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_spool_calls_made_together_share_one_group_commit(tmp_path: Path) -> None:
+    """
+    With its own thread pool, spool calls made while another runs go to the
+    pool as one batch inside the queue's group_commit(), and each caller
+    hears back only after its batch's group has ended (the changes are
+    durable).
+    """
+    from twisted.internet import reactor
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    events: list[tuple[str, int]] = []
+    current = threading.local()
+    batches = iter(range(1, 100))
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(spool, name)
+
+        def counts(self) -> dict[str, int]:
+            events.append(("call", current.batch))
+            return {"batch": current.batch}
+
+        @contextlib.contextmanager
+        def group_commit(self) -> Iterator[None]:
+            current.batch = next(batches)
+            events.append(("enter", current.batch))
+            yield
+            events.append(("exit", current.batch))
+
+    service = SpoolService(
+        Recording(), HeldSender(), relay="r", clock=reactor, reactor=reactor, watch=False
+    )
+    service.startService()
+    await service.when_ready()
+    del events[:]
+    answered: list[int] = []
+
+    def check(status: dict[str, Any]) -> None:
+        batch = status["counts"]["batch"]
+        assert ("exit", batch) in events
+        answered.append(batch)
+
+    calls = [service.status().addCallback(check) for _ in range(3)]
+    await DeferredList(calls, fireOnOneErrback=True)
+    # The first went out at once (nothing ran); the next two, made while it
+    # ran, went together (the two batches may run at the same time).
+    assert sorted(Counter(answered).values()) == [1, 2]
+    assert Counter(b for kind, b in events if kind == "call") == Counter(answered)
+    await service.stopService()

@@ -27,6 +27,7 @@ from txsmtpclient.spool.queue import (
     IQueue,
     SpoolError,
     SpoolFull,
+    Submission,
 )
 from txsmtpclient.spool.schedule import (
     DEFAULT_MAX_LIFETIME,
@@ -61,6 +62,7 @@ __all__ = [
     "SpoolError",
     "SpoolFull",
     "State",
+    "Submission",
     "parse_duration",
     "parse_queue_id",
     "parse_recurrence",

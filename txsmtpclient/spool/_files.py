@@ -10,19 +10,25 @@ and nothing about when to.  Every method does blocking file I/O.
 
 from __future__ import annotations
 
-import bisect
 import builtins
 import contextlib
-import errno
-import math
 import os
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
+from txsmtpclient.spool._names import (
+    QueueIndex,
+    parse_held_name,
+    queue_name,
+    raise_if_full,
+    unlink_if_present,
+    write_all,
+)
 from txsmtpclient.spool.codec import decode_entry, encode_entry
 from txsmtpclient.spool.envelope import (
     Entry,
@@ -38,20 +44,9 @@ from txsmtpclient.spool.queue import (
     EntryNotFound,
     EntryStateError,
     SpoolError,
-    SpoolFull,
 )
 
-__all__ = [
-    "FINISHED",
-    "ORPHAN_AGE",
-    "SpoolFiles",
-    "new_id",
-    "parse_held_name",
-    "parse_queue_name",
-    "queue_name",
-    "raise_if_full",
-    "unlink_if_present",
-]
+__all__ = ["FINISHED", "ORPHAN_AGE", "SpoolFiles"]
 
 #: Files in ``tmp/`` and ``msg/`` whose writer is still alive are left alone
 #: by :meth:`SpoolFiles.recover` unless they are older than this (pid reuse).
@@ -63,16 +58,6 @@ _RACY_SECONDS = 2.0
 
 #: The states an entry ends in (until an operator retries it).
 FINISHED = (State.DONE, State.FAILED, State.CANCELLED)
-
-
-def new_id(now: float) -> str:
-    """
-    A spool id unique across processes and hosts sharing a spool: the time in
-    microseconds (hex), the pid, and 32 random bits.
-
-    :param now: the current time, epoch seconds.
-    """
-    return f"{int(now * 1_000_000):x}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -97,40 +82,6 @@ def _pid_of_id(entry_id: str) -> int:
     return int(entry_id.split("-")[1])
 
 
-def queue_name(due: float, entry_id: str) -> str:
-    """
-    A queued entry's file name: ``{due_ms:015d}.{id}.json``, so that name
-    order is due order.
-    """
-    return f"{max(0, math.floor(due * 1000)):015d}.{entry_id}.json"
-
-
-def parse_queue_name(name: str) -> tuple[int, str] | None:
-    """
-    ``(due_ms, id)`` from a queued entry's file name, or ``None`` if it is
-    not one.
-    """
-    parts = name.split(".")
-    if len(parts) != 3 or parts[2] != "json" or not parts[0].isdigit():
-        return None
-    if not is_valid_id(parts[1]):
-        return None
-    return int(parts[0]), parts[1]
-
-
-def parse_held_name(name: str) -> tuple[str, int] | None:
-    """
-    ``(id, holder pid)`` from a file name in ``sending/``, or ``None`` if it
-    is not one.
-    """
-    parts = name.split(".")
-    if len(parts) != 3 or parts[2] != "json" or not parts[1].isdigit():
-        return None
-    if not is_valid_id(parts[0]):
-        return None
-    return parts[0], int(parts[1])
-
-
 class SpoolFiles:
     """
     A spool folder's files and the safe ways to change them; the base of
@@ -151,12 +102,19 @@ class SpoolFiles:
         self._fsync = fsync
         self._on_set_aside = on_set_aside
         self._lock = threading.Lock()
+        self._finishing = threading.Lock()
+        # Per thread: the folders and held files of an open group_commit().
+        self._group = threading.local()
         # The queue folder's listing: (mtime_ns, [(due_ms, id, name)] sorted,
         # {id: name}).  Refreshed from names only.
-        self._index: _QueueIndex | None = None
+        self._index: QueueIndex | None = None
         # Paths of entries due() returned lately, so claim() finds them
         # without building the whole id map.
         self._recent: dict[str, str] = {}
+        # Entries this process claimed, as last read, with the held file's
+        # (inode, mtime, size) then: finishing reuses them rather than
+        # reading and decoding the file again.  Any rewrite makes a new file.
+        self._claimed: dict[str, tuple[tuple[int, int, int], Entry]] = {}
         for sub in ("tmp", "msg", *(s.value for s in State)):
             os.makedirs(os.path.join(self.path, sub), exist_ok=True)
 
@@ -177,8 +135,59 @@ class SpoolFiles:
     def _final_path(self, state: State, entry_id: str) -> str:
         return os.path.join(self._dir(state), f"{entry_id}.json")
 
+    @contextlib.contextmanager
+    def group_commit(self) -> Iterator[None]:
+        """
+        Share folder fsyncs among the changes made in this thread inside the
+        block (group commit): each folder is fsynced once when the block
+        ends, and only then are finished entries' held files removed.  A
+        change made inside the block is durable only once the block has
+        ended: acknowledge none before.  Blocks nest (the outermost
+        commits).
+
+        :raises OSError: if a folder cannot be fsynced at the end.
+        """
+        if getattr(self._group, "dirs", None) is not None:
+            yield
+            return
+        dirs: dict[str, None] = {}
+        after: builtins.list[tuple[str, int]] = []
+        self._group.dirs, self._group.after = dirs, after
+        try:
+            yield
+        finally:
+            self._group.dirs = self._group.after = None
+            try:
+                self._sync_dir(*dirs)
+            finally:
+                for path, inode in after:
+                    self._drop_held(path, inode)
+
+    def _sync_files(self, paths: builtins.list[str]) -> None:
+        """
+        Fsync files written without it, several at once (a few threads), so
+        that the file system can merge their journal commits.
+        """
+        if not self._fsync or not paths:
+            return
+
+        def sync(path: str) -> None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+            for _ in pool.map(sync, paths):
+                pass
+
     def _sync_dir(self, *dirs: str) -> None:
         if not self._fsync:
+            return
+        group = getattr(self._group, "dirs", None)
+        if group is not None:
+            group.update(dict.fromkeys(dirs))
             return
         for d in dict.fromkeys(dirs):
             fd = os.open(d, os.O_RDONLY)
@@ -187,33 +196,40 @@ class SpoolFiles:
             finally:
                 os.close(fd)
 
-    def _write_tmp(self, data: bytes | BinaryIO) -> tuple[str, int]:
+    def _write_tmp(
+        self, data: bytes | BinaryIO, *, head: bytes = b"", sync: bool = True
+    ) -> tuple[str, int]:
         """
-        Write data to a new file in ``tmp/``, fsynced; returns (path, size).
-        The file is removed again if writing fails.
+        Write ``head`` and then data to a new file in ``tmp/``, fsynced
+        unless ``sync`` is false; returns (path, size of data).  The file is
+        removed again if writing fails.
         """
         path = os.path.join(self.path, "tmp", f"{os.getpid()}.{secrets.token_hex(8)}.tmp")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(data, bytes):
-                    f.write(data)
-                    size = len(data)
-                else:
+            if isinstance(data, bytes):
+                # One write call for the whole file: no buffered file object.
+                write_all(fd, head + data if head else data)
+                size = len(data)
+            else:
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    f.write(head)
                     shutil.copyfileobj(data, f, 1024 * 1024)
-                    size = f.tell()
-                f.flush()
-                if self._fsync:
-                    os.fsync(f.fileno())
+                    size = f.tell() - len(head)
+            if sync and self._fsync:
+                os.fsync(fd)
         except BaseException:
+            os.close(fd)
             unlink_if_present(path)
             raise
+        os.close(fd)
         return path, size
 
-    def _write_entry(self, entry: Entry, path: str) -> None:
+    def _write_entry(self, entry: Entry, path: str, *, sync_dir: bool = True) -> None:
         """
         Replace the file at ``path`` (held by this process) with ``entry``,
-        atomically: tmp, fsync, rename.
+        atomically: tmp, fsync, rename.  ``sync_dir=False`` leaves the
+        folder's fsync to a move that follows.
         """
         try:
             tmp, _ = self._write_tmp(encode_entry(entry))
@@ -225,20 +241,62 @@ class SpoolFiles:
         except BaseException:
             unlink_if_present(tmp)
             raise
-        self._sync_dir(os.path.dirname(path))
+        if sync_dir:
+            self._sync_dir(os.path.dirname(path))
 
-    def _move(self, src: str, dst: str) -> None:
+    def _finish_held(self, entry: Entry, held: str, target: str) -> None:
+        """
+        Move a held entry to a finished state's ``target`` with its new
+        content in one write and one rename: tmp, fsync, rename to
+        ``target``, fsync the folders, then drop the held file.  A crash
+        before the drop leaves both; :meth:`recover` drops the held one,
+        since the finished file is the newer.  The queue folder is synced
+        too, so that the claim's rename out of it is as durable as the
+        finish (a claim itself is not fsynced).
+        """
+        try:
+            tmp, _ = self._write_tmp(encode_entry(entry))
+        except OSError as e:
+            raise_if_full(e, f"cannot update entry {entry.id}")
+            raise
+        inode = os.stat(held).st_ino
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            unlink_if_present(tmp)
+            raise
+        self._sync_dir(os.path.dirname(target), self._dir(State.QUEUED))
+        after = getattr(self._group, "after", None)
+        if after is not None:
+            after.append((held, inode))  # once the group's fsyncs are done
+        else:
+            self._drop_held(held, inode)
+
+    def _drop_held(self, held: str, inode: int) -> None:
+        """
+        Remove a finished entry's held file, unless an in-process retry()
+        has meanwhile taken the finished file into the same name (another
+        inode); the lock keeps the two from interleaving.
+        """
+        with self._finishing, contextlib.suppress(FileNotFoundError):
+            if os.stat(held).st_ino == inode:
+                os.unlink(held)
+
+    def _move(self, src: str, dst: str, *, sync: bool = True) -> None:
         os.rename(src, dst)
-        self._sync_dir(os.path.dirname(dst), os.path.dirname(src))
+        if sync:
+            self._sync_dir(os.path.dirname(dst), os.path.dirname(src))
 
     def _read(self, path: str, entry_id: str, state: State) -> Entry:
+        # Only the first line: an entry enqueued whole shares its file with
+        # the message, which follows the envelope's line.
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.readline()
         return decode_entry(data, id=entry_id, state=state)
 
     # --- the queue index ----------------------------------------------------
 
-    def _queue_index(self, *, fresh: bool = False) -> _QueueIndex:
+    def _queue_index(self, *, fresh: bool = False) -> QueueIndex:
         """
         The queue's file names, sorted (so by due time), relisted only if
         the folder changed since the last listing: its mtime moves on every
@@ -258,7 +316,7 @@ class SpoolFiles:
         # due order, so nothing is parsed or read here.
         names = os.listdir(self._dir(State.QUEUED))
         names.sort()
-        index = _QueueIndex(mtime, names)
+        index = QueueIndex(mtime, names)
         with self._lock:
             self._index = index
         return index
@@ -311,17 +369,37 @@ class SpoolFiles:
 
     # --- held entries -----------------------------------------------------
 
-    def _read_held(self, entry_id: str) -> Entry:
+    def _read_held(self, entry_id: str, *, keep: bool = False) -> Entry:
+        """
+        An entry this process holds, from memory if its file is unchanged
+        since it was last read (``keep``: remember it for next time).
+
+        :raises EntryStateError: if this process does not hold it.
+        """
         path = self._held_path(entry_id)
         try:
-            return self._read(path, entry_id, State.SENDING)
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                cached = self._claimed.get(entry_id)
+                if cached is not None and cached[0] == key:
+                    entry = cached[1]
+                else:
+                    entry = decode_entry(f.readline(), id=entry_id, state=State.SENDING)
         except FileNotFoundError:
+            self._claimed.pop(entry_id, None)
             raise EntryStateError(f"entry {entry_id} is not claimed by this process") from None
+        if keep:
+            self._claimed[entry_id] = (key, entry)
+        else:
+            self._claimed.pop(entry_id, None)
+        return entry
 
-    def _take_queued(self, entry_id: str, target: str) -> bool:
+    def _take_queued(self, entry_id: str, target: str, *, sync: bool = True) -> bool:
         """
-        Move a queued entry to ``target`` in one rename.  Looks twice, since
-        another process may move it between finding and renaming.
+        Move a queued entry to ``target`` in one rename (fsynced unless
+        ``sync`` is false).  Looks twice, since another process may move it
+        between finding and renaming.
 
         :returns: whether it was moved; ``False`` if it is not queued.
         """
@@ -330,7 +408,7 @@ class SpoolFiles:
             if path is None:
                 return False
             try:
-                self._move(path, target)
+                self._move(path, target, sync=sync)
             except FileNotFoundError:
                 continue  # moved by someone else meanwhile; look again
             return True
@@ -410,6 +488,7 @@ class SpoolFiles:
         )
         me = os.getpid()
         now = time.time()
+        self._claimed.clear()
 
         def abandoned(pid: int) -> bool:
             return pid == me or not _pid_alive(pid)
@@ -432,6 +511,12 @@ class SpoolFiles:
                 continue
             entry_id, pid = parsed
             if not abandoned(pid):
+                continue
+            if any(os.path.exists(self._final_path(st, entry_id)) for st in FINISHED):
+                # A finish that crashed after its rename (see _finish_held):
+                # the finished file is the newer copy.
+                unlink_if_present(path)
+                report["finished"] += 1
                 continue
             try:
                 entry = self._read(path, entry_id, State.SENDING)
@@ -495,56 +580,3 @@ class SpoolFiles:
         with self._lock:
             self._index = None
         return report
-
-
-class _QueueIndex:
-    """
-    A listing of ``queue/``: names sorted, which is due order, and an id to
-    name map built only when first asked for.
-    """
-
-    __slots__ = ("_by_id", "mtime_ns", "names")
-
-    def __init__(self, mtime_ns: int, names: builtins.list[str]) -> None:
-        self.mtime_ns = mtime_ns
-        self.names = names
-        self._by_id: dict[str, str] | None = None
-
-    def due_count(self, now: float) -> int:
-        """
-        How many names, from the start, are due at ``now``.
-        """
-        # "/" sorts just after ".", so every "{now_ms}.{id}.json" is below.
-        bound = f"{max(0, math.floor(now * 1000)):015d}/"
-        return bisect.bisect_right(self.names, bound)
-
-    def name_of(self, entry_id: str) -> str | None:
-        """
-        The file name of a queued id, if listed.
-        """
-        if self._by_id is None:
-            by_id = {}
-            for name in self.names:
-                parts = name.split(".")
-                if len(parts) == 3:
-                    by_id[parts[1]] = name
-            self._by_id = by_id
-        return self._by_id.get(entry_id)
-
-
-def unlink_if_present(path: str) -> None:
-    """
-    Remove a file; one already gone is fine.
-    """
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def raise_if_full(error: OSError, what: str) -> None:
-    """
-    Raise :class:`SpoolFull` for a full disk or quota; return otherwise.
-    """
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise SpoolFull(
-            error.errno, f"{what}: the spool's disk is full ({error.strerror})"
-        ) from error

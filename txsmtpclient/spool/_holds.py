@@ -15,7 +15,8 @@ import os
 from dataclasses import replace
 from datetime import datetime
 
-from txsmtpclient.spool._files import SpoolFiles, raise_if_full
+from txsmtpclient.spool._files import SpoolFiles
+from txsmtpclient.spool._names import raise_if_full
 from txsmtpclient.spool.envelope import Entry, State, is_valid_id
 from txsmtpclient.spool.queue import EntryBusy, EntryNotFound, EntryStateError
 from txsmtpclient.spool.schedule import to_epoch

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import BinaryIO, Protocol, TypeGuard
 
-from txsmtpclient.spool._files import new_id
+from txsmtpclient.spool._names import new_id
 from txsmtpclient.spool._pgbase import Conn, entry_json
 from txsmtpclient.spool._pgops import OperatorCommands
 from txsmtpclient.spool.envelope import (

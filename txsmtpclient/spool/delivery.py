@@ -297,20 +297,21 @@ class Deliverer:
         for d in list(self.sending.values()):
             d.cancel()
 
-    def deliver(self, entry: Entry) -> Deferred[DeliveryReport]:
+    def deliver(self, entry: Entry, message: Body | None = None) -> Deferred[DeliveryReport]:
         """
         Send a claimed entry to its pending recipients and move it on.
 
         :param entry: an entry this process has claimed.
+        :param message: its message, if already read (else it is read here).
         :returns: a Deferred firing with what became of it; it does not
             fail for SMTP or store errors (they are recorded, logged and
             reported in the result).
         """
-        return Deferred.fromCoroutine(self._deliver(entry))
+        return Deferred.fromCoroutine(self._deliver(entry, message))
 
-    async def _deliver(self, entry: Entry) -> DeliveryReport:
+    async def _deliver(self, entry: Entry, message: Body | None) -> DeliveryReport:
         span = attempt_span(self.tracer, entry, self.relay, self.clock.seconds())
-        report = await self._deliver_traced(entry, span)
+        report = await self._deliver_traced(entry, message, span)
         span.finish(
             report.action.value,
             delivered=report.action is DeliveryAction.DELIVERED,
@@ -318,16 +319,21 @@ class Deliverer:
         )
         return report
 
-    async def _deliver_traced(self, entry: Entry, span: AttemptSpan) -> DeliveryReport:
-        try:
-            message = await self._message(entry)
-        except (OSError, EntryNotFound) as e:
-            return await self._set_aside(entry, f"message unreadable: {e}")
+    async def _deliver_traced(
+        self, entry: Entry, message: Body | None, span: AttemptSpan
+    ) -> DeliveryReport:
+        if message is None:
+            try:
+                message = await self._message(entry)
+            except (OSError, EntryNotFound) as e:
+                return await self._set_aside(entry, f"message unreadable: {e}")
+        # Kept for the failure notice when it is in memory already.
+        original = message if isinstance(message, bytes) else None
         span.event("spool.message_read", self.clock.seconds(), size=entry.size)
         if not entry.pending:
             # Claimed with nothing left to send (every recipient answered
             # before a crash): finish it.
-            return await self._finish(entry, None)
+            return await self._finish(entry, None, original)
         span.event("smtp.send", self.clock.seconds(), recipients=len(entry.pending))
         attempt = await self._attempt(entry, message)
         if attempt is None:
@@ -335,7 +341,7 @@ class Deliverer:
         if isinstance(attempt, str):
             return await self._set_aside(entry, attempt)
         span.attempted(attempt)
-        return await self._finish(entry, attempt)
+        return await self._finish(entry, attempt, original)
 
     async def _message(self, entry: Entry) -> Body:
         """
@@ -475,9 +481,12 @@ class Deliverer:
             **kw,
         )
 
-    async def _finish(self, entry: Entry, attempt: Attempt | None) -> DeliveryReport:
+    async def _finish(
+        self, entry: Entry, attempt: Attempt | None, message: bytes | None
+    ) -> DeliveryReport:
         """
-        Record the attempt and complete, fail or reschedule the entry.
+        Record the attempt and complete, fail or reschedule the entry, in
+        one store call.
         """
         after = apply_attempt(entry, attempt) if attempt is not None else entry
         now = self.clock.seconds()
@@ -529,12 +538,11 @@ class Deliverer:
                 if attempt is not None and attempt.ambiguous and self.on_ambiguous == "hold":
                     return await self._hold(entry_id, attempt, moved.due)
                 return DeliveryReport(entry_id, action, attempt, moved.due)
-            if attempt is not None:
-                # Recorded before the entry leaves sending/: a crash between
-                # the two is finished by recovery from this record.
-                await self._store(queue.record_attempt, entry_id, attempt)
+            # The attempt is recorded in the same write that finishes the
+            # entry: a crash before it leaves the entry claimed, and
+            # recovery sends it again (the server's reply was not stored).
             if action is DeliveryAction.DELIVERED:
-                moved = await self._store(queue.complete, entry_id, None)
+                moved = await self._store(queue.complete, entry_id, None, attempt=attempt)
             else:
                 if attempt is not None:
                     kind = (
@@ -550,7 +558,7 @@ class Deliverer:
                         )
                 else:
                     outcome = Outcome(now, OutcomeKind.FAILED, None, "no recipient accepted")
-                moved = await self._store(queue.fail, entry_id, outcome)
+                moved = await self._store(queue.fail, entry_id, outcome, attempt=attempt)
         except _GaveUp as e:
             self.log.error(
                 "Could not record the delivery of {id}: {error}; it stays in sending/ "
@@ -560,11 +568,11 @@ class Deliverer:
             )
             return DeliveryReport(entry_id, DeliveryAction.STUCK, attempt)
         if self.notify_sender and attempt is not None:
-            await self._notify(after, attempt, action)
+            await self._notify(after, attempt, action, message)
         due = moved.due if moved.recurrence is not None else None
         return DeliveryReport(entry_id, action, attempt, due)
 
-    async def _store(self, f: Callable[..., T], *args: Any) -> T:
+    async def _store(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """
         Run a store update off the reactor thread; while the disk is full,
         report it and try again every ``store_retry`` seconds (until the
@@ -573,9 +581,10 @@ class Deliverer:
         :raises _GaveUp: if the daemon is stopping, or another OS error.
         """
         was_full = False
+        call: Callable[..., T] = functools.partial(f, **kwargs) if kwargs else f
         while True:
             try:
-                result = await self.blocking(f, *args)
+                result = await self.blocking(call, *args)
             except SpoolFull as e:
                 was_full = True
                 self.on_disk_full(True)
@@ -633,10 +642,13 @@ class Deliverer:
             return DeliveryReport(entry.id, DeliveryAction.STUCK)
         return DeliveryReport(entry.id, DeliveryAction.SET_ASIDE)
 
-    async def _notify(self, entry: Entry, attempt: Attempt, action: DeliveryAction) -> None:
+    async def _notify(
+        self, entry: Entry, attempt: Attempt, action: DeliveryAction, original: bytes | None
+    ) -> None:
         """
         Enqueue a failure notice to the sender for the recipients that failed
-        permanently in this attempt, or all pending ones when it expired.
+        permanently in this attempt, or all pending ones when it expired;
+        ``original`` is the message as sent (already in memory).
         """
         if action is DeliveryAction.EXPIRED:
             failed: Mapping[str, ReplyRecord] = {
@@ -648,10 +660,12 @@ class Deliverer:
         # RFC 5321 section 4.5.5: never answer a bounce with a bounce.
         if not failed or not entry.sender:
             return
-        try:
-            original = await self.blocking(self.queue.read_message, entry.id)
-        except (OSError, EntryNotFound):
-            original = b""
+        if original is None:
+            # A message streamed from the queue: read it for the notice.
+            try:
+                original = await self.blocking(self.queue.read_message, entry.id)
+            except (OSError, EntryNotFound):
+                original = b""
         notice = failure_notice(
             entry, failed, original, hostname=self.hostname, now=self.clock.seconds()
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -26,6 +27,7 @@ __all__ = [
     "IQueue",
     "SpoolError",
     "SpoolFull",
+    "Submission",
 ]
 
 
@@ -65,6 +67,37 @@ class EntryStateError(SpoolError):
     """
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """
+    One message for :meth:`IQueue.enqueue_many`: the arguments of
+    :meth:`IQueue.enqueue`, as a value.
+
+    :ivar message: the message as bytes (sent as they are), ``str`` (UTF-8
+        encoded), or a binary file object streamed into the queue.
+    :ivar sender: the envelope sender, ``""`` for the null sender.
+    :ivar recipients: the envelope recipients (a single ``str`` is one
+        recipient).
+    :ivar mail_options: ESMTP MAIL FROM parameters.
+    :ivar rcpt_options: ESMTP RCPT TO parameters for every recipient.
+    :ivar dsn: RFC 3461 DSN requests.
+    :ivar at: when to send (aware or naive datetime, or epoch seconds);
+        ``None`` means now, or a cron recurrence's next time.
+    :ivar recurrence: a recurrence, or its text (cron or ``"every 10m"``).
+    :ivar timezone: IANA zone for a cron recurrence given as text.
+    """
+
+    message: bytes | str | BinaryIO
+    sender: str
+    recipients: Sequence[str] | str
+    mail_options: Sequence[str] = ()
+    rcpt_options: Sequence[str] = ()
+    dsn: Dsn | None = None
+    at: datetime | float | None = None
+    recurrence: Recurrence | str | None = None
+    timezone: str | None = None
+
+
 @runtime_checkable
 class IQueue(Protocol):
     """
@@ -73,10 +106,15 @@ class IQueue(Protocol):
     for several machines.  Every method may block.
 
     The daemon's cycle: :meth:`recover` once at start; then each tick
-    :meth:`due`, and for each entry :meth:`claim` (``None``: someone else took
-    it), :meth:`read_message`, send to ``entry.pending``, then
-    :meth:`record_attempt` and one of :meth:`complete`, :meth:`reschedule`,
-    :meth:`fail` or :meth:`release`.
+    :meth:`due` (ids only), and for each id :meth:`claim` (``None``: someone
+    else took it), :meth:`read_message`, send to ``entry.pending``, then one
+    of :meth:`complete`, :meth:`fail` or :meth:`reschedule` with the attempt
+    (recorded and the entry moved on in one durable change), or
+    :meth:`release` if nothing was attempted.
+
+    Durability: every method that changes an entry returns only once the
+    change would survive a crash of the process or of the machine (a
+    :class:`Spool` made with ``fsync=False`` promises the first only).
     """
 
     def enqueue(
@@ -99,9 +137,26 @@ class IQueue(Protocol):
         :meth:`.store.Spool.enqueue`.
         """
 
-    def due(self, now: float, limit: int) -> builtins.list[Entry]:
+    def enqueue_many(self, messages: Sequence[Submission]) -> builtins.list[str]:
         """
-        Up to ``limit`` queued entries due at ``now``, earliest first.
+        Queue several messages durably with one group commit; returns their
+        ids in order.  Every message is checked before anything is stored:
+        a bad one raises and stores none.  When it returns, all are stored;
+        a crash before that may leave any subset stored (each one whole).
+
+        :raises EnvelopeError: for a malformed address or option (nothing
+            stored).
+        :raises ScheduleError: for a bad recurrence or time zone (nothing
+            stored).
+        :raises SpoolFull: if the disk is full (nothing left behind).
+        """
+
+    def due(self, now: float, limit: int) -> builtins.list[str]:
+        """
+        The ids of up to ``limit`` queued entries due at ``now``, earliest
+        first, without reading the entries.  An id may be claimed or
+        cancelled by someone else before the caller claims it
+        (:meth:`claim` then returns ``None``).
         """
 
     def claim(self, entry_id: str) -> Entry | None:
@@ -121,24 +176,36 @@ class IQueue(Protocol):
 
     def record_attempt(self, entry_id: str, attempt: Attempt) -> Entry:
         """
-        Record an attempt on a claimed entry and its recipients' results.
+        Record an attempt on a claimed entry and its recipients' results; the
+        entry stays claimed.
         """
 
-    def complete(self, entry_id: str, outcome: Outcome | None = None) -> Entry:
+    def complete(
+        self, entry_id: str, outcome: Outcome | None = None, *, attempt: Attempt | None = None
+    ) -> Entry:
         """
-        Finish a claimed entry as delivered (recurring: queue the next one).
+        Finish a claimed entry as delivered (recurring: queue the next one),
+        recording ``attempt`` first if given, in one durable change.
+
+        :param outcome: what to record; by default built from the attempt
+            (or the last one recorded).
+        :raises EntryStateError: if this process has not claimed the entry.
         """
 
     def reschedule(
         self, entry_id: str, when: datetime | float, attempt: Attempt | None = None
     ) -> Entry:
         """
-        Return a claimed entry to the queue, due at ``when``.
+        Return a claimed entry to the queue, due at ``when``, recording
+        ``attempt`` first if given, in one durable change.
         """
 
-    def fail(self, entry_id: str, outcome: Outcome) -> Entry:
+    def fail(self, entry_id: str, outcome: Outcome, *, attempt: Attempt | None = None) -> Entry:
         """
-        Finish a claimed entry as failed (recurring: queue the next one).
+        Finish a claimed entry as failed (recurring: queue the next one),
+        recording ``attempt`` first if given, in one durable change.
+
+        :raises EntryStateError: if this process has not claimed the entry.
         """
 
     def release(self, entry_id: str) -> Entry:

@@ -4,8 +4,12 @@
 At start it recovers the spool (entries a dead process left in flight go
 back to the queue); then it polls the queue on an injected clock, claims due
 entries and hands them to a :class:`~txsmtpclient.spool.delivery.Deliverer`,
-at most ``concurrency`` at once.  Every blocking spool call runs in a small
-dedicated thread pool, never in the reactor thread.
+at most ``concurrency`` at once.  On Linux it also watches a spool folder's
+queue with inotify, so an enqueued message is taken on the next reactor
+turn rather than at the next poll; the poll stays as the safety net.  Every
+blocking spool call runs in a small dedicated thread pool, never in the
+reactor thread, and claims due entries in batches (one hand-off to the
+thread pool for all the free slots).
 
 On stop it takes no new work and lets the sends in flight finish within a
 grace period; those still running after it are cancelled and go back to the
@@ -17,8 +21,9 @@ queue unchanged, to be sent again at the next start.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -32,6 +37,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from txsmtpclient.spool._wakeup import watch_queue
 from txsmtpclient.spool.delivery import (
     Blocking,
     Deliverer,
@@ -47,6 +53,11 @@ from txsmtpclient.spool.schedule import Jitter, RetryPolicy
 __all__ = ["SetAsideReporter", "SpoolService", "StatusResource"]
 
 T = TypeVar("T")
+
+#: Due ids looked up at once (and kept for the next ticks).
+_BATCH = 1000
+#: Batches of spool calls run at once in the thread pool.
+_BATCHES = 4
 
 
 class SetAsideReporter:
@@ -93,6 +104,8 @@ class SpoolService(MultiService):
         nothing is.
     :param on_ambiguous: ``"resend"`` or ``"hold"``: what follows an
         attempt whose final dot got no reply (see :class:`.delivery.Deliverer`).
+    :param watch: watch a spool folder for new entries (Linux inotify, read
+        by ``reactor``) rather than only polling.
     """
 
     log = Logger()
@@ -116,6 +129,7 @@ class SpoolService(MultiService):
         store_retry: float = 5.0,
         observer: DeliveryObserver | None = None,
         on_ambiguous: str = "resend",
+        watch: bool = True,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if concurrency < 1:
@@ -164,6 +178,18 @@ class SpoolService(MultiService):
         #: Whether the service is stopping (or stopped): no new work.
         self.stopping = False
         self._timer: IDelayedCall | None = None
+        # Due ids found by the last look at the queue and not claimed yet;
+        # only the spool thread running _claim_batch touches it.
+        self._ready: deque[str] = deque()
+        # Spool calls waiting for the thread pool, and whether a batch runs.
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self._batches_running = 0
+        self._flush_call: IDelayedCall | None = None
+        self._watch = watch
+        self._unwatch: Callable[[], None] | None = None
+        self._poke: IDelayedCall | None = None
+        #: Looks at the queue (ticks) since start, for tests and metrics.
+        self.ticks = 0
         self._ticking: Deferred[None] | None = None
         self._again = False
         self._tick_active = False
@@ -192,8 +218,71 @@ class SpoolService(MultiService):
         return self._blocking(f, *args)
 
     def _pool_blocking(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
-        assert self._threadpool is not None
-        return deferToThreadPool(self._reactor, self._threadpool, f, *args)
+        """
+        Run a spool call in the thread pool, batched: at once when none
+        runs; else the calls made while :data:`_BATCHES` batches run (or
+        within one reactor turn) go to the pool together, one hand-off for all, inside the queue's
+        ``group_commit()`` if it has one, so that they share folder fsyncs.
+        Each call's Deferred fires after the whole batch is durable.  A few
+        batches run at once: the file system merges their fsyncs.
+        """
+        d: Deferred[T] = Deferred()
+        self._pending.append((f, args, d))
+        if self._batches_running == 0:
+            # Idle: no wait (a just-due message goes out at once).
+            self._flush()
+        elif self._batches_running < _BATCHES and self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self._threadpool is None:
+            pending, self._pending = self._pending, []
+            for _, _, d in pending:
+                d.errback(RuntimeError("the spool service is not running"))
+            return
+        if self._batches_running >= _BATCHES or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._batches_running += 1
+        calls = [(f, args) for f, args, _ in batch]
+        running = deferToThreadPool(self._reactor, self._threadpool, self._run_batch, calls)
+        running.addBoth(self._batch_done, batch)
+
+    def _run_batch(
+        self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[tuple[bool, Any]]:
+        group = getattr(self.queue, "group_commit", None)
+        results: list[tuple[bool, Any]] = []
+        try:
+            with group() if group is not None else contextlib.nullcontext():
+                for f, args in calls:
+                    try:
+                        results.append((True, f(*args)))
+                    except Exception:
+                        results.append((False, Failure()))
+        except Exception:
+            # The group's fsyncs failed: nothing in it is known durable.
+            failed = Failure()
+            return [(False, failed)] * len(calls)
+        return results
+
+    def _batch_done(
+        self,
+        results: list[tuple[bool, Any]] | Failure,
+        batch: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]],
+    ) -> None:
+        self._batches_running -= 1
+        if isinstance(results, Failure):
+            results = [(False, results)] * len(batch)
+        for (ok, value), (_, _, d) in zip(results, batch, strict=True):
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
+        if self._pending:
+            self._flush()
 
     # -- service ----------------------------------------------------------------------
 
@@ -243,6 +332,8 @@ class SpoolService(MultiService):
             )
         self._recovering = False
         self._started = None
+        if self._watch and not self.stopping:
+            self._unwatch = watch_queue(self.queue, self._reactor, self._poked)
         waiting, self._ready_waiters = self._ready_waiters, []
         for d in waiting:
             d.callback(None)
@@ -277,6 +368,12 @@ class SpoolService(MultiService):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        if self._poke is not None and self._poke.active():
+            self._poke.cancel()
+        self._poke = None
         if self._started is not None:
             await self._started
         if self._ticking is not None:
@@ -328,6 +425,14 @@ class SpoolService(MultiService):
         # With spool calls that finish at once the tick is already over.
         self._ticking = None if d.called else d
 
+    def _poked(self) -> None:
+        """
+        An entry arrived in the queue: look on the next reactor turn, once
+        for however many arrived meanwhile (no busy loop on a burst).
+        """
+        if self._poke is None or not self._poke.active():
+            self._poke = self._reactor.callLater(0, self.wake)
+
     async def _tick(self) -> None:
         self._tick_active = True
         if self._timer is not None and self._timer.active():
@@ -336,6 +441,7 @@ class SpoolService(MultiService):
         try:
             while True:
                 self._again = False
+                self.ticks += 1
                 await self._take_work()
                 if not self._again or self.stopping:
                     break
@@ -351,30 +457,49 @@ class SpoolService(MultiService):
         free = self.concurrency - len(self.in_flight)
         if free <= 0 or self.stopping or self.disk_full:
             return
+        claimed = await self._run_blocking(self._claim_batch, self.clock.seconds(), free)
+        for i, (entry, message) in enumerate(claimed):
+            if self.stopping:
+                # Not sent: back to the queue as they were.
+                for rest, _ in claimed[i:]:
+                    await self._run_blocking(self.queue.release, rest.id)
+                return
+            self._send(entry, message)
+
+    def _claim_batch(self, now: float, free: int) -> list[tuple[Entry, bytes | None]]:
+        """
+        In a spool thread: claim up to ``free`` due entries and read their
+        messages, so one hand-off to the thread pool serves a whole batch.
+        The due ids are looked up ``_BATCH`` at a time and kept, so the
+        queue's listing is not read again for every message.
+        """
         if isinstance(self.queue, IClaimDue):
             # A shared database claims due entries in one step (SKIP LOCKED),
-            # so workers do not race for the same ids.
-            taken = await self._run_blocking(self.queue.claim_due, self.clock.seconds(), free)
-            for held in taken:
-                if self.stopping:
-                    await self._run_blocking(self.queue.release, held.id)
-                else:
-                    self._send(held)
-            return
-        entries = await self._run_blocking(self.queue.due, self.clock.seconds(), free)
-        for entry in entries:
-            if self.stopping:
-                return
-            claimed = await self._run_blocking(self.queue.claim, entry.id)
-            if claimed is None:
+            # so workers do not race for the same ids; the deliverer streams
+            # each message from it.
+            return [(entry, None) for entry in self.queue.claim_due(now, free)]
+        claimed: list[tuple[Entry, bytes | None]] = []
+        scanned = False
+        while len(claimed) < free:
+            if not self._ready:
+                if scanned:
+                    break
+                self._ready.extend(self.queue.due(now, max(free, _BATCH)))
+                scanned = True
+                continue
+            entry = self.queue.claim(self._ready.popleft())
+            if entry is None:
                 continue  # another process took it, or it was cancelled
-            if self.stopping:
-                await self._run_blocking(self.queue.release, claimed.id)
-                return
-            self._send(claimed)
+            message: bytes | None
+            try:
+                message = self.queue.read_message(entry.id)
+            except Exception:
+                message = None  # the deliverer reads again, and sets it aside
+            claimed.append((entry, message))
+        return claimed
 
-    def _send(self, entry: Entry) -> None:
-        d = self.deliverer.deliver(entry)
+    def _send(self, entry: Entry, message: bytes | None = None) -> None:
+        d = self.deliverer.deliver(entry, message)
         self.in_flight[entry.id] = d
 
         def done(result: DeliveryReport | Failure) -> None:

@@ -5,7 +5,7 @@ Layout (Maildir-like; every state is a folder, every state change a rename)::
 
     SPOOL/
       tmp/        files being written: {pid}.{random}.tmp
-      msg/        message bytes, written once: {id}.eml
+      msg/        message bytes, written once: {id}.eml (see below)
       queue/      waiting entries, due time first: {due_ms:015d}.{id}.json
       sending/    entries claimed by process pid: {id}.{pid}.json
       done/       {id}.json
@@ -20,16 +20,28 @@ An entry's envelope (:class:`~txsmtpclient.spool.envelope.Entry`, JSON) is
 always written whole to ``tmp/``, fsynced, and renamed into place; its folder
 is its state.  A change of content happens only while the entry is held in
 ``sending/`` under the holder's pid (written to ``tmp/``, fsynced, renamed over
-the held file), and a change of state is one rename.  So a SIGKILL at any
-moment leaves each message in exactly one well-formed place, plus at worst an
-orphan file in ``tmp/`` or ``msg/`` that :meth:`Spool.recover` removes.
+the held file), and a change of state is one rename.  Finishing is one write
+and one rename: the final envelope goes from ``tmp/`` straight to ``done/``
+or ``failed/``, and the held file is dropped after.  So a SIGKILL at any
+moment leaves each message in one well-formed place, plus at worst an
+orphan file in ``tmp/`` or ``msg/``, or a held copy of a finished entry,
+that :meth:`Spool.recover` removes.
+
+A message enqueued as bytes is one file with two names, ``msg/{id}.eml``
+and the entry in ``queue/``: the envelope's JSON on the first line, then the
+message, so that enqueueing fsyncs one file (and the two folders).  Readers
+of an envelope read its first line only; :meth:`Spool.read_message` skips
+that line when it names the entry.  The envelope's later versions are files
+of their own.
 
 Due entries are found from file names alone: ``queue/`` is listed with
-:func:`os.scandir` (and not even that while the folder is unchanged) and only
-due entries are read.
+:func:`os.listdir` (and not even that while the folder is unchanged) and
+nothing is read until an entry is claimed.
 
-Every method of :class:`Spool` does blocking file I/O (each state change
-fsyncs a file and a folder).  A Twisted daemon calls them through
+Every method of :class:`Spool` does blocking file I/O: a change fsyncs the
+file it writes and the folders it renames into before returning (inside
+:meth:`Spool.group_commit`, at the end of the block), except a claim, whose
+loss in a power cut only leaves the entry queued.  A Twisted daemon calls them through
 ``twisted.internet.threads.deferToThread``; methods on different ids may run
 in different threads at once.  The spool assumes one host: a held entry's
 owner is recognised by pid.  For several machines, implement :class:`IQueue`
@@ -53,16 +65,16 @@ from dataclasses import replace
 from datetime import datetime
 from typing import BinaryIO
 
-from txsmtpclient.spool._files import (
-    FINISHED,
-    ORPHAN_AGE,
+from txsmtpclient.spool._files import FINISHED, ORPHAN_AGE
+from txsmtpclient.spool._holds import Holds
+from txsmtpclient.spool._names import (
     new_id,
     parse_held_name,
     parse_queue_name,
     raise_if_full,
     unlink_if_present,
 )
-from txsmtpclient.spool._holds import Holds
+from txsmtpclient.spool._submit import message_start, new_entry
 from txsmtpclient.spool.codec import encode_entry
 from txsmtpclient.spool.envelope import (
     Attempt,
@@ -75,10 +87,7 @@ from txsmtpclient.spool.envelope import (
     RecipientState,
     State,
     apply_attempt,
-    check_address,
-    check_options,
     is_valid_id,
-    make_recipients,
     start_next_occurrence,
 )
 from txsmtpclient.spool.queue import (
@@ -88,8 +97,9 @@ from txsmtpclient.spool.queue import (
     IQueue,
     SpoolError,
     SpoolFull,
+    Submission,
 )
-from txsmtpclient.spool.schedule import Recurrence, parse_recurrence, to_epoch
+from txsmtpclient.spool.schedule import Recurrence, to_epoch
 
 __all__ = [
     "ORPHAN_AGE",
@@ -140,9 +150,9 @@ class Spool(Holds):
         idempotency_key: str | None = None,
     ) -> str:
         """
-        Queue a message, atomically and durably: the message and its envelope
-        are written to ``tmp/``, fsynced and renamed into place, so no reader
-        ever sees half an entry.
+        Queue a message, atomically and durably: no reader ever sees half an
+        entry, and once it returns the entry survives a crash (one fsync of
+        the file and one of each folder it lands in).
 
         :param message: the message as bytes (sent as they are), ``str``
             (UTF-8 encoded), or a binary file object streamed into the spool.
@@ -172,97 +182,144 @@ class Spool(Holds):
         :raises SpoolFull: if the disk is full; nothing was left behind.
         :raises OSError: for other file errors; nothing was left behind.
         """
-        if isinstance(message, str):
-            message = message.encode("utf-8")
-        check_address(sender, what="sender")
-        if isinstance(recipients, str):
-            recipients = [recipients]
-        rcpts = make_recipients(recipients)
-        mail = check_options(mail_options)
-        rcpt = check_options(rcpt_options)
-        if isinstance(recurrence, str):
-            recurrence = parse_recurrence(recurrence, timezone)
-        now = self._clock()
-        if at is not None:
-            due = to_epoch(at)
-        elif recurrence is not None and recurrence.kind.value == "cron":
-            due = recurrence.next_after(now)
-        else:
-            due = now
-        entry_id = new_id(now)
-        keys_lock: int | None = None
-        if idempotency_key is not None:
-            first, keys_lock = self._reserve_key(idempotency_key, entry_id)
+        submission = Submission(
+            message,
+            sender,
+            recipients,
+            mail_options,
+            rcpt_options,
+            dsn,
+            at,
+            recurrence,
+            timezone,
+        )
+        if idempotency_key is None:
+            return self.enqueue_many([submission])[0]
+        entry = new_entry(submission, self._clock(), 0)
+        # The key names the new id before the entry is written, under a lock
+        # held until it is (see _reserve_key): a crash in between is taken
+        # over by the next request with the key, never stored twice.
+        first, keys_lock = self._reserve_key(idempotency_key, entry.id)
+        try:
             if first is not None:
                 return first
-        entry = Entry(
-            id=entry_id,
-            sender=sender,
-            recipients=rcpts,
-            due=due,
-            created=now,
-            mail_options=mail,
-            rcpt_options=rcpt,
-            dsn=dsn,
-            recurrence=recurrence,
-            occurrence_due=due,
-        )
-        created: builtins.list[str] = []
-        try:
-            msg_tmp, size = self._write_tmp(message)
-            created.append(msg_tmp)
-            env_tmp, _ = self._write_tmp(encode_entry(replace(entry, size=size)))
-            created.append(env_tmp)
-            msg_path = self._msg_path(entry_id)
-            os.rename(msg_tmp, msg_path)
-            created[0] = msg_path
-            self._sync_dir(os.path.dirname(msg_path))
-            # The commit point: the envelope appears in queue/ whole.
-            queued = self._queued_path(due, entry_id)
-            os.rename(env_tmp, queued)
-            created[1] = queued
-            self._sync_dir(self._dir(State.QUEUED), self._dir("tmp"))
-        except OSError as e:
-            for path in created:
-                unlink_if_present(path)
-            raise_if_full(e, "cannot enqueue message")
-            raise
+            self._store([entry], [submission])
+            return entry.id
         finally:
             if keys_lock is not None:
                 os.close(keys_lock)
-        return entry_id
+
+    def enqueue_many(self, messages: Sequence[Submission]) -> builtins.list[str]:
+        """
+        Queue several messages with one group commit: each is written and
+        fsynced, then all are renamed into place and each folder is fsynced
+        once.  Every message is checked before anything is written.
+
+        :param messages: what :meth:`enqueue` takes, one :class:`Submission`
+            per message.
+        :returns: the new entries' ids, in order.
+        :raises EnvelopeError: for a malformed address or option, or no
+            recipients: nothing was stored.
+        :raises ScheduleError: for a bad recurrence or time zone: nothing
+            was stored.
+        :raises SpoolFull: if the disk is full; nothing was left behind.
+        :raises OSError: for other file errors; nothing was left behind
+            (but an entry a daemon already took stays stored).  A crash
+            before it returns may leave any of them stored, each whole.
+        """
+        now = self._clock()
+        entries = [new_entry(m, now, i) for i, m in enumerate(messages)]
+        self._store(entries, messages)
+        return [entry.id for entry in entries]
+
+    def _store(self, entries: Sequence[Entry], messages: Sequence[Submission]) -> None:
+        """
+        Write checked new entries and their messages (see
+        :meth:`enqueue_many`).
+        """
+        written: builtins.list[tuple[Entry, str, str | None]] = []
+        placed: builtins.list[str] = []
+        try:
+            for entry, submission in zip(entries, messages, strict=True):
+                written.append(self._write_new(entry, submission.message, sync=len(entries) == 1))
+            if len(entries) > 1:
+                # Fsynced together: the file system merges their commits.
+                self._sync_files([p for _, m, e in written for p in (m, e) if p is not None])
+            for entry, message_tmp, envelope_tmp in written:
+                # The message first: the daemon may claim the entry the
+                # moment its envelope lands in queue/.
+                msg_path = self._msg_path(entry.id)
+                if envelope_tmp is None:
+                    os.link(message_tmp, msg_path)
+                else:
+                    os.rename(message_tmp, msg_path)
+                placed.append(msg_path)
+                queued = self._queued_path(entry.due, entry.id)
+                os.rename(envelope_tmp or message_tmp, queued)
+                placed.append(queued)
+            self._sync_dir(self._dir("msg"), self._dir(State.QUEUED))
+        except OSError as e:
+            for _, message_tmp, envelope_tmp in written:
+                unlink_if_present(message_tmp)
+                if envelope_tmp is not None:
+                    unlink_if_present(envelope_tmp)
+            for path in placed:
+                unlink_if_present(path)
+            raise_if_full(e, "cannot enqueue message")
+            raise
+
+    def _write_new(
+        self, entry: Entry, message: bytes | str | BinaryIO, *, sync: bool = True
+    ) -> tuple[Entry, str, str | None]:
+        """
+        Write a new entry's files to ``tmp/``, fsynced.  A message given as
+        bytes goes in one file with its envelope: the envelope's line, then
+        the message (one fsync).  A stream goes to its own file, and the
+        envelope to another.
+
+        :returns: the entry (with its size), the message's temporary file,
+            and the envelope's (``None`` when it is the same file).
+        """
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        if isinstance(message, bytes):
+            entry = replace(entry, size=len(message))
+            head = encode_entry(entry) + b"\n"
+            path, _ = self._write_tmp(message, head=head, sync=sync)
+            return entry, path, None
+        message_tmp, size = self._write_tmp(message, sync=sync)
+        entry = replace(entry, size=size)
+        try:
+            envelope_tmp, _ = self._write_tmp(encode_entry(entry), sync=sync)
+        except BaseException:
+            unlink_if_present(message_tmp)
+            raise
+        return entry, message_tmp, envelope_tmp
 
     # --- the daemon's cycle -----------------------------------------------------
 
-    def due(self, now: float, limit: int) -> builtins.list[Entry]:
+    def due(self, now: float, limit: int) -> builtins.list[str]:
         """
-        Queued entries due at ``now``, earliest first, found from file names;
-        only the due ones are read.  Unreadable ones are set aside and
-        skipped; ones that vanish meanwhile (claimed or cancelled by another
-        process) are skipped.
+        The ids of queued entries due at ``now``, earliest first, from file
+        names alone: nothing is read or decoded (:meth:`claim` does that).
+        Files whose names are not an entry's are set aside.
 
         :param now: epoch seconds.
-        :param limit: the most entries to return.
+        :param limit: the most ids to return.
         """
-        found: builtins.list[Entry] = []
+        found: builtins.list[str] = []
         recent: dict[str, str] = {}
         queue = self._dir(State.QUEUED)
         index = self._queue_index()
         for name in index.names[: index.due_count(now)]:
             if len(found) >= limit:
                 break
-            path = os.path.join(queue, name)
             parsed = parse_queue_name(name)
+            path = os.path.join(queue, name)
             if parsed is None:
                 self.set_aside(path, "file name is not {due_ms:015d}.{id}.json")
                 continue
-            try:
-                found.append(self._read(path, parsed[1], State.QUEUED))
-            except FileNotFoundError:
-                continue
-            except (OSError, EnvelopeError) as e:
-                self.set_aside(path, str(e))
-                continue
+            found.append(parsed[1])
             recent[parsed[1]] = path
         with self._lock:
             self._recent = recent
@@ -284,17 +341,19 @@ class Spool(Holds):
         """
         Take a queued entry for sending: one rename into ``sending/`` under
         this process's pid, so exactly one claimer wins.  If this process
-        dies, :meth:`recover` puts it back.
+        dies, :meth:`recover` puts it back.  The rename is not fsynced: a
+        claim lost in a power cut leaves the entry queued, which is safe;
+        the finish that follows syncs the queue folder.
 
         :returns: the entry, or ``None`` if it is no longer queued (claimed,
             cancelled) or was unreadable (it is then set aside).
         """
         held = self._held_path(entry_id)
-        if not self._take_queued(entry_id, held):
+        if not self._take_queued(entry_id, held, sync=False):
             return None
         try:
-            return self._read(held, entry_id, State.SENDING)
-        except (OSError, EnvelopeError) as e:
+            return self._read_held(entry_id, keep=True)
+        except (OSError, EnvelopeError, EntryStateError) as e:
             self.set_aside(held, str(e))
             return None
 
@@ -304,21 +363,37 @@ class Spool(Holds):
 
         :raises EntryNotFound: if there is no message with this id.
         """
-        with open(self.message_path(entry_id), "rb") as f:
-            return f.read()
+        if not is_valid_id(entry_id):
+            raise EntryNotFound(f"not a spool id: {entry_id!r}")
+        try:
+            with open(self._msg_path(entry_id), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise EntryNotFound(f"no message for entry {entry_id}") from None
+        return data[message_start(data, entry_id) :]
 
     def message_path(self, entry_id: str) -> str:
         """
         The message file's path, to stream a big message rather than read it
-        whole.
+        whole.  A message enqueued as bytes shares its file with the
+        envelope; this copies it out to a file of its own first (once).
 
         :raises EntryNotFound: if there is no message with this id.
         """
         if not is_valid_id(entry_id):
             raise EntryNotFound(f"not a spool id: {entry_id!r}")
         path = self._msg_path(entry_id)
-        if not os.path.exists(path):
-            raise EntryNotFound(f"no message for entry {entry_id}")
+        try:
+            with open(path, "rb") as f:
+                head = f.readline()
+                start = message_start(head, entry_id)
+                if start:
+                    f.seek(start)
+                    tmp, _ = self._write_tmp(f)
+                    os.replace(tmp, path)
+                    self._sync_dir(os.path.dirname(path))
+        except FileNotFoundError:
+            raise EntryNotFound(f"no message for entry {entry_id}") from None
         return path
 
     def record_attempt(self, entry_id: str, attempt: Attempt) -> Entry:
@@ -336,53 +411,58 @@ class Spool(Holds):
         self._write_entry(entry, self._held_path(entry_id))
         return entry
 
-    def _finish(self, entry_id: str, outcome: Outcome, state: State) -> Entry:
+    def _finish(
+        self, entry_id: str, outcome: Outcome | None, state: State, attempt: Attempt | None
+    ) -> Entry:
         held = self._held_path(entry_id)
         entry = self._read_held(entry_id)
+        if attempt is not None:
+            entry = apply_attempt(entry, attempt)
+        if outcome is None:
+            last = entry.attempts[-1] if entry.attempts else None
+            kind = OutcomeKind.DELIVERED if state is State.DONE else OutcomeKind.FAILED
+            outcome = Outcome.from_attempt(last, kind) if last else Outcome(self._clock(), kind)
         if entry.recurrence is not None:
             entry = start_next_occurrence(entry, outcome, self._clock())
-            self._write_entry(entry, held)
+            self._write_entry(entry, held, sync_dir=False)
             self._move(held, self._queued_path(entry.due, entry_id))
             return replace(entry, state=State.QUEUED)
         entry = replace(entry, outcome=outcome)
-        self._write_entry(entry, held)
-        self._move(held, self._final_path(state, entry_id))
+        self._finish_held(entry, held, self._final_path(state, entry_id))
         return replace(entry, state=state)
 
-    def complete(self, entry_id: str, outcome: Outcome | None = None) -> Entry:
+    def complete(
+        self, entry_id: str, outcome: Outcome | None = None, *, attempt: Attempt | None = None
+    ) -> Entry:
         """
         Finish a claimed entry as delivered: it moves to ``done/``; a
         recurring entry instead goes back to the queue for its next
         occurrence after now (missed ones are not caught up), every recipient
         pending again.  Call it only after the server's reply to the final
-        dot.
+        dot.  One write and one rename (a recurring entry: two renames).
 
-        :param outcome: what to record; by default built from the last
-            attempt (its reply and queue id).
+        :param outcome: what to record; by default built from the attempt
+            (its reply and queue id).
+        :param attempt: the attempt to record first, if not yet recorded.
         :returns: the entry in its new state.
         :raises EntryStateError: if this process has not claimed the entry.
+        :raises SpoolFull: if the disk is full (the entry is unchanged).
         """
-        if outcome is None:
-            entry = self._read_held(entry_id)
-            last = entry.attempts[-1] if entry.attempts else None
-            outcome = (
-                Outcome.from_attempt(last, OutcomeKind.DELIVERED)
-                if last is not None
-                else Outcome(self._clock(), OutcomeKind.DELIVERED)
-            )
-        return self._finish(entry_id, outcome, State.DONE)
+        return self._finish(entry_id, outcome, State.DONE, attempt)
 
-    def fail(self, entry_id: str, outcome: Outcome) -> Entry:
+    def fail(self, entry_id: str, outcome: Outcome, *, attempt: Attempt | None = None) -> Entry:
         """
         Finish a claimed entry as failed (a 5xx reply, or expired after the
         maximum queue lifetime): it moves to ``failed/``; a recurring entry
         records the outcome and goes back to the queue for its next
-        occurrence (cancel it to stop it).
+        occurrence (cancel it to stop it).  One write and one rename.
 
+        :param attempt: the attempt to record first, if not yet recorded.
         :returns: the entry in its new state.
         :raises EntryStateError: if this process has not claimed the entry.
+        :raises SpoolFull: if the disk is full (the entry is unchanged).
         """
-        return self._finish(entry_id, outcome, State.FAILED)
+        return self._finish(entry_id, outcome, State.FAILED, attempt)
 
     def reschedule(
         self, entry_id: str, when: datetime | float, attempt: Attempt | None = None
@@ -405,7 +485,7 @@ class Spool(Holds):
         if not entry.pending:
             raise ValueError(f"entry {entry_id} has no pending recipients to retry")
         entry = replace(entry, due=to_epoch(when))
-        self._write_entry(entry, held)
+        self._write_entry(entry, held, sync_dir=False)
         self._move(held, self._queued_path(entry.due, entry.id))
         return replace(entry, state=State.QUEUED)
 
@@ -485,7 +565,8 @@ class Spool(Holds):
         except EntryStateError:
             for state in (State.HELD, State.FAILED, State.CANCELLED):
                 try:
-                    self._move(self._final_path(state, entry_id), held)
+                    with self._finishing:  # see _finish_held
+                        self._move(self._final_path(state, entry_id), held)
                 except FileNotFoundError:
                     continue
                 break
@@ -510,7 +591,7 @@ class Spool(Holds):
                     entry, recipients=tuple(Recipient(r.address) for r in entry.recipients)
                 )
         entry = replace(entry, due=now)
-        self._write_entry(entry, held)
+        self._write_entry(entry, held, sync_dir=False)
         self._move(held, self._queued_path(now, entry_id))
         return replace(entry, state=State.QUEUED)
 
