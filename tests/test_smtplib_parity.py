@@ -211,3 +211,17 @@ def test_quiet_once_logging_has_begun() -> None:
     assert result.returncode == 0, result.stderr
     assert "hello from the transcript" in result.stdout
     assert "hello from the transcript" not in result.stderr
+
+
+def test_version_from_the_command_line() -> None:
+    """``python -m txsmtpclient --version`` prints the one version there is."""
+    import txsmtpclient
+
+    result = subprocess.run(
+        [sys.executable, "-m", "txsmtpclient", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert (result.returncode, result.stdout) == (0, f"txsmtpclient {txsmtpclient.__version__}\n")
