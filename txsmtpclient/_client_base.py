@@ -6,7 +6,10 @@ connection and EHLO/HELO.  The smtplib-style methods build on it in
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import sys
+from collections import deque
 from collections.abc import Callable, Coroutine
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar, cast
@@ -25,7 +28,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from txsmtpclient._calls import CallQueue
 from txsmtpclient._endpoints import connect_error, resolve_endpoint
-from txsmtpclient._log import Trace, Transcript, log_transaction
+from txsmtpclient._log import Trace, Transcript, log_transaction, logging_begun
 from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.commands import (
     check_argument,
@@ -50,6 +53,7 @@ from txsmtpclient.transaction import (
 __all__ = ["ClientBase"]
 
 T = TypeVar("T")
+_Client = TypeVar("_Client", bound="ClientBase")
 
 SMTP_PORT = 25
 
@@ -113,8 +117,15 @@ class ClientBase:
         server_hostname: str | None = None,
         allow_plaintext_auth: bool = False,
         bdat_threshold: int = 64 * 1024,
+        source_address: tuple[str, int] | None = None,
     ) -> None:
         self.tls: TLSPolicy = check_policy(tls)
+        #: smtplib's ``source_address``: the local ``(host, port)`` to bind.
+        self.source_address = source_address
+        #: smtplib's ``user`` and ``password``, set by :meth:`login`, read by
+        #: the ``auth_*`` methods.
+        self.user: str | None = None
+        self.password: str | None = None
         self._tls_options = tls_options
         self.server_hostname = server_hostname
         self.allow_plaintext_auth = allow_plaintext_auth
@@ -133,6 +144,8 @@ class ClientBase:
         self._proto: SMTPClientProtocol | None = None
         self._connect_error: BaseException | None = None
         self._calls = CallQueue()
+        #: Replies to putcmd()/send() commands that getreply() has not read.
+        self._put_replies: deque[Deferred[Reply]] = deque()
         self._last_plan: (
             tuple[tuple[Envelope, Extensions | None, int | None, bool, bool], Plan] | None
         ) = None
@@ -190,9 +203,41 @@ class ClientBase:
         """
         Set the debug level: 1 logs every command and reply through
         :mod:`twisted.logger` (namespace ``txsmtpclient``), 2 adds
-        timestamps.  Credentials and AUTH payloads are never logged.
+        timestamps.  While no log observer has begun (a script under
+        ``task.react``), the transcript is printed to ``sys.stderr`` too, as
+        smtplib prints it.  Credentials and AUTH payloads are never logged.
         """
         self._transcript.level = int(debuglevel)
+        self._transcript.echo = sys.stderr if debuglevel and not logging_begun() else None
+
+    @property
+    def debuglevel(self) -> int:
+        """
+        smtplib's ``debuglevel`` attribute; setting it is
+        :meth:`set_debuglevel`.
+        """
+        return self._transcript.level
+
+    @debuglevel.setter
+    def debuglevel(self, level: int) -> None:
+        self.set_debuglevel(level)
+
+    async def __aenter__(self: _Client) -> _Client:
+        """
+        ``async with SMTP(host) as smtp:``, as smtplib's ``with``.
+        """
+        return self
+
+    async def __aexit__(self, kind: object, error: object, traceback: object) -> None:
+        """
+        QUIT on a normal exit (a server already gone is fine, as in
+        smtplib); close the connection after an error.
+        """
+        if error is not None:
+            await self.close()  # type: ignore[attr-defined]
+            return
+        with contextlib.suppress(SMTPServerDisconnected):
+            await self.quit()  # type: ignore[attr-defined]
 
     def has_option(self, name: str) -> bool:
         """
@@ -261,6 +306,7 @@ class ClientBase:
             self.default_port,
             self.timeouts.connect,
             self._implicit_tls,
+            self.source_address,
         )
         return self._call(lambda: self._connect(endpoint, name))
 

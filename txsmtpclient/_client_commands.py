@@ -19,6 +19,7 @@ from txsmtpclient.commands import (
 )
 from txsmtpclient.errors import (
     SMTPDataError,
+    SMTPException,
     SMTPNotSupportedError,
 )
 from txsmtpclient.reply import Reply
@@ -52,6 +53,66 @@ class Commands(Security):
             return (await self._command(encode_command("HELP", args))).message
 
         return self._call(op)
+
+    # -- smtplib's low-level escape hatch ------------------------------------------
+
+    def putcmd(self, cmd: str, args: str = "") -> Deferred[None]:
+        """
+        smtplib's ``putcmd``: write one command without waiting for its
+        reply, which :meth:`getreply` then returns.  For commands
+        txsmtpclient has no method for; :meth:`docmd` does both at once.
+
+        :raises SMTPArgumentError: (at once) for control characters, or
+            non-ASCII without the server's SMTPUTF8.
+        """
+        check_argument(cmd, "cmd")
+        check_argument(args, "args")
+
+        async def op() -> None:
+            line = encode_command(cmd, args, utf8=self.has_option("smtputf8"))
+            self._put(line)
+
+        return self._call(op)
+
+    def send(self, s: str | bytes) -> Deferred[None]:
+        """
+        smtplib's ``send``: write one raw command line (CRLF added when
+        missing) whose single reply :meth:`getreply` returns.
+
+        :raises SMTPArgumentError: (at once) for anything but one line: a CR,
+            LF or NUL inside it is never sent.
+        """
+        data = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+        line = data[:-2] if data.endswith(b"\r\n") else data
+        check_argument(line.decode("utf-8", "replace"), "s")
+
+        async def op() -> None:
+            self._put(line + b"\r\n")
+
+        return self._call(op)
+
+    def getreply(self) -> Deferred[Reply]:
+        """
+        smtplib's ``getreply``: the reply to the oldest command written by
+        :meth:`putcmd` or :meth:`send` and not yet read.
+
+        :raises SMTPException: when no such command is waiting.
+        """
+
+        async def op() -> Reply:
+            if not self._put_replies:
+                raise SMTPException(
+                    "getreply() has no command to read a reply for: putcmd() first"
+                )
+            return await self._put_replies.popleft()
+
+        return self._call(op)
+
+    def _put(self, line: bytes) -> None:
+        reply = self._connection().send(Command(Kind.COMMAND, line))
+        # Read by getreply(); a failure stays in the Deferred until then.
+        reply.addErrback(lambda f: f)
+        self._put_replies.append(reply)
 
     def rset(self) -> Deferred[Reply]:
         """

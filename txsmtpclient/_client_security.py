@@ -5,6 +5,9 @@ TLS and AUTH for :class:`~txsmtpclient.SMTP`: STARTTLS and the TLS policy
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Callable
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
@@ -15,6 +18,7 @@ from txsmtpclient._exchange import (
     authenticate,
     tls_handshake,
 )
+from txsmtpclient._sasl import SASLMechanism
 from txsmtpclient._tls import client_tls_options
 from txsmtpclient.auth import (
     choose_mechanism,
@@ -39,6 +43,10 @@ class Security(ClientBase):
     """
     STARTTLS, the TLS policy applied before anything else, and AUTH.
     """
+
+    #: Challenges answered in the current AUTH exchange (smtplib's counter,
+    #: which :meth:`auth_login` reads).
+    _auth_challenge_count = 0
 
     async def _ehlo_or_helo_if_needed(self, tls_policy: bool = True) -> None:
         if self.helo_resp is None and self.ehlo_resp is None:
@@ -140,12 +148,79 @@ class Security(ClientBase):
         check_argument(user, "user")
         if not isinstance(password, str):
             raise TypeError(f"password must be str, not {type(password).__name__}")
+        # As smtplib, for the auth_* methods.
+        self.user, self.password = user, password
         return self._call(lambda: self._login(user, password, mechanism, initial_response_ok))
+
+    def auth(
+        self,
+        mechanism: str,
+        authobject: Callable[..., str | None],
+        *,
+        initial_response_ok: bool = True,
+    ) -> Deferred[Reply]:
+        """
+        smtplib's ``auth``: one AUTH exchange driven by ``authobject``, called
+        with no argument for the initial response (``None``: send none) and
+        with each decoded challenge for the answer, returning ``str``.
+        :meth:`auth_plain`, :meth:`auth_login` and :meth:`auth_cram_md5`
+        are such objects, using :attr:`user` and :attr:`password`.  Prefer
+        :meth:`login`, which picks the strongest mechanism.
+
+        :returns: a Deferred firing with the 235 reply.
+        :raises SMTPNotSupportedError: when the server does not offer the
+            mechanism, or the connection is not encrypted (see :meth:`login`).
+        :raises SMTPAuthenticationError: when the server refuses.
+        """
+        check_argument(mechanism, "mechanism")
+        if not callable(authobject):
+            raise TypeError(f"authobject must be callable, not {type(authobject).__name__}")
+        name = mechanism.upper()
+        mech = _CallableMechanism(name, authobject, self)
+        return self._call(lambda: self._authenticate(name, mech, initial_response_ok))
+
+    def auth_plain(self, challenge: bytes | None = None) -> str:
+        """
+        smtplib's PLAIN authobject: ``\\0user\\0password``.
+        """
+        return f"\0{self.user}\0{self.password}"
+
+    def auth_login(self, challenge: bytes | None = None) -> str:
+        """
+        smtplib's LOGIN authobject: the user name, then the password.
+        """
+        if challenge is None or self._auth_challenge_count < 2:
+            return self.user or ""
+        return self.password or ""
+
+    def auth_cram_md5(self, challenge: bytes | None = None) -> str | None:
+        """
+        smtplib's CRAM-MD5 authobject (RFC 2195): no initial response, then
+        the user and the keyed MD5 of the challenge.
+        """
+        if challenge is None:
+            return None
+        digest = hmac.new((self.password or "").encode("utf-8"), challenge, "md5").hexdigest()
+        return f"{self.user} {digest}"
 
     async def _login(
         self, user: str, password: str, mechanism: str | None, initial_response_ok: bool
     ) -> Reply:
         await self._ehlo_or_helo_if_needed()
+        self._may_authenticate()
+        if mechanism is None:
+            name = choose_mechanism(self.esmtp_features.auth_mechanisms)
+        else:
+            name = mechanism.upper()
+        return await self._authenticate(
+            name, mechanism_for(name, user, password), initial_response_ok
+        )
+
+    def _may_authenticate(self) -> None:
+        """
+        :raises SMTPNotSupportedError: when the server offers no AUTH, or the
+            connection is not encrypted and plaintext AUTH was not allowed.
+        """
         proto = self._connection()
         if not self.has_option("auth"):
             raise SMTPNotSupportedError("SMTP AUTH extension not supported by server.")
@@ -154,17 +229,42 @@ class Security(ClientBase):
                 "refusing to send credentials over a connection without TLS: use STARTTLS "
                 "or implicit TLS, or pass allow_plaintext_auth=True"
             )
+
+    async def _authenticate(
+        self, name: str, mech: SASLMechanism, initial_response_ok: bool
+    ) -> Reply:
+        await self._ehlo_or_helo_if_needed()
+        self._may_authenticate()
         offered = self.esmtp_features.auth_mechanisms
-        if mechanism is None:
-            name = choose_mechanism(offered)
-        else:
-            name = mechanism.upper()
-            if name not in offered:
-                raise SMTPNotSupportedError(
-                    f"the server does not offer AUTH {name}; it offers {sorted(offered)}"
-                )
-        mech = mechanism_for(name, user, password)
-        reply = await authenticate(proto, mech, initial_response_ok)
+        if name not in offered:
+            raise SMTPNotSupportedError(
+                f"the server does not offer AUTH {name}; it offers {sorted(offered)}"
+            )
+        self._auth_challenge_count = 0
+        reply = await authenticate(self._connection(), mech, initial_response_ok)
         if reply.code not in (235, 503):
             raise SMTPAuthenticationError(reply.code, reply.message)
         return reply
+
+
+class _CallableMechanism(SASLMechanism):
+    """
+    An smtplib authobject as a mechanism: called with no argument for the
+    initial response, then with each decoded challenge.
+    """
+
+    name = ""
+
+    def __init__(self, name: str, authobject: Callable[..., str | None], owner: Security) -> None:
+        self.name = name  # type: ignore[misc]
+        self._authobject = authobject
+        self._owner = owner
+
+    def initial_response(self) -> bytes | None:
+        response = self._authobject()
+        return None if response is None else response.encode("utf-8")
+
+    def respond(self, challenge: bytes) -> bytes:
+        self._owner._auth_challenge_count += 1
+        response = self._authobject(challenge)
+        return b"" if response is None else response.encode("utf-8")

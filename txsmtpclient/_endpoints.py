@@ -112,7 +112,11 @@ class Relay:
         return host if self.port is None else f"{host}:{self.port}"
 
     def endpoint_for(
-        self, reactor: Any, default_port: int, connect_timeout: float | None
+        self,
+        reactor: Any,
+        default_port: int,
+        connect_timeout: float | None,
+        source_address: tuple[str, int] | None = None,
     ) -> IStreamClientEndpoint:
         """
         The endpoint to connect to.
@@ -120,8 +124,19 @@ class Relay:
         :param default_port: the port when none was named.
         :param connect_timeout: seconds for the TCP connection (30 when
             ``None``).
-        :raises SMTPArgumentError: for a description Twisted cannot read.
+        :param source_address: smtplib's ``(host, port)`` to bind the local
+            end of the connection to.
+        :raises SMTPArgumentError: for a description Twisted cannot read, or
+            a ``source_address`` with an endpoint object or description
+            (give ``bindAddress`` in the description instead).
         """
+        if source_address is not None and (
+            self.endpoint is not None or self.description is not None
+        ):
+            raise SMTPArgumentError(
+                "source_address applies to a host name or address; an endpoint "
+                "(or description) binds its own (tcp:...:bindAddress=HOST)"
+            )
         if self.endpoint is not None:
             return self.endpoint
         if self.description is not None:
@@ -137,11 +152,12 @@ class Relay:
         timeout = connect_timeout if connect_timeout is not None else 30
         # An address literal needs no name resolution (which HostnameEndpoint
         # would still send through a thread).
+        bind = source_address
         if isIPAddress(host):
-            return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+            return TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
         if isIPv6Address(host):
-            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
+        return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
 
 
 _FORMS = (
@@ -307,6 +323,7 @@ def resolve_endpoint(
     default_port: int,
     connect_timeout: float | None,
     tls: Callable[[str], IOpenSSLClientConnectionCreator] | None = None,
+    source_address: tuple[str, int] | None = None,
 ) -> tuple[IStreamClientEndpoint, str]:
     """
     Build the endpoint to connect to (:func:`parse_relay`, then
@@ -319,6 +336,7 @@ def resolve_endpoint(
     :param tls: for implicit TLS (port 465): called with the host name
         parsed here (``""`` when there is none) for the TLS options to wrap
         the endpoint in; ``tls:``/``ssl:`` descriptions are TLS already.
+    :param source_address: the local ``(host, port)`` to bind to.
     :returns: the endpoint and the host name to show and to verify
         certificates against (``""`` for endpoints given as objects).
     :raises SMTPArgumentError: as :func:`parse_relay` and
@@ -326,7 +344,7 @@ def resolve_endpoint(
     :raises TypeError: for a ``host`` of another type.
     """
     relay = parse_relay(host, port)
-    endpoint = relay.endpoint_for(reactor, default_port, connect_timeout)
+    endpoint = relay.endpoint_for(reactor, default_port, connect_timeout, source_address)
     if tls is not None and not relay.implicit_tls:
         endpoint = wrapClientTLS(tls(relay.host), endpoint)
     return endpoint, relay.host

@@ -14,14 +14,15 @@ import datetime
 import re
 import time
 from collections.abc import Mapping
+from typing import TextIO
 
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, globalLogBeginner
 
 from txsmtpclient.errors import SMTPAmbiguousDelivery
 from txsmtpclient.reply import Reply
 from txsmtpclient.session import Command, Kind
 
-__all__ = ["REDACTED", "Trace", "Transcript", "log_transaction", "redact"]
+__all__ = ["REDACTED", "Trace", "Transcript", "log_transaction", "logging_begun", "redact"]
 
 REDACTED = b"<redacted>"
 
@@ -34,6 +35,17 @@ _MESSAGE_DATA = frozenset({Kind.MESSAGE_END, Kind.BDAT, Kind.BDAT_LAST})
 # Module level, not a class attribute: a Logger read through an instance
 # (Logger.__get__) takes the class's dotted name as its namespace instead.
 log = Logger(namespace="txsmtpclient")
+
+
+def logging_begun() -> bool:
+    """
+    Whether anything has begun observing :mod:`twisted.logger` events
+    (``twist``, ``twistd`` and ``globalLogBeginner.beginLoggingTo`` do); until
+    then events are only buffered, and a transcript nobody sees is no use.
+    """
+    # Twisted offers no public way to ask: the beginner keeps its temporary
+    # buffer until logging begins.
+    return getattr(globalLogBeginner, "_temporaryObserver", None) is None
 
 
 def redact(line: bytes) -> bytes:
@@ -55,10 +67,19 @@ class Transcript:
     :ivar level: 0 (silent), 1 (commands and replies) or 2 (with timestamps).
     """
 
-    __slots__ = ("level",)
+    __slots__ = ("echo", "level")
 
     def __init__(self, level: int = 0) -> None:
         self.level = level
+        #: Also print each line here, as smtplib prints to stderr: used
+        #: while no twisted.logger observer has begun (see
+        #: :func:`logging_begun`), so ``set_debuglevel(1)`` shows something
+        #: under ``task.react`` too.
+        self.echo: TextIO | None = None
+
+    def _print(self, text: str) -> None:
+        if self.echo is not None:
+            print(text, file=self.echo)
 
     def _stamp(self) -> str:
         return datetime.datetime.now().time().isoformat() + " " if self.level > 1 else ""
@@ -68,9 +89,9 @@ class Transcript:
         Log bytes written to the server (already redacted by the caller).
         """
         if self.level:
-            log.info(
-                "{timestamp}send: {data!r}", timestamp=self._stamp(), data=data, direction="send"
-            )
+            stamp = self._stamp()
+            log.info("{timestamp}send: {data!r}", timestamp=stamp, data=data, direction="send")
+            self._print(f"{stamp}send: {data!r}")
 
     def sent_command(self, command: Command) -> None:
         """
@@ -95,20 +116,24 @@ class Transcript:
         if self.level:
             if secret:
                 reply = Reply(reply.code, REDACTED)
+            stamp = self._stamp()
             log.info(
                 "{timestamp}reply: {code} {message!r}",
-                timestamp=self._stamp(),
+                timestamp=stamp,
                 code=reply.code,
                 message=reply.message,
                 direction="reply",
             )
+            self._print(f"{stamp}reply: {reply.code} {reply.message!r}")
 
     def note(self, text: str) -> None:
         """
         Log a connection event (connected, closed, TLS started).
         """
         if self.level:
-            log.info("{timestamp}{text}", timestamp=self._stamp(), text=text, direction="note")
+            stamp = self._stamp()
+            log.info("{timestamp}{text}", timestamp=stamp, text=text, direction="note")
+            self._print(f"{stamp}{text}")
 
 
 #: Where each kind of command's reply time is counted in :class:`Trace`.

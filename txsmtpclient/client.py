@@ -78,6 +78,11 @@ class SMTP(Commands):
         connection without TLS.
     :param bdat_threshold: with CHUNKING, messages larger than this (and
         streams of unknown size) go by BDAT instead of DATA.
+    :param source_address: smtplib's ``(host, port)`` to bind the local end
+        of the connection to (a host name or address, not an endpoint).
+
+    Used as ``async with SMTP(host) as smtp:``, QUIT is sent on a normal exit
+    and the connection closed after an error.
 
     :ivar esmtp_features: the extensions of the last EHLO reply.
     :ivar does_esmtp: whether the last EHLO succeeded.
@@ -336,6 +341,7 @@ class SMTP_SSL(SMTP):
         server_hostname: str | None = None,
         allow_plaintext_auth: bool = False,
         bdat_threshold: int = 64 * 1024,
+        source_address: tuple[str, int] | None = None,
     ) -> None:
         # The connection is TLS from its first byte: no STARTTLS on top.
         super().__init__(
@@ -349,6 +355,7 @@ class SMTP_SSL(SMTP):
             server_hostname=server_hostname,
             allow_plaintext_auth=allow_plaintext_auth,
             bdat_threshold=bdat_threshold,
+            source_address=source_address,
         )
 
     def _implicit_tls(self, host: str) -> IOpenSSLClientConnectionCreator:

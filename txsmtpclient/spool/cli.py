@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, TextIO, cast
 
+import txsmtpclient
 from txsmtpclient.spool.codec import entry_json
 from txsmtpclient.spool.envelope import Dsn, Entry, EnvelopeError, State
 from txsmtpclient.spool.postgres_schema import QueueDatabaseError, QueueUnavailable
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m txsmtpclient",
         description="Queue mail in a txsmtp spool and inspect the queue; "
         "the `twist txsmtp` daemon sends it.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"txsmtpclient {txsmtpclient.__version__}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -65,6 +65,8 @@ class ServerSession:
     commands: list[bytes] = field(default_factory=list)
     messages: list[ReceivedMessage] = field(default_factory=list)
     closed: bool = False
+    #: The client's address as the server saw it (``"127.0.0.1"``).
+    peer: str | None = None
     tls: bool = False
     helo: str | None = None
     auth_user: str | None = None

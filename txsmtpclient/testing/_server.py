@@ -454,7 +454,7 @@ class ScriptedServerFactory(Factory):
         self.protocols: list[ScriptedServerProtocol] = []
 
     def buildProtocol(self, addr: Any) -> ScriptedServerProtocol:
-        session = ServerSession(tls=self.implicit_tls)
+        session = ServerSession(tls=self.implicit_tls, peer=getattr(addr, "host", None))
         self.sessions.append(session)
         protocol = ScriptedServerProtocol(
             self.script, session, self.clock, self.tls_options, self.on_message
