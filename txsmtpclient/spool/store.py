@@ -11,7 +11,6 @@ Layout (Maildir-like; every state is a folder, every state change a rename)::
       done/       {id}.json
       failed/     {id}.json
       cancelled/  {id}.json
-      held/       {id}.json, kept back for an operator
       corrupt/    entries set aside, each with a {name}.reason text file
       held/       {id}.json, held by an operator: never sent until released
       keys/       idempotency keys: {sha256(key)}.id holding the first id
