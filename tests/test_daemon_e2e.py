@@ -320,3 +320,30 @@ async def test_relay_down_then_up(tmp_path: Path, make_daemon: Callable[..., Any
     assert entry.attempts[0].code is None
     assert entry.attempts[0].temporary
     assert entry.state in (State.QUEUED, State.SENDING)
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_each_attempt_logs_the_transaction_event(
+    smtp_server: AiosmtpdServer, make_daemon: Callable[..., Any]
+) -> None:
+    """Every delivery attempt ends with a txsmtpclient.transaction event carrying its trace."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "txsmtpclient.transaction":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        daemon = await make_daemon(smtp_server.address)
+        entry_id = daemon.spool.enqueue(_message("traced"), SENDER, ["a@example.test"])
+        daemon.spool_service.wake()
+        await daemon.until_state(entry_id, State.DONE)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    [event] = events
+    assert (event["outcome"], event["code"], event["sender"]) == ("sent", 250, SENDER)
+    assert {"envelope", "final"} <= set(event["timings"]) and event["bytes_sent"] > 0
+    assert [reply[0] for reply in event["replies"]][-1] == 250

@@ -691,11 +691,15 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
     _relay(relay)  # a malformed relay is a usage error now, not at each send
 
     def make_client() -> SMTP:
-        return SMTP(
+        smtp = SMTP(
             reactor=reactor,
             tls=settings["tls"],
             tls_options=tls_options,
         )
+        # Every delivery attempt ends with the structured transaction event
+        # (stage timings, TLS, replies, the relay's queue id).
+        smtp.transaction_events = True
+        return smtp
 
     pool = SMTPConnectionPool(
         relay,
