@@ -18,6 +18,8 @@ CORE = [
     "txsmtpclient.commands",
     "txsmtpclient.extensions",
     "txsmtpclient.transaction",
+    "txsmtpclient._sendargs",
+    "txsmtpclient.mailparams",
     "txsmtpclient.session",
     "txsmtpclient.states",
 ]

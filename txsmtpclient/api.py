@@ -17,13 +17,14 @@ from twisted.internet.interfaces import (
 
 from txsmtpclient._body import Body, body_source
 from txsmtpclient._endpoints import parse_relay
+from txsmtpclient._sendargs import envelope_for_call, message_for_call
 from txsmtpclient._tls import TLSPolicy
 from txsmtpclient.client import SMTP, SMTP_SSL
 from txsmtpclient.errors import SMTPArgumentError, SMTPException
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
-from txsmtpclient.transaction import Envelope, envelope_for_call, message_for_call
+from txsmtpclient.transaction import Envelope
 
 if TYPE_CHECKING:
     from txsmtpclient.dkim import DKIMSigner

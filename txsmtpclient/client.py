@@ -29,6 +29,7 @@ from txsmtpclient._exchange import (
     reset_after_failure,
     send_envelope,
 )
+from txsmtpclient._sendargs import envelope_for_call, message_for_call
 from txsmtpclient._tls import client_tls_options
 from txsmtpclient.errors import (
     DKIMError,
@@ -40,8 +41,6 @@ from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import (
     Envelope,
     Refused,
-    envelope_for_call,
-    message_for_call,
     plan_transaction,
 )
 

@@ -18,10 +18,11 @@ from twisted.logger import Logger
 
 from txsmtpclient._body import Body, BodySource, body_source
 from txsmtpclient._endpoints import Relay, parse_relay
+from txsmtpclient._sendargs import envelope_for_call, message_for_call
 from txsmtpclient.client import SMTP
 from txsmtpclient.errors import SMTPArgumentError, SMTPException, SMTPServerDisconnected
 from txsmtpclient.reply import Reply
-from txsmtpclient.transaction import Envelope, envelope_for_call, message_for_call
+from txsmtpclient.transaction import Envelope
 
 if TYPE_CHECKING:
     from txsmtpclient.dkim import DKIMSigner
