@@ -13,12 +13,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
-import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from txsmtpclient.spool._names import (
@@ -178,6 +175,9 @@ class SpoolFiles:
             finally:
                 os.close(fd)
 
+        # Imported here: a one-message submission never needs threads.
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
             for _ in pool.map(sync, paths):
                 pass
@@ -204,7 +204,7 @@ class SpoolFiles:
         unless ``sync`` is false; returns (path, size of data).  The file is
         removed again if writing fails.
         """
-        path = os.path.join(self.path, "tmp", f"{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        path = os.path.join(self.path, "tmp", f"{os.getpid()}.{os.urandom(8).hex()}.tmp")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             if isinstance(data, bytes):
@@ -214,6 +214,8 @@ class SpoolFiles:
             else:
                 with os.fdopen(fd, "wb", closefd=False) as f:
                     f.write(head)
+                    import shutil  # only for streams: submissions give bytes
+
                     shutil.copyfileobj(data, f, 1024 * 1024)
                     size = f.tell() - len(head)
             if sync and self._fsync:
@@ -452,7 +454,7 @@ class SpoolFiles:
         name = os.path.basename(path)
         target = os.path.join(corrupt, name)
         if os.path.exists(target):
-            target = os.path.join(corrupt, f"{name}.{secrets.token_hex(4)}")
+            target = os.path.join(corrupt, f"{name}.{os.urandom(4).hex()}")
         try:
             self._move(path, target)
         except FileNotFoundError:

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import math
 import os
-import secrets
 
 from txsmtpclient.spool.envelope import is_valid_id
 from txsmtpclient.spool.queue import SpoolFull
@@ -36,7 +35,7 @@ def new_id(now: float) -> str:
 
     :param now: the current time, epoch seconds.
     """
-    return f"{int(now * 1_000_000):x}-{os.getpid()}-{secrets.token_hex(4)}"
+    return f"{int(now * 1_000_000):x}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def queue_name(due: float, entry_id: str) -> str:
