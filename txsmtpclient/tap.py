@@ -24,14 +24,21 @@ from typing import Any
 import tomllib
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.python import usage
 from twisted.web.server import Site
 
 from txsmtpclient._endpoints import _description_host, _is_description
+from txsmtpclient._tap_direct import (
+    DIRECT_FLAGS,
+    DIRECT_PARAMETERS,
+    direct_sender,
+    direct_settings,
+)
 from txsmtpclient.client import SMTP
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.cli import default_spool
+from txsmtpclient.spool.delivery import Sender
 from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_duration
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
@@ -167,6 +174,7 @@ class Options(usage.Options):
             "A config file (.toml, .json, or .ini/.cfg/.conf with a [txsmtp] section) "
             "holding any of these options by their long names; the command line wins",
         ],
+        *DIRECT_PARAMETERS,
     ]
 
     optFlags: list[list[Any]] = [
@@ -182,6 +190,7 @@ class Options(usage.Options):
             "Do not fsync spool changes (faster; a power cut may lose messages; "
             "for tests and benchmarks only)",
         ],
+        *DIRECT_FLAGS,
     ]
 
     compData = usage.Completions(
@@ -303,6 +312,7 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     settings["status_port"] = text("status-port")
     settings["notify_sender"] = _flag("notify-sender", given.get("notify-sender", False))
     settings["fsync"] = not _flag("no-fsync", given.get("no-fsync", False))
+    settings.update(direct_settings(given))
     return settings
 
 
@@ -420,13 +430,15 @@ def _tls_options(settings: Mapping[str, Any]) -> IOpenSSLClientConnectionCreator
     return optionsForClientTLS(hostname, trustRoot=ca)
 
 
-def makeService(options: Mapping[str, Any]) -> MultiService:
+def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None) -> MultiService:
     """
     Build the daemon: the spool service (named ``"spool"``) sending through a
     connection pool to the relay, and the HTTP status endpoint (named
     ``"status"``) when ``--status-port`` is given.
 
     :param options: parsed :class:`Options`.
+    :param clock: the spool service's (and direct mode's backoff) clock;
+        the reactor by default.
     :returns: a MultiService to run, or to embed in another application.
     :raises usage.UsageError: for an unreadable password or CA file.
     """
@@ -454,12 +466,19 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
         password=password,
         reactor=reactor,
     )
+    sender: Sender = pool
+    close_sender: Any = pool.close
+    if settings.get("direct"):
+        sender, close_sender, relay = direct_sender(
+            settings, reactor=reactor, clock=clock if clock is not None else reactor
+        )
     spool = Spool(settings["spool"], fsync=settings["fsync"], on_set_aside=SetAsideReporter())
     service = SpoolService(
         spool,
-        pool,
+        sender,
         relay=relay,
-        close_sender=pool.close,
+        close_sender=close_sender,
+        clock=clock,
         concurrency=settings["concurrency"],
         poll_interval=settings["poll_interval"],
         grace=settings["grace"],
