@@ -135,6 +135,13 @@ class Destinations:
         state = self._states.get(destination)
         return state.active if state is not None else 0
 
+    def waiting(self, destination: str) -> int:
+        """
+        Deliveries to ``destination`` waiting for a session slot.
+        """
+        state = self._states.get(destination)
+        return len(state.waiting) if state is not None else 0
+
     def open_at(self, destination: str) -> float | None:
         """
         When a backed-off destination opens again, or ``None`` if it is open.
