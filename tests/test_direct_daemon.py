@@ -548,3 +548,84 @@ def test_sender_never_reports_an_ambiguous_delivery_as_sent() -> None:
     }
     refused = sender._judge(mixed, group_by_domain(list(mixed)), {})
     assert list(refused) == ["a@one.test"] and refused["a@one.test"].code == 451
+
+
+# -- the Deliverer and a deferred destination ----------------------------------------------
+
+
+def _deliverer(tmp_path: Path, lifetime: float) -> tuple[Any, Spool, Clock, Any]:
+    from test_delivery import ScriptedSender, inline
+
+    from txsmtpclient.spool.delivery import Deliverer
+    from txsmtpclient.spool.schedule import RetryPolicy
+
+    clock = Clock()
+    clock.advance(1_800_000_000.0)
+    spool = Spool(tmp_path / "spool", clock=clock.seconds, fsync=False)
+    sender = ScriptedSender(SMTPDestinationDeferred("one.test", clock.seconds() + 300, "421"))
+    policy = RetryPolicy(initial=60.0, maximum=600.0, lifetime=lifetime)
+    deliverer = Deliverer(
+        spool, sender, relay="direct", clock=clock, blocking=inline, policy=policy
+    )
+    return deliverer, spool, clock, sender
+
+
+def test_deferred_destination_postpones_without_an_attempt(tmp_path: Path) -> None:
+    """Every destination backed off: queued again for when it opens, no attempt counted."""
+    from helpers import success_result_of
+
+    from txsmtpclient.spool.delivery import DeliveryAction
+
+    deliverer, spool, clock, _ = _deliverer(tmp_path, lifetime=3600.0)
+    entry_id = spool.enqueue(_message(1), SENDER, ["a@one.test"])
+    claimed = spool.claim(entry_id)
+    assert claimed is not None
+    report = success_result_of(deliverer.deliver(claimed))
+    assert report.action is DeliveryAction.POSTPONED and report.attempt is None
+    entry = spool.get(entry_id)
+    assert entry.state is State.QUEUED and entry.attempts == ()
+    assert entry.due == clock.seconds() + 300
+
+
+def test_deferred_destination_past_the_lifetime_expires(tmp_path: Path) -> None:
+    """Past the maximum queue lifetime a deferral is an attempt, and the message expires."""
+    from helpers import success_result_of
+
+    from txsmtpclient.spool.delivery import DeliveryAction
+
+    deliverer, spool, clock, _ = _deliverer(tmp_path, lifetime=60.0)
+    entry_id = spool.enqueue(_message(1), SENDER, ["a@one.test"])
+    clock.advance(120)
+    claimed = spool.claim(entry_id)
+    assert claimed is not None
+    report = success_result_of(deliverer.deliver(claimed))
+    assert report.action is DeliveryAction.EXPIRED
+    entry = spool.get(entry_id)
+    assert entry.state is State.FAILED and len(entry.attempts) == 1
+    assert "backed off" in entry.attempts[0].text
+
+
+def test_tls_reports_are_logged_as_structured_events_and_counted() -> None:
+    """Each domain's TLSRPT-shaped records become one log event each, and reach the hook."""
+    from twisted.logger import capturedLogs
+
+    from txsmtpclient.direct import TLSReportEntry
+    from txsmtpclient.direct._route import group_by_domain
+
+    seen: list[TLSReportEntry] = []
+    sender = DirectSender(
+        Destinations(Clock()),
+        resolver=object(),  # type: ignore[arg-type]
+        on_tls_report=seen.append,
+    )
+    entry = TLSReportEntry("sts", "one.test", "validation-failure", "mx.one.test", "no match")
+    results = {
+        r: _result(r, delivered=True, final=True, tls_report=(entry,))
+        for r in ("a@one.test", "b@one.test")
+    }
+    with capturedLogs() as events:
+        refused = sender._judge(results, group_by_domain(list(results)), {})
+    assert refused == {}
+    reports = [e["tls_report"] for e in events if "tls_report" in e]
+    assert reports == [entry.as_json()]
+    assert seen == [entry]

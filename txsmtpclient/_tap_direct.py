@@ -202,7 +202,12 @@ def _trust(path: str) -> Callable[[str], IOpenSSLClientConnectionCreator]:
 
 
 def direct_sender(
-    settings: Mapping[str, Any], *, reactor: Any, clock: IReactorTime
+    settings: Mapping[str, Any],
+    *,
+    reactor: Any,
+    clock: IReactorTime,
+    on_tls_report: Callable[[Any], None] | None = None,
+    on_backoff: Callable[[str, float, str], None] | None = None,
 ) -> tuple[Any, Callable[[], Any], str]:
     """
     The direct mode's sender for the spool service.
@@ -211,6 +216,11 @@ def direct_sender(
     :param reactor: where connections and DNS queries run.
     :param clock: the time of the per-destination backoff and the MTA-STS
         cache.
+    :param on_tls_report: called with each TLSRPT-shaped failure record
+        (a :class:`~txsmtpclient.direct.TLSReportEntry`), after it is logged:
+        the seam for a metrics counter.
+    :param on_backoff: called with the destination, the seconds it rests and
+        the reason, each time a destination is backed off: likewise.
     :returns: the sender, its close function and the name the records and
         logs give it (``"direct"``).
     :raises usage.UsageError: for an unreadable ``--tls-ca`` file.
@@ -232,6 +242,7 @@ def direct_sender(
         clock,
         concurrency=settings["destination_concurrency"],
         backoff=settings["destination_backoff"],
+        on_backoff=on_backoff,
     )
     sender = DirectSender(
         destinations,
@@ -242,5 +253,6 @@ def direct_sender(
         mta_sts=mta_sts,
         tls_options_for=tls_options_for,
         dane=dane,
+        on_tls_report=on_tls_report,
     )
     return sender, sender.close, "direct"
