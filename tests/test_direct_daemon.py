@@ -477,6 +477,16 @@ def test_gate_backs_off_exponentially_and_resets_on_success() -> None:
     assert second.called and gate.open_at("one.test") is None
     third = gate.enter("one.test")
     assert third.called and gate.active("one.test") == 2
+    # A 5xx about a mailbox is an answer from a working destination: it resets too.
+    gate.leave("one.test", busy)
+    gate.leave("one.test", {})
+    clock.advance(10)
+    gate.enter("one.test")
+    assert not gate.enter("one.test").called
+    gate.leave("one.test", {"r": _result(final=True, reply=Reply(550, b"5.1.1 no such user"))})
+    assert gate.active("one.test") == 1
+    gate.enter("one.test")
+    assert gate.active("one.test") == 2
 
 
 def test_gate_throttles_on_4_7_and_lost_connections_only() -> None:

@@ -78,6 +78,17 @@ def throttle_reason(result: DirectResult) -> str | None:
     return None
 
 
+def _healthy(result: DirectResult) -> bool:
+    """
+    Whether a mail host took the message or answered without throttling
+    (a 5xx about a mailbox is an answer from a working destination).
+    """
+    if result.delivered:
+        return True
+    answered = result.reply is not None or isinstance(result.error, SMTPResponseException)
+    return answered and throttle_reason(result) is None
+
+
 @dataclass(slots=True)
 class _State:
     active: int = 0
@@ -99,8 +110,8 @@ class Destinations:
     delivered backs the destination off for :meth:`Backoff.delay` seconds:
     deliveries to it are refused with
     :class:`~txsmtpclient.errors.SMTPDestinationDeferred` until then, and
-    afterwards one session at a time probes it until a delivery succeeds,
-    which resets it.
+    afterwards one session at a time probes it until a mail host takes a
+    message or answers without throttling, which resets it.
 
     :param clock: tells the time of the backoff.
     :param concurrency: sessions at once per destination.
@@ -186,10 +197,10 @@ class Destinations:
         """
         state = self._states[destination]
         state.active -= 1
-        if any(r.delivered for r in results.values()):
+        reasons = [why for why in map(throttle_reason, results.values()) if why]
+        if any(_healthy(r) for r in results.values()):
             state.failures, state.open_at, state.reason = 0, 0.0, ""
         else:
-            reasons = [why for why in map(throttle_reason, results.values()) if why]
             if reasons:
                 state.failures += 1
                 delay = self.backoff.delay(state.failures)

@@ -198,7 +198,19 @@ class DirectSender:
         per recipient; log each domain's TLS report.
         """
         for destination in destinations:
-            self._report(results[destination.recipients[0]].tls_report)
+            first = results[destination.recipients[0]]
+            self._report(first.tls_report)
+            reply = first.reply
+            self.log.info(
+                "Direct delivery to {destination} via {mx}: {code} {reply}",
+                destination=destination.domain,
+                mx=first.mx,
+                code=reply.code if reply is not None else None,
+                reply=reply.message.decode("utf-8", "replace")
+                if reply is not None
+                else str(first.error),
+                delivered=[r for r in destination.recipients if results[r].delivered],
+            )
         delivered = [r for r in results.values() if r.delivered]
         undelivered = [r for r in results.values() if not r.delivered]
         deferred = [r for r in undelivered if isinstance(r.error, SMTPDestinationDeferred)]
