@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IResolver
 from twisted.names import dns
+from twisted.python.failure import Failure
 
 from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.client import SMTP
@@ -236,9 +237,23 @@ def send_direct(
     def merge(parts: list[dict[str, DirectResult]]) -> dict[str, DirectResult]:
         return {r: part[r] for part in parts for r in part}
 
-    return gatherResults(
-        [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations]
-    ).addCallback(merge)
+    def unwrap(failure: Failure) -> Failure:
+        # The caller sees what went wrong (a cancellation, say), not
+        # gatherResults' FirstError around it.
+        error = failure.value
+        if isinstance(error, FirstError):
+            inner: Failure = error.subFailure
+            return inner
+        return failure
+
+    return (
+        gatherResults(
+            [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations],
+            consumeErrors=True,
+        )
+        .addCallback(merge)
+        .addErrback(unwrap)
+    )
 
 
 def _mta_sts(choice: MTASTS | bool | None, tls_options_for: TLSOptionsFor | None) -> MTASTS | None:
