@@ -34,6 +34,7 @@ __all__ = [
     "SMTPAuthenticationError",
     "SMTPConnectError",
     "SMTPDataError",
+    "SMTPDestinationDeferred",
     "SMTPException",
     "SMTPHeloError",
     "SMTPLocalProtocolError",
@@ -266,3 +267,25 @@ class DKIMKeyError(DKIMError):
     A DKIM private key cannot be used: unreadable, not RSA or Ed25519,
     encrypted, or an RSA key under 2048 bits (RFC 8301 section 3.2).
     """
+
+
+class SMTPDestinationDeferred(SMTPException):
+    """
+    Direct delivery did not try a destination (a recipient domain) because
+    it is backed off: a 421, a 4.7.x rate-limit reply or failed connections
+    slowed it down, and it opens again at :attr:`until`.  Temporary; a queue
+    should wait until then rather than count a failed attempt.
+
+    :ivar destination: the recipient domain.
+    :ivar until: when the destination opens again (the clock's seconds).
+    """
+
+    def __init__(self, destination: str, until: float, reason: str = "") -> None:
+        why = f" after {reason}" if reason else ""
+        super().__init__(f"451 4.4.5 destination {destination} is backed off{why}")
+        self.destination = destination
+        self.until = until
+
+    @property
+    def temporary(self) -> bool:
+        return True

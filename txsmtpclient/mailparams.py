@@ -23,7 +23,7 @@ from txsmtpclient._checks import ArgumentError
 from txsmtpclient.errors import SMTPNotSupportedError
 from txsmtpclient.extensions import Extensions
 
-__all__ = ["DeliverBy", "Travel", "parse_travel_options", "travel_options"]
+__all__ = ["DeliverBy", "Travel", "parse_travel_options", "raw_options", "travel_options"]
 
 #: HOLDFOR's and BY's largest values (RFC 4865 section 4, RFC 2852 section 4).
 _MAX_SECONDS = 999_999_999
@@ -214,5 +214,25 @@ def travel_options(travel: Travel, features: Extensions | None, tls: bool) -> li
     if travel.priority is not None:
         if features is None or not features.has("mt-priority"):
             raise _refuse("priority", "MT-PRIORITY")
+        options.append(f"MT-PRIORITY={travel.priority}")
+    return options
+
+
+def raw_options(travel: Travel) -> list[str]:
+    """
+    ``travel`` as raw MAIL options, which :func:`parse_travel_options`
+    reads back: how a sender that takes smtplib-style options carries it.
+    """
+    options: list[str] = []
+    if travel.require_tls:
+        options.append("REQUIRETLS")
+    if travel.hold_for is not None:
+        options.append(f"HOLDFOR={travel.hold_for}")
+    if travel.hold_until is not None:
+        until = travel.hold_until.astimezone(timezone.utc)
+        options.append("HOLDUNTIL=" + until.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if travel.deliver_by is not None:
+        options.append(travel.deliver_by.parameter)
+    if travel.priority is not None:
         options.append(f"MT-PRIORITY={travel.priority}")
     return options

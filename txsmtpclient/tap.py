@@ -26,18 +26,24 @@ from typing import TYPE_CHECKING, Any
 import tomllib
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
 from txsmtpclient._dkimtap import DKIMOptions, dkim_keys, signing_sender
 from txsmtpclient._endpoints import Relay, parse_relay, resolve_endpoint
+from txsmtpclient._tap_direct import (
+    DIRECT_FLAGS,
+    DIRECT_PARAMETERS,
+    direct_sender,
+    direct_settings,
+)
 from txsmtpclient.client import SMTP
 from txsmtpclient.errors import SMTPArgumentError
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.cli import default_spool
-from txsmtpclient.spool.delivery import AMBIGUOUS_POLICIES
+from txsmtpclient.spool.delivery import AMBIGUOUS_POLICIES, Sender
 from txsmtpclient.spool.postgres_tap import check_queue, queue_service, queue_settings
 from txsmtpclient.spool.schedule import RetryPolicy, ScheduleError, parse_duration
 from txsmtpclient.spool.sendmail import (
@@ -247,6 +253,7 @@ class Options(DKIMOptions, usage.Options):
             "A config file (.toml, .json, or .ini/.cfg/.conf with a [txsmtp] section) "
             "holding any of these options by their long names; the command line wins",
         ],
+        *DIRECT_PARAMETERS,
     ]
 
     optFlags: list[list[Any]] = [
@@ -267,6 +274,7 @@ class Options(DKIMOptions, usage.Options):
             "Do not fsync spool changes (faster; a power cut may lose messages; "
             "for tests and benchmarks only)",
         ],
+        *DIRECT_FLAGS,
     ]
 
     compData = usage.Completions(
@@ -489,6 +497,7 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     settings["notify_sender"] = _flag("notify-sender", given.get("notify-sender", False))
     settings["fsync"] = not _flag("no-fsync", given.get("no-fsync", False))
     settings.update(queue_settings(given))
+    settings.update(direct_settings(given))
     return settings
 
 
@@ -667,7 +676,7 @@ def _control(
     return listening
 
 
-def makeService(options: Mapping[str, Any]) -> MultiService:
+def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None) -> MultiService:
     """
     Build the daemon: the spool service (named ``"spool"``) sending through a
     connection pool to the relay, the control plane (named ``"control"``,
@@ -676,6 +685,8 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
     ``--status-port`` is.
 
     :param options: parsed :class:`Options`.
+    :param clock: the spool service's (and direct mode's backoff) clock;
+        the reactor by default.
     :returns: a MultiService to run, or to embed in another application.
     :raises usage.UsageError: for an unreadable password or CA file, or a
         control port Twisted cannot listen on as described.
@@ -721,6 +732,13 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
             reporter(path, reason)
             metrics.entry_set_aside(path, reason)
 
+    sender: Sender = signing_sender(pool, settings)
+    close_sender: Any = pool.close
+    if settings.get("direct"):
+        direct, close_sender, relay = direct_sender(
+            settings, reactor=reactor, clock=clock if clock is not None else reactor
+        )
+        sender = signing_sender(direct, settings)
     top = MultiService()
     spool, attach = queue_service(
         settings,
@@ -730,9 +748,10 @@ def makeService(options: Mapping[str, Any]) -> MultiService:
     )
     service = SpoolService(
         spool,
-        signing_sender(pool, settings),
+        sender,
         relay=relay,
-        close_sender=pool.close,
+        close_sender=close_sender,
+        clock=clock,
         concurrency=settings["concurrency"],
         poll_interval=settings["poll_interval"],
         grace=settings["grace"],

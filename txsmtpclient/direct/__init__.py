@@ -6,16 +6,22 @@ the TLSRPT shape (RFC 8460).
 """
 
 from txsmtpclient.direct._dane import TLSARecord
-from txsmtpclient.direct._deliver import DirectResult, send_direct
+from txsmtpclient.direct._deliver import DestinationGate, DirectResult, send_direct
 from txsmtpclient.direct._fetch import MTASTS, Discovery
+from txsmtpclient.direct._gate import Backoff, Destinations
 from txsmtpclient.direct._mtasts import Mode, PolicyCache, PolicyError, STSPolicy, TLSReportEntry
 from txsmtpclient.direct._secure import DANE, DANEOptions
+from txsmtpclient.direct._sender import DirectSender
 
 __all__ = [
     "DANE",
     "MTASTS",
+    "Backoff",
     "DANEOptions",
+    "DestinationGate",
+    "Destinations",
     "DirectResult",
+    "DirectSender",
     "Discovery",
     "Mode",
     "PolicyCache",

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IResolver
 from twisted.names import dns
+from twisted.python.failure import Failure
 
 from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.client import SMTP
@@ -30,6 +31,7 @@ from txsmtpclient.direct._secure import DANE, DANEOptions
 from txsmtpclient.errors import (
     SMTPAmbiguousDelivery,
     SMTPConnectError,
+    SMTPDestinationDeferred,
     SMTPException,
     SMTPHeloError,
     SMTPNotSupportedError,
@@ -42,7 +44,7 @@ from txsmtpclient.errors import (
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
 
-__all__ = ["DirectResult", "send_direct"]
+__all__ = ["DestinationGate", "DirectResult", "send_direct"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,26 @@ class DirectResult:
         return not self.delivered and not self.final
 
 
+class DestinationGate(Protocol):
+    """
+    What a daemon puts in front of each destination (recipient domain) of
+    :func:`send_direct`: a limit on sessions at once and a backoff.
+    """
+
+    def enter(self, destination: str) -> Deferred[None]:
+        """
+        Fire when ``destination`` may be delivered to now (a session slot is
+        free); fail with :class:`~txsmtpclient.errors.SMTPDestinationDeferred`
+        when it is backed off.  Cancelling it gives up the wait.
+        """
+
+    def leave(self, destination: str, results: dict[str, DirectResult]) -> None:
+        """
+        Give the slot back, with the domain's results (empty when the
+        delivery was cancelled), to judge whether to back off.
+        """
+
+
 class _MoveOn(Exception):
     """
     This mail host could not take the message; try the next.
@@ -110,6 +132,8 @@ class _Job:
     mta_sts: MTASTS | None
     tls_options_for: TLSOptionsFor | None
     dane: DANE | None
+    gate: DestinationGate | None
+    dsn: dict[str, Any]
 
 
 def send_direct(
@@ -130,6 +154,10 @@ def send_direct(
     mta_sts: MTASTS | bool | None = True,
     tls_options_for: TLSOptionsFor | None = None,
     dane: DANE | None = None,
+    gate: DestinationGate | None = None,
+    dsn_ret: str | None = None,
+    dsn_envid: str | None = None,
+    dsn_notify: Sequence[str] | None = None,
 ) -> Deferred[dict[str, DirectResult]]:
     """
     Deliver a message straight to each recipient's mail hosts.
@@ -169,6 +197,13 @@ def send_direct(
         host with DNSSEC-validated TLSA records (and a validated MX RRset)
         must offer STARTTLS with a certificate they match, in place of the
         WebPKI and ahead of MTA-STS.  ``None`` (the default): no DANE.
+    :param gate: entered before each domain is delivered to and left with
+        its results (a daemon's per-destination concurrency and backoff); a
+        domain the gate defers gets temporary results whose error is the
+        :class:`~txsmtpclient.errors.SMTPDestinationDeferred`.
+    :param dsn_ret: RFC 3461 ``RET``, as for :meth:`SMTP.sendmail`.
+    :param dsn_envid: RFC 3461 ``ENVID``, as for :meth:`SMTP.sendmail`.
+    :param dsn_notify: RFC 3461 ``NOTIFY``, as for :meth:`SMTP.sendmail`.
     :returns: a Deferred firing with a :class:`DirectResult` per recipient;
         it never fails for a recipient's sake.
     :raises SMTPArgumentError: (at once) for a message that cannot be sent.
@@ -204,14 +239,30 @@ def send_direct(
         _mta_sts(mta_sts, tls_options_for),
         tls_options_for,
         dane,
+        gate,
+        {"dsn_ret": dsn_ret, "dsn_envid": dsn_envid, "dsn_notify": dsn_notify},
     )
 
     def merge(parts: list[dict[str, DirectResult]]) -> dict[str, DirectResult]:
         return {r: part[r] for part in parts for r in part}
 
-    return gatherResults(
-        [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations]
-    ).addCallback(merge)
+    def unwrap(failure: Failure) -> Failure:
+        # The caller sees what went wrong (a cancellation, say), not
+        # gatherResults' FirstError around it.
+        error = failure.value
+        if isinstance(error, FirstError):
+            inner: Failure = error.subFailure
+            return inner
+        return failure
+
+    return (
+        gatherResults(
+            [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations],
+            consumeErrors=True,
+        )
+        .addCallback(merge)
+        .addErrback(unwrap)
+    )
 
 
 def _tls_not_required(data: bytes) -> bool:
@@ -245,6 +296,21 @@ def _all(
 
 
 async def _deliver_domain(job: _Job, destination: Destination) -> dict[str, DirectResult]:
+    if job.gate is None:
+        return await _deliver_routed(job, destination)
+    try:
+        await job.gate.enter(destination.domain)
+    except SMTPDestinationDeferred as e:
+        return _all(destination, [], final=False, error=e)
+    results: dict[str, DirectResult] = {}
+    try:
+        results = await _deliver_routed(job, destination)
+    finally:
+        job.gate.leave(destination.domain, results)
+    return results
+
+
+async def _deliver_routed(job: _Job, destination: Destination) -> dict[str, DirectResult]:
     report: list[TLSReportEntry] = []
     # Host -> how its TLS is checked: DANE options, "sts" (verified WebPKI,
     # enforced MTA-STS), or absent (the caller's TLS policy).
@@ -422,7 +488,7 @@ async def _try_host(
             raise _MoveOn(error, "starttls-not-supported")
         try:
             refused = await smtp.sendmail(
-                job.sender, recipients, job.data, job.mail_options, job.rcpt_options
+                job.sender, recipients, job.data, job.mail_options, job.rcpt_options, **job.dsn
             )
         except SMTPAmbiguousDelivery as e:
             return _all(destination, [], final=False, mx=host, error=e)

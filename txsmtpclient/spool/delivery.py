@@ -50,6 +50,7 @@ from txsmtpclient.errors import (
     SMTPAmbiguousDelivery,
     SMTPArgumentError,
     SMTPAuthenticationError,
+    SMTPDestinationDeferred,
     SMTPException,
     SMTPRecipientsRefused,
     SMTPResponseException,
@@ -133,6 +134,8 @@ class DeliveryAction(str, Enum):
     RESCHEDULED = "rescheduled"
     #: Not attempted (stopping): back in the queue as it was.
     RELEASED = "released"
+    #: Not attempted (its destination is backed off): queued for when it opens.
+    POSTPONED = "postponed"
     #: Unreadable message or unsendable envelope: moved to ``corrupt/``.
     SET_ASIDE = "set_aside"
     #: Ambiguous attempt with ``on_ambiguous="hold"``: kept back for an
@@ -338,6 +341,8 @@ class Deliverer:
         attempt = await self._attempt(entry, message)
         if attempt is None:
             return await self._release(entry)
+        if isinstance(attempt, SMTPDestinationDeferred):
+            return await self._postpone(entry, attempt)
         if isinstance(attempt, str):
             return await self._set_aside(entry, attempt)
         span.attempted(attempt)
@@ -368,12 +373,16 @@ class Deliverer:
 
         return chunks()
 
-    async def _attempt(self, entry: Entry, message: Body) -> Attempt | str | None:
+    async def _attempt(
+        self, entry: Entry, message: Body
+    ) -> Attempt | str | SMTPDestinationDeferred | None:
         """
         One SMTP transaction.
 
         :returns: the attempt; a reason string for an envelope that can never
-            be sent; ``None`` when it was cancelled (stopping).
+            be sent; ``None`` when it was cancelled (stopping); the sender's
+            :class:`~txsmtpclient.errors.SMTPDestinationDeferred` when it
+            tried nothing because every destination is backed off.
         """
         pending = entry.pending
         start = self.clock.seconds()
@@ -394,6 +403,19 @@ class Deliverer:
         except CancelledError:
             self._log_attempt(entry, None, "cancelled: the daemon is stopping", start, "released")
             return None
+        except SMTPDestinationDeferred as e:
+            if (
+                self.policy.next_attempt(
+                    failures=max(1, entry.failures),
+                    occurrence_due=entry.occurrence_due,
+                    now=self.clock.seconds(),
+                    jitter=self.jitter,
+                )
+                is not None
+            ):
+                return e
+            # Past the maximum queue lifetime: an attempt, so that it expires.
+            code, text, temporary = 451, str(e), True
         except SMTPArgumentError as e:
             # Our own check refused the envelope before anything was sent:
             # no later attempt can do better.
@@ -624,6 +646,24 @@ class Deliverer:
             id=entry_id,
         )
         return DeliveryReport(entry_id, DeliveryAction.HELD, attempt)
+
+    async def _postpone(self, entry: Entry, deferred: SMTPDestinationDeferred) -> DeliveryReport:
+        """
+        Queue an entry again, untried and with no attempt counted, for when
+        its backed-off destination opens (direct delivery).
+        """
+        self.log.info(
+            "Delivery {id} postponed: {reason}",
+            id=entry.id,
+            reason=str(deferred),
+            due=deferred.until,
+        )
+        try:
+            moved = await self._store(self.queue.reschedule, entry.id, deferred.until, None)
+        except _GaveUp as e:
+            self.log.error("Could not postpone {id}: {error}", id=entry.id, error=str(e))
+            return DeliveryReport(entry.id, DeliveryAction.STUCK)
+        return DeliveryReport(entry.id, DeliveryAction.POSTPONED, None, moved.due)
 
     async def _release(self, entry: Entry) -> DeliveryReport:
         try:
