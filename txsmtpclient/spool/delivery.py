@@ -33,14 +33,11 @@ import functools
 import random
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from enum import Enum
-from typing import Any, ParamSpec, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any, ParamSpec, TypeVar
 
-from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -49,14 +46,28 @@ from txsmtpclient._body import Body
 from txsmtpclient.errors import (
     SMTPAmbiguousDelivery,
     SMTPArgumentError,
-    SMTPAuthenticationError,
     SMTPDestinationDeferred,
     SMTPException,
     SMTPRecipientsRefused,
     SMTPResponseException,
-    SMTPTLSError,
 )
 from txsmtpclient.reply import Reply
+from txsmtpclient.spool._notices import Notices
+from txsmtpclient.spool._outcomes import (
+    AMBIGUOUS_POLICIES,
+    CONFIG_FAULT_LOG_INTERVAL,
+    Blocking,
+    DeliveryAction,
+    DeliveryReport,
+    Sender,
+    _code_text,
+    _envelope,
+    _GaveUp,
+    _is_config_fault,
+    _is_temporary,
+    _record,
+    _text,
+)
 from txsmtpclient.spool._tracing import AttemptSpan, attempt_span
 from txsmtpclient.spool.envelope import (
     Attempt,
@@ -76,7 +87,7 @@ from txsmtpclient.spool.queue import (
     SpoolFull,
 )
 from txsmtpclient.spool.schedule import Jitter, RetryPolicy
-from txsmtpclient.transaction import DSN, Envelope, Refused
+from txsmtpclient.transaction import Refused
 
 __all__ = [
     "AMBIGUOUS_POLICIES",
@@ -92,126 +103,8 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: What ``on_ambiguous`` may be: send again, or keep back for an operator.
-AMBIGUOUS_POLICIES = ("resend", "hold")
 
-#: Seconds between two error-level log lines about the same relay's
-#: configuration fault (every attempt is still logged at info level).
-CONFIG_FAULT_LOG_INTERVAL = 300.0
-
-
-class Blocking(Protocol):
-    """
-    Runs a blocking callable off the reactor thread (``deferToThreadPool``
-    bound to a reactor and a pool) and returns a Deferred of its result.
-    """
-
-    def __call__(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]: ...
-
-
-class Sender(Protocol):
-    """
-    What sends one message: :class:`~txsmtpclient.pool.SMTPConnectionPool`
-    has this method.  The returned dict may be a :class:`~txsmtpclient.transaction.Refused`
-    carrying the reply to the final dot.
-    """
-
-    def sendmail(self, *, msg: Body, envelope: Envelope) -> Deferred[dict[str, Reply]]: ...
-
-
-class DeliveryAction(str, Enum):
-    """
-    What became of an entry after one delivery attempt.
-    """
-
-    #: Every pending recipient answered and at least one was accepted.
-    DELIVERED = "delivered"
-    #: Refused permanently (or none accepted).
-    FAILED = "failed"
-    #: Temporary failure past the maximum queue lifetime.
-    EXPIRED = "expired"
-    #: Temporary failure: queued again for later.
-    RESCHEDULED = "rescheduled"
-    #: Not attempted (stopping): back in the queue as it was.
-    RELEASED = "released"
-    #: Not attempted (its destination is backed off): queued for when it opens.
-    POSTPONED = "postponed"
-    #: Unreadable message or unsendable envelope: moved to ``corrupt/``.
-    SET_ASIDE = "set_aside"
-    #: Ambiguous attempt with ``on_ambiguous="hold"``: kept back for an
-    #: operator (``State.HELD``).
-    HELD = "held"
-    #: The store could not record the result (left claimed; restart recovers).
-    STUCK = "stuck"
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryReport:
-    """
-    The result of :meth:`Deliverer.deliver`.
-
-    :ivar entry_id: the entry.
-    :ivar action: what became of it.
-    :ivar attempt: the attempt made, if one was.
-    :ivar next_due: when it is due again, for a rescheduled (or recurring)
-        entry.
-    """
-
-    entry_id: str
-    action: DeliveryAction
-    attempt: Attempt | None = None
-    next_due: float | None = None
-
-
-def _text(message: bytes) -> str:
-    return message.decode("utf-8", "replace")
-
-
-def _record(reply: Reply | tuple[int, bytes]) -> ReplyRecord:
-    return ReplyRecord(reply[0], _text(reply[1]))
-
-
-def _code_text(code: int | None) -> str:
-    """
-    A reply code for a log line: the code, or ``"no reply"``.
-    """
-    return "no reply" if code is None else str(code)
-
-
-def _is_config_fault(error: BaseException) -> bool:
-    """
-    Whether an error says the daemon's configuration does not fit the relay
-    (TLS required but not offered or not verifiable, credentials refused):
-    retrying will not help until an operator acts.
-    """
-    return isinstance(error, (SMTPTLSError, SMTPAuthenticationError))
-
-
-def _is_temporary(error: BaseException) -> bool:
-    """
-    Whether a failure of the whole transaction may succeed later: a 4xx
-    reply, a lost or refused connection, a timeout (RFC 5321 section 4.5.4.1
-    asks a sender to retry those).
-    """
-    if isinstance(error, SMTPException):
-        return error.temporary
-    return isinstance(
-        error,
-        (
-            OSError,
-            ConnectionError,
-            TimeoutError,
-            DeferTimeoutError,
-            neterror.ConnectError,
-            neterror.ConnectionLost,
-            neterror.ConnectionDone,
-            neterror.TimeoutError,
-            neterror.DNSLookupError,
-        ),
-    )
-
-
-class Deliverer:
+class Deliverer(Notices):
     """
     Sends claimed entries and moves them on in the queue.
 
@@ -681,72 +574,3 @@ class Deliverer:
             self.log.error("Could not set aside {id}: {error}", id=entry.id, error=str(e))
             return DeliveryReport(entry.id, DeliveryAction.STUCK)
         return DeliveryReport(entry.id, DeliveryAction.SET_ASIDE)
-
-    async def _notify(
-        self, entry: Entry, attempt: Attempt, action: DeliveryAction, original: bytes | None
-    ) -> None:
-        """
-        Enqueue a failure notice to the sender for the recipients that failed
-        permanently in this attempt, or all pending ones when it expired;
-        ``original`` is the message as sent (already in memory).
-        """
-        if action is DeliveryAction.EXPIRED:
-            failed: Mapping[str, ReplyRecord] = {
-                a: attempt.refused.get(a) or ReplyRecord(attempt.code or 451, attempt.text)
-                for a in entry.pending
-            }
-        else:
-            failed = {a: r for a, r in attempt.refused.items() if r.code >= 500}
-        # RFC 5321 section 4.5.5: never answer a bounce with a bounce.
-        if not failed or not entry.sender:
-            return
-        if original is None:
-            # A message streamed from the queue: read it for the notice.
-            try:
-                original = await self.blocking(self.queue.read_message, entry.id)
-            except (OSError, EntryNotFound):
-                original = b""
-        notice = failure_notice(
-            entry, failed, original, hostname=self.hostname, now=self.clock.seconds()
-        )
-        try:
-            notice_id = await self.blocking(
-                functools.partial(
-                    self.queue.enqueue,
-                    mail_options=() if notice.isascii() else ("BODY=8BITMIME",),
-                ),
-                notice,
-                "",
-                [entry.sender],
-            )
-        except Exception as e:
-            self.log.error(
-                "Could not queue the failure notice for {id}: {error}", id=entry.id, error=str(e)
-            )
-            return
-        self.log.info(
-            "Queued failure notice {notice} to {sender} for {id}",
-            notice=notice_id,
-            sender=entry.sender,
-            id=entry.id,
-        )
-
-
-def _envelope(entry: Entry, pending: Sequence[str]) -> Envelope:
-    """
-    The client's envelope for an entry's pending recipients.
-
-    :raises SMTPArgumentError: for what the client will not send.
-    """
-    dsn = None
-    if entry.dsn is not None:
-        # The client leaves these out where the server lacks DSN
-        # (RFC 3461 section 4).
-        dsn = DSN.check(entry.dsn.ret, entry.dsn.envid, entry.dsn.notify)
-    return Envelope.check(entry.sender, pending, entry.mail_options, entry.rcpt_options, dsn)
-
-
-class _GaveUp(Exception):
-    """
-    A store update that could not be made.
-    """

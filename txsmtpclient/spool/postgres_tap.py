@@ -22,7 +22,7 @@ def queue_settings(given: Mapping[str, Any]) -> dict[str, Any]:
     with a database the poll is the slow safety net (10s unless given),
     since LISTEN/NOTIFY wakes the daemon.
     """
-    from txsmtpclient.tap import _flag, _seconds
+    from txsmtpclient._tapconfig import _flag, _seconds
 
     queue = given.get("queue")
     settings: dict[str, Any] = {"queue": None, "migrate": False, "lease": 60.0}
