@@ -40,7 +40,8 @@ sys.path[:0] = [str(HERE), str(REPO / "tests"), str(REPO)]
 from pgcluster import PostgresCluster  # noqa: E402
 from sink import Sink, ensure_smtp_sink  # noqa: E402
 
-from txsmtpclient.spool.postgres import PlainSubmission, PostgresQueue  # noqa: E402
+from txsmtpclient.spool.postgres import PostgresQueue  # noqa: E402
+from txsmtpclient.spool.queue import Submission  # noqa: E402
 from txsmtpclient.spool.store import Spool  # noqa: E402
 
 SENDER = "bench@example.test"
@@ -55,7 +56,7 @@ def _message(n: int) -> bytes:
 
 
 def _fill(backend: str, where: str, count: int, fsync: bool) -> None:
-    batch = [PlainSubmission(_message(n), SENDER, f"r{n}@example.test") for n in range(count)]
+    batch = [Submission(_message(n), SENDER, f"r{n}@example.test") for n in range(count)]
     if backend == "postgres":
         queue = PostgresQueue(where, max_connections=2)
         try:

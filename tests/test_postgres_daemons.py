@@ -27,7 +27,8 @@ pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e 
 
 from txsmtpclient.spool.cli import main as cli_main
 from txsmtpclient.spool.envelope import State
-from txsmtpclient.spool.postgres import PlainSubmission, PostgresQueue
+from txsmtpclient.spool.postgres import PostgresQueue
+from txsmtpclient.spool.queue import Submission
 
 REPO = Path(__file__).resolve().parent.parent
 SENDER = "fleet@example.test"
@@ -135,7 +136,7 @@ def queue(pg_url: str) -> Iterator[PostgresQueue]:
 
 def _enqueue(queue: PostgresQueue, tag: str, count: int = MESSAGES) -> set[str]:
     queue.enqueue_many(
-        [PlainSubmission(_message(n, tag), SENDER, f"r{n}@example.test") for n in range(count)]
+        [Submission(_message(n, tag), SENDER, f"r{n}@example.test") for n in range(count)]
     )
     return {f"{tag}-{n}@example.test" for n in range(count)}
 

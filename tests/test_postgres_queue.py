@@ -26,7 +26,7 @@ from txsmtpclient.spool.envelope import (
     ReplyRecord,
     State,
 )
-from txsmtpclient.spool.postgres import PlainSubmission, PostgresQueue
+from txsmtpclient.spool.postgres import PostgresQueue
 from txsmtpclient.spool.postgres_schema import (
     SCHEMA_VERSION,
     QueueDatabaseError,
@@ -41,6 +41,7 @@ from txsmtpclient.spool.queue import (
     EntryNotFound,
     EntryStateError,
     IQueue,
+    Submission,
 )
 
 MESSAGE = b"From: a@example.test\r\nSubject: hello\r\n\r\nbody\r\n"
@@ -183,8 +184,8 @@ def test_bad_envelope_stores_nothing(queue: PostgresQueue) -> None:
     with pytest.raises(EnvelopeError):
         queue.enqueue_many(
             [
-                PlainSubmission(MESSAGE, "a@example.test", "b@x.test"),
-                PlainSubmission(MESSAGE, "a", []),
+                Submission(MESSAGE, "a@example.test", "b@x.test"),
+                Submission(MESSAGE, "a", []),
             ]
         )
     assert sum(queue.counts().values()) == 0
@@ -202,7 +203,7 @@ def test_idempotency_key_returns_first_id(queue: PostgresQueue) -> None:
 def test_enqueue_many_keeps_order(queue: PostgresQueue) -> None:
     """enqueue_many returns the ids in order, each message stored."""
     ids = queue.enqueue_many(
-        [PlainSubmission(f"m{n}".encode(), "a@example.test", f"r{n}@x.test") for n in range(5)]
+        [Submission(f"m{n}".encode(), "a@example.test", f"r{n}@x.test") for n in range(5)]
     )
     assert [queue.read_message(i) for i in ids] == [f"m{n}".encode() for n in range(5)]
 

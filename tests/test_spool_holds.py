@@ -213,3 +213,18 @@ def test_cli_hold_real_process(tmp_path: Path) -> None:
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, f"held {entry_id}\n", "")
     assert Spool(spool_dir).get(entry_id).state is State.HELD
+
+
+def test_enqueue_many_honours_idempotency_keys(spool: Spool) -> None:
+    """A keyed Submission in a batch is stored once, as a keyed enqueue is."""
+    from txsmtpclient.spool.queue import Submission
+
+    first = spool.enqueue(MESSAGE, "a@x", ["b@x"], idempotency_key="order-1")
+    ids = spool.enqueue_many(
+        [
+            Submission(MESSAGE, "a@x", ["b@x"], idempotency_key="order-1"),
+            Submission(MESSAGE, "a@x", ["c@x"]),
+        ]
+    )
+    assert ids[0] == first and ids[1] != first
+    assert spool.counts()["queue"] == 2

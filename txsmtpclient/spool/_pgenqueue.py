@@ -12,67 +12,22 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import BinaryIO, Protocol, TypeGuard
+from typing import BinaryIO, TypeGuard
 
-from txsmtpclient.spool._names import new_id
 from txsmtpclient.spool._pgbase import Conn, entry_json
 from txsmtpclient.spool._pgops import OperatorCommands
+from txsmtpclient.spool._submit import new_entry
 from txsmtpclient.spool.envelope import (
     Dsn,
     Entry,
-    check_address,
-    check_options,
-    make_recipients,
 )
 from txsmtpclient.spool.postgres_schema import QueueUnavailable
-from txsmtpclient.spool.queue import SpoolError
-from txsmtpclient.spool.schedule import Recurrence, parse_recurrence, to_epoch
+from txsmtpclient.spool.queue import SpoolError, Submission
+from txsmtpclient.spool.schedule import Recurrence
 
-__all__ = ["Enqueueing", "PlainSubmission", "SubmissionLike"]
-
-
-class SubmissionLike(Protocol):
-    """
-    One message for :meth:`PostgresQueue.enqueue_many`: the fields of
-    :class:`~txsmtpclient.spool.queue.Submission` (enqueue's arguments).
-    """
-
-    @property
-    def message(self) -> bytes | str | BinaryIO: ...
-    @property
-    def sender(self) -> str: ...
-    @property
-    def recipients(self) -> Sequence[str] | str: ...
-    @property
-    def mail_options(self) -> Sequence[str]: ...
-    @property
-    def rcpt_options(self) -> Sequence[str]: ...
-    @property
-    def dsn(self) -> Dsn | None: ...
-    @property
-    def at(self) -> datetime | float | None: ...
-    @property
-    def recurrence(self) -> Recurrence | str | None: ...
-    @property
-    def timezone(self) -> str | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PlainSubmission:
-    """A plain :class:`SubmissionLike` for :meth:`PostgresQueue.enqueue`."""
-
-    message: bytes | str | BinaryIO
-    sender: str
-    recipients: Sequence[str] | str
-    mail_options: Sequence[str] = ()
-    rcpt_options: Sequence[str] = ()
-    dsn: Dsn | None = None
-    at: datetime | float | None = None
-    recurrence: Recurrence | str | None = None
-    timezone: str | None = None
-    idempotency_key: str | None = None
+__all__ = ["Enqueueing"]
 
 
 class Enqueueing(OperatorCommands):
@@ -107,7 +62,7 @@ class Enqueueing(OperatorCommands):
         :raises ValueError: for a malformed ``idempotency_key``.
         :raises QueueUnavailable: if the database stays unreachable.
         """
-        submission = PlainSubmission(
+        submission = Submission(
             message=message,
             sender=sender,
             recipients=recipients,
@@ -121,7 +76,7 @@ class Enqueueing(OperatorCommands):
         )
         return self.enqueue_many([submission])[0]
 
-    def enqueue_many(self, messages: Sequence[SubmissionLike]) -> builtins.list[str]:
+    def enqueue_many(self, messages: Sequence[Submission]) -> builtins.list[str]:
         """
         Queue several messages in one transaction (all or none).
 
@@ -132,8 +87,8 @@ class Enqueueing(OperatorCommands):
         """
         now = self._clock()
         for m in messages:
-            _check_key(getattr(m, "idempotency_key", None))
-        planned = [(self._new_entry(m, now), m) for m in messages]
+            _check_key(m.idempotency_key)
+        planned = [(new_entry(m, now, i), m) for i, m in enumerate(messages)]
         # Where each stream starts, to read it again if a retry is needed.
         starts = [_start(m.message) for _, m in planned]
 
@@ -145,38 +100,10 @@ class Enqueueing(OperatorCommands):
                     if start is None:
                         raise QueueUnavailable("the database went away while a stream was read")
                     body.seek(start)
-                # Submission may not carry a key (spoolperf's has none yet).
-                key = getattr(submission, "idempotency_key", None)
-                ids.append(self._insert(conn, entry, body, key))
+                ids.append(self._insert(conn, entry, body, submission.idempotency_key))
             return ids
 
         return self._run(insert)
-
-    def _new_entry(self, submission: SubmissionLike, now: float) -> Entry:
-        check_address(submission.sender, what="sender")
-        rcpts = submission.recipients
-        recipients = make_recipients([rcpts] if isinstance(rcpts, str) else rcpts)
-        recurrence = submission.recurrence
-        if isinstance(recurrence, str):
-            recurrence = parse_recurrence(recurrence, submission.timezone)
-        if submission.at is not None:
-            due = to_epoch(submission.at)
-        elif recurrence is not None and recurrence.kind.value == "cron":
-            due = recurrence.next_after(now)
-        else:
-            due = now
-        return Entry(
-            id=new_id(now),
-            sender=submission.sender,
-            recipients=recipients,
-            due=due,
-            created=now,
-            mail_options=check_options(submission.mail_options),
-            rcpt_options=check_options(submission.rcpt_options),
-            dsn=submission.dsn,
-            recurrence=recurrence,
-            occurrence_due=due,
-        )
 
     def _insert(
         self, conn: Conn, entry: Entry, body: bytes | str | BinaryIO, key: str | None

@@ -42,7 +42,7 @@ from txsmtpclient.spool._pgbase import (
     row_entry,
     to_state,
 )
-from txsmtpclient.spool._pgenqueue import Enqueueing, PlainSubmission, SubmissionLike
+from txsmtpclient.spool._pgenqueue import Enqueueing
 from txsmtpclient.spool.envelope import (
     Attempt,
     Entry,
@@ -57,7 +57,7 @@ from txsmtpclient.spool.envelope import (
 from txsmtpclient.spool.queue import EntryNotFound, EntryStateError, SpoolError
 from txsmtpclient.spool.schedule import to_epoch
 
-__all__ = ["CHANNEL", "CHUNK_SIZE", "PlainSubmission", "PostgresQueue", "SubmissionLike"]
+__all__ = ["CHANNEL", "CHUNK_SIZE", "PostgresQueue"]
 
 
 class PostgresQueue(Enqueueing):

@@ -85,6 +85,8 @@ class Submission:
         ``None`` means now, or a cron recurrence's next time.
     :ivar recurrence: a recurrence, or its text (cron or ``"every 10m"``).
     :ivar timezone: IANA zone for a cron recurrence given as text.
+    :ivar idempotency_key: a caller's name for the message: a repeated key
+        gives the first id and stores nothing (see :meth:`IQueue.enqueue`).
     """
 
     message: bytes | str | BinaryIO
@@ -96,6 +98,7 @@ class Submission:
     at: datetime | float | None = None
     recurrence: Recurrence | str | None = None
     timezone: str | None = None
+    idempotency_key: str | None = None
 
 
 @runtime_checkable

@@ -188,14 +188,20 @@ class Spool(Operations):
             at,
             recurrence,
             timezone,
+            idempotency_key,
         )
-        if idempotency_key is None:
-            return self.enqueue_many([submission])[0]
+        return self.enqueue_many([submission])[0]
+
+    def _enqueue_keyed(self, submission: Submission) -> str:
+        """
+        Queue one message under its idempotency key: the key names the new
+        id before the entry is written, under a lock held until it is (see
+        :meth:`_reserve_key`), so a crash in between is taken over by the next
+        request with the key, never stored twice.
+        """
+        assert submission.idempotency_key is not None
         entry = new_entry(submission, self._clock(), 0)
-        # The key names the new id before the entry is written, under a lock
-        # held until it is (see _reserve_key): a crash in between is taken
-        # over by the next request with the key, never stored twice.
-        first, keys_lock = self._reserve_key(idempotency_key, entry.id)
+        first, keys_lock = self._reserve_key(submission.idempotency_key, entry.id)
         try:
             if first is not None:
                 return first
@@ -223,6 +229,16 @@ class Spool(Operations):
             (but an entry a daemon already took stays stored).  A crash
             before it returns may leave any of them stored, each whole.
         """
+        if any(m.idempotency_key is not None for m in messages):
+            # Each key is reserved for its own entry: no group commit then.
+            for m in messages:
+                new_entry(m, self._clock())  # check them all first
+            return [
+                self._enqueue_keyed(m)
+                if m.idempotency_key is not None
+                else self.enqueue_many([m])[0]
+                for m in messages
+            ]
         now = self._clock()
         entries = [new_entry(m, now, i) for i, m in enumerate(messages)]
         self._store(entries, messages)
