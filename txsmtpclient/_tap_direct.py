@@ -82,17 +82,6 @@ DIRECT_FLAGS: list[list[Any]] = [
 ]
 
 
-def _truthy(key: str, value: Any) -> bool:
-    if isinstance(value, (bool, int)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("1", "yes", "true", "on"):
-        return True
-    if text in ("0", "no", "false", "off"):
-        return False
-    raise usage.UsageError(f"{key}: expected true or false, got {value!r}")
-
-
 def _address(option: str, text: str, default_port: int) -> tuple[str, int]:
     """
     ``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` as an address and a port.
@@ -137,9 +126,11 @@ def direct_settings(given: Mapping[str, Any]) -> dict[str, Any]:
     :raises usage.UsageError: for ``--direct`` with ``--relay`` or AUTH
         options, or a bad value.
     """
+    # Imported here: the options module imports this one.
+    from txsmtpclient._tapconfig import _flag
     from txsmtpclient.direct._gate import Backoff
 
-    direct = _truthy("direct", given.get("direct", False))
+    direct = _flag("direct", given.get("direct", False))
     settings: dict[str, Any] = {"direct": direct}
     if not direct:
         return settings
@@ -169,7 +160,7 @@ def direct_settings(given: Mapping[str, Any]) -> dict[str, Any]:
             "--dane-resolver must be on loopback: the AD bit can only be trusted "
             "from a local validating resolver"
         )
-    settings["mta_sts"] = not _truthy("no-mta-sts", given.get("no-mta-sts", False))
+    settings["mta_sts"] = not _flag("no-mta-sts", given.get("no-mta-sts", False))
     settings["mx_port"] = _whole("mx-port", text("mx-port"), 1, 65535)
     settings["destination_concurrency"] = _whole(
         "destination-concurrency", text("destination-concurrency"), 1, 1000

@@ -146,8 +146,14 @@ def _check_spool(path: str) -> None:
 
 
 def _flag(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
+    """
+    A flag's value from the command line (``True``), a config file (a
+    boolean, 0/1, or ``yes``/``no``/``true``/``false``/``on``/``off``).
+
+    :raises usage.UsageError: for anything else.
+    """
+    if isinstance(value, (bool, int)):
+        return bool(value)
     text = str(value).strip().lower()
     if text in ("1", "yes", "true", "on"):
         return True
