@@ -17,6 +17,7 @@ from datetime import datetime
 
 from txsmtpclient.spool._files import SpoolFiles
 from txsmtpclient.spool._names import raise_if_full
+from txsmtpclient.spool._submit import check_idempotency_key
 from txsmtpclient.spool.envelope import Entry, State, is_valid_id
 from txsmtpclient.spool.queue import EntryBusy, EntryNotFound, EntryStateError
 from txsmtpclient.spool.schedule import to_epoch
@@ -124,10 +125,7 @@ class Holds(SpoolFiles):
         :raises ValueError: for an empty, over-long or unprintable key.
         :raises SpoolFull: if the disk is full.
         """
-        if not isinstance(key, str) or not 0 < len(key) <= 255 or not key.isprintable():
-            raise ValueError(
-                f"an idempotency key must be 1 to 255 printable characters, got {key!r}"
-            )
+        check_idempotency_key(key)
         folder = os.path.join(self.path, "keys")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, hashlib.sha256(key.encode("utf-8")).hexdigest() + ".id")

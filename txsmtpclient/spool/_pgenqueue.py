@@ -86,8 +86,6 @@ class Enqueueing(OperatorCommands):
             stored).
         """
         now = self._clock()
-        for m in messages:
-            _check_key(m.idempotency_key)
         planned = [(new_entry(m, now, i), m) for i, m in enumerate(messages)]
         # Where each stream starts, to read it again if a retry is needed.
         starts = [_start(m.message) for _, m in planned]
@@ -159,11 +157,3 @@ def _start(body: bytes | str | BinaryIO) -> int | None:
     if not _is_stream(body):
         return 0
     return body.tell() if body.seekable() else None
-
-
-def _check_key(key: object) -> None:
-    """As the file spool: a key is 1 to 255 printable characters."""
-    if key is not None and (
-        not isinstance(key, str) or not 0 < len(key) <= 255 or not key.isprintable()
-    ):
-        raise ValueError(f"an idempotency key must be 1 to 255 printable characters, got {key!r}")

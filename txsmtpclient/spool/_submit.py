@@ -24,7 +24,7 @@ from txsmtpclient.spool.envelope import (
 from txsmtpclient.spool.queue import Submission
 from txsmtpclient.spool.schedule import parse_recurrence, to_epoch
 
-__all__ = ["message_start", "new_entry"]
+__all__ = ["check_idempotency_key", "message_start", "new_entry"]
 
 
 def new_entry(submission: Submission, now: float, seq: int = 0) -> Entry:
@@ -35,7 +35,10 @@ def new_entry(submission: Submission, now: float, seq: int = 0) -> Entry:
 
     :raises EnvelopeError: for a malformed address or option.
     :raises ScheduleError: for a bad recurrence or time zone.
+    :raises ValueError: for a malformed idempotency key.
     """
+    if submission.idempotency_key is not None:
+        check_idempotency_key(submission.idempotency_key)
     check_address(submission.sender, what="sender")
     recipients = submission.recipients
     rcpts = make_recipients([recipients] if isinstance(recipients, str) else recipients)
@@ -60,6 +63,18 @@ def new_entry(submission: Submission, now: float, seq: int = 0) -> Entry:
         recurrence=recurrence,
         occurrence_due=due,
     )
+
+
+def check_idempotency_key(key: object) -> str:
+    """
+    An idempotency key as every queue takes it: 1 to 255 printable
+    characters.
+
+    :raises ValueError: for anything else.
+    """
+    if not isinstance(key, str) or not 0 < len(key) <= 255 or not key.isprintable():
+        raise ValueError(f"an idempotency key must be 1 to 255 printable characters, got {key!r}")
+    return key
 
 
 def message_start(data: bytes, entry_id: str) -> int:

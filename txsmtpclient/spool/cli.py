@@ -409,7 +409,7 @@ _EXIT_CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ..
 )
 
 #: Commands on existing entries: they never create a spool where there is none.
-_NEEDS_SPOOL = frozenset({"list", "show", "counts", "cancel", "retry"})
+_NEEDS_SPOOL = frozenset({"list", "show", "counts", "cancel", "retry", "hold", "release"})
 
 
 def _open_spool(path: str, *, create: bool, clock: Callable[[], float]) -> Spool:

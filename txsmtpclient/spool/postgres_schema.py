@@ -207,9 +207,15 @@ def open_checked(
     or schema is one clear line rather than a traceback later.
 
     :returns: the migrations applied.
-    :raises QueueDatabaseError: with a one-line message.
+    :raises QueueDatabaseError: with a one-line message (psycopg missing
+        included).
     """
-    import psycopg
+    try:
+        import psycopg
+    except ImportError as e:
+        raise QueueDatabaseError(
+            f"a PostgreSQL queue needs psycopg: pip install 'txsmtpclient[postgres]' ({e})"
+        ) from None
 
     try:
         with psycopg.connect(

@@ -192,15 +192,16 @@ class Spool(Operations):
         )
         return self.enqueue_many([submission])[0]
 
-    def _enqueue_keyed(self, submission: Submission) -> str:
+    def _store_keyed(self, entry: Entry, submission: Submission) -> str:
         """
-        Queue one message under its idempotency key: the key names the new
-        id before the entry is written, under a lock held until it is (see
-        :meth:`_reserve_key`), so a crash in between is taken over by the next
-        request with the key, never stored twice.
+        Store one checked entry under its idempotency key: the key names the
+        new id before the entry is written, under a lock held until it is
+        (see :meth:`_reserve_key`), so a crash in between is taken over by
+        the next request with the key, never stored twice.
+
+        :returns: the id, or the first one stored under the key.
         """
         assert submission.idempotency_key is not None
-        entry = new_entry(submission, self._clock(), 0)
         first, keys_lock = self._reserve_key(submission.idempotency_key, entry.id)
         try:
             if first is not None:
@@ -224,25 +225,28 @@ class Spool(Operations):
             recipients: nothing was stored.
         :raises ScheduleError: for a bad recurrence or time zone: nothing
             was stored.
+        :raises ValueError: for a malformed idempotency key: nothing was
+            stored.
         :raises SpoolFull: if the disk is full; nothing was left behind.
         :raises OSError: for other file errors; nothing was left behind
             (but an entry a daemon already took stays stored).  A crash
             before it returns may leave any of them stored, each whole.
         """
-        if any(m.idempotency_key is not None for m in messages):
-            # Each key is reserved for its own entry: no group commit then.
-            for m in messages:
-                new_entry(m, self._clock())  # check them all first
-            return [
-                self._enqueue_keyed(m)
-                if m.idempotency_key is not None
-                else self.enqueue_many([m])[0]
-                for m in messages
-            ]
         now = self._clock()
+        # Every message is checked (its key too) before anything is stored.
         entries = [new_entry(m, now, i) for i, m in enumerate(messages)]
-        self._store(entries, messages)
-        return [entry.id for entry in entries]
+        if all(m.idempotency_key is None for m in messages):
+            self._store(entries, messages)
+            return [entry.id for entry in entries]
+        # A keyed message is reserved and stored on its own: no group commit.
+        ids = []
+        for entry, m in zip(entries, messages, strict=True):
+            if m.idempotency_key is not None:
+                ids.append(self._store_keyed(entry, m))
+            else:
+                self._store([entry], [m])
+                ids.append(entry.id)
+        return ids
 
     def _store(self, entries: Sequence[Entry], messages: Sequence[Submission]) -> None:
         """
