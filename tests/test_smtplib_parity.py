@@ -225,3 +225,17 @@ def test_version_from_the_command_line() -> None:
         cwd=REPO,
     )
     assert (result.returncode, result.stdout) == (0, f"txsmtpclient {txsmtpclient.__version__}\n")
+
+
+def test_login_tries_starttls_once_when_it_is_refused() -> None:
+    """With STARTTLS advertised but refused (454), login says STARTTLS once, then AUTH."""
+    script = Script(credentials={"user": "s3cret"}, auth_without_tls=True)
+    script.advertise("STARTTLS")
+    script.on("STARTTLS", "454 4.7.0 TLS not available")
+    server = MemoryServer(script)
+    smtp = _client(server, server_hostname="mx.txsmtp.test")
+    d = smtp.login("user", "s3cret")
+    server.flush()
+    assert success_result_of(d).code == 235
+    verbs = [c.split()[0] for c in server.sessions[0].commands]
+    assert verbs == [b"EHLO", b"STARTTLS", b"AUTH"]

@@ -569,6 +569,10 @@ async def send_bdat(
         raise
     except BaseException as e:
         proto.abort(SMTPServerDisconnected(f"message abandoned part way: {e!r}"))
+        # The pipelined chunks' replies fail with the abort; this error is
+        # the one to report, not theirs.
+        for d in chunk_replies:
+            d.addErrback(lambda _: None)
         raise
     for reply in await gather_replies(chunk_replies):
         if reply.code != 250:

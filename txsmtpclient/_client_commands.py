@@ -111,7 +111,6 @@ class Commands(Security):
     def _put(self, line: bytes) -> None:
         reply = self._connection().send(Command(Kind.COMMAND, line))
         # Read by getreply(); a failure stays in the Deferred until then.
-        reply.addErrback(lambda f: f)
         self._put_replies.append(reply)
 
     def rset(self) -> Deferred[Reply]:

@@ -177,7 +177,13 @@ class Security(ClientBase):
             raise TypeError(f"authobject must be callable, not {type(authobject).__name__}")
         name = mechanism.upper()
         mech = _CallableMechanism(name, authobject, self)
-        return self._call(lambda: self._authenticate(name, mech, initial_response_ok))
+
+        async def op() -> Reply:
+            await self._ehlo_or_helo_if_needed()
+            self._may_authenticate()
+            return await self._authenticate(name, mech, initial_response_ok)
+
+        return self._call(op)
 
     def auth_plain(self, challenge: bytes | None = None) -> str:
         """
@@ -233,8 +239,10 @@ class Security(ClientBase):
     async def _authenticate(
         self, name: str, mech: SASLMechanism, initial_response_ok: bool
     ) -> Reply:
-        await self._ehlo_or_helo_if_needed()
-        self._may_authenticate()
+        """
+        One AUTH exchange, after EHLO, the TLS policy and the checks of
+        :meth:`_may_authenticate`.
+        """
         offered = self.esmtp_features.auth_mechanisms
         if name not in offered:
             raise SMTPNotSupportedError(
