@@ -345,3 +345,11 @@ def test_startup_errors_raise_when_embedded(tmp_path: Path) -> None:
     with pytest.raises(tap.StartupError, match="--spool") as raised:
         parse("--spool", str(afile))
     assert raised.value.exit_code == 73
+
+
+def test_tls_ca_that_is_not_pem_is_one_line(tmp_path: Path) -> None:
+    """A --tls-ca file that is not a PEM certificate is a usage error naming it, not a traceback."""
+    bad = tmp_path / "ca.pem"
+    bad.write_bytes(b"not a certificate\n")
+    with pytest.raises(usage.UsageError, match="not a PEM certificate"):
+        parse("--spool", str(tmp_path / "s"), "--relay", "127.0.0.1:2525", "--tls-ca", str(bad))

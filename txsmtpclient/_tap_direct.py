@@ -182,13 +182,11 @@ def direct_settings(given: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _trust(path: str) -> Callable[[str], IOpenSSLClientConnectionCreator]:
-    from twisted.internet.ssl import Certificate, optionsForClientTLS
+    from twisted.internet.ssl import optionsForClientTLS
 
-    try:
-        with open(path, "rb") as f:
-            ca = Certificate.loadPEM(f.read())
-    except (OSError, ValueError) as e:
-        raise usage.UsageError(f"--tls-ca: cannot load {path}: {e}") from e
+    from txsmtpclient._tapconfig import load_ca
+
+    ca = load_ca(path)
     return lambda host: optionsForClientTLS(host, trustRoot=ca)
 
 

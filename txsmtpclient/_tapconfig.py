@@ -32,6 +32,8 @@ from txsmtpclient.spool.sendmail import (
 from txsmtpclient.spool.store import Spool
 
 if TYPE_CHECKING:
+    from twisted.internet.ssl import Certificate
+
     pass
 
 
@@ -308,18 +310,31 @@ def _relay(relay: str) -> Relay:
         raise usage.UsageError(f"--relay: {e}") from e
 
 
+def load_ca(path: str) -> Certificate:
+    """
+    The ``--tls-ca`` certificate.
+
+    :raises usage.UsageError: one line for a file that cannot be read or is
+        not a PEM certificate.
+    """
+    from OpenSSL import crypto
+    from twisted.internet.ssl import Certificate
+
+    try:
+        with open(path, "rb") as f:
+            return Certificate.loadPEM(f.read())
+    except (OSError, ValueError, crypto.Error) as e:
+        pem = "not a PEM certificate"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else pem
+        raise usage.UsageError(f"--tls-ca: cannot load {path}: {reason}") from e
+
+
 def _tls_options(settings: Mapping[str, Any]) -> IOpenSSLClientConnectionCreator | None:
     if not settings.get("tls_ca"):
         return None
-    from twisted.internet.ssl import Certificate, optionsForClientTLS
+    from twisted.internet.ssl import optionsForClientTLS
 
-    path = settings["tls_ca"]
-    try:
-        with open(path, "rb") as f:
-            ca = Certificate.loadPEM(f.read())
-    except (OSError, ValueError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise usage.UsageError(f"--tls-ca: cannot load {path}: {reason}") from e
+    ca = load_ca(settings["tls_ca"])
     hostname = _relay(settings["relay"]).host
     if not hostname:
         raise usage.UsageError("--tls-ca needs a relay that names a host to verify")
