@@ -53,7 +53,7 @@ class _ZoneAuthority(common.ResolverBase):
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
         key = name.decode("ascii").lower().rstrip(".")
         self.queries.append((key, type))
-        if key in self.servfail:
+        if key in self.servfail or f"{key}/{type}" in self.servfail:
             # The server factory answers SERVFAIL for anything but a DomainError.
             return fail(RuntimeError(f"scripted SERVFAIL for {key}"))
         if key not in self.zone:
@@ -70,7 +70,8 @@ class DNSServer:
     A DNS server on 127.0.0.1 and a free UDP port.
 
     :param zone: name -> records (``dns.Record_MX``, ``dns.Record_A`` ...).
-    :param servfail: names that answer SERVFAIL.
+    :param servfail: names that answer SERVFAIL (``"name/1"``: only for
+        type 1, A).
     :param secure: names whose answers carry the AD bit (as a validating
         resolver sets it for DNSSEC-signed data).
     """

@@ -366,3 +366,15 @@ async def test_postfix_as_the_mx(postfix: PostfixInstance) -> None:
     [message] = await postfix.when_messages(1)
     assert message.original == sent.replace(b"\r\n", b"\n")
     assert message.delivered_to == f"direct@{TEST_DOMAIN}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_address_lookup_is_temporary(world: World) -> None:
+    """An MX whose A lookup fails (AAAA empty) is no proof it has no address: temporary."""
+    world.zone(
+        {"dest.test": [mx(10, "mx1.dest.test")], "mx1.dest.test": []},
+        servfail=("mx1.dest.test/1",),
+    )
+    await world.free_port_on("127.0.0.2")
+    result = _only(await world.send(["rcpt@dest.test"]))
+    assert result.temporary and isinstance(result.error, SMTPRoutingError)

@@ -55,11 +55,22 @@ def test_raw_options_become_fields() -> None:
         {"hold_for": 5, "hold_until": UNTIL},
         {"hold_until": datetime(2030, 1, 1)},
         {"mail_options": ("HOLDUNTIL=tomorrow",)},
+        {"mail_options": ("HOLDUNTIL=2024-13-01T00:00:00Z",)},
         {"mail_options": ("BY=soon",)},
         {"mail_options": ("MT-PRIORITY=high",)},
         {"priority": 1, "mail_options": ("MT-PRIORITY=2",)},
     ],
-    ids=["priority", "hold-negative", "hold-both", "naive", "until", "by", "mt", "disagree"],
+    ids=[
+        "priority",
+        "hold-negative",
+        "hold-both",
+        "naive",
+        "until",
+        "until-month-13",
+        "by",
+        "mt",
+        "disagree",
+    ],
 )
 def test_bad_values_are_refused_when_made(kwargs: dict[str, object]) -> None:
     """Every value the RFCs do not allow is an SMTPArgumentError before anything is sent."""

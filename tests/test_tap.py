@@ -348,7 +348,7 @@ def test_startup_errors_raise_when_embedded(tmp_path: Path) -> None:
 
 
 def test_tls_ca_that_is_not_pem_is_one_line(tmp_path: Path) -> None:
-    """A --tls-ca file that is not a PEM certificate is a usage error naming it, not a traceback."""
+    """A --tls-ca file that is not PEM is a usage error naming it, not a traceback."""
     bad = tmp_path / "ca.pem"
     bad.write_bytes(b"not a certificate\n")
     with pytest.raises(usage.UsageError, match="not a PEM certificate"):

@@ -114,6 +114,22 @@ class Travel:
         )
 
 
+def _date_time(text: str) -> datetime | None:
+    """
+    An RFC 3339 date-time, or ``None`` when ``text`` is not one.
+    """
+    if not _UNTIL.match(text):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:  # 2024-13-01: the right shape, not a date
+        return None
+
+
+def _utc_text(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_travel_options(options: Sequence[str]) -> tuple[tuple[str, ...], Travel]:
     """
     Take this module's parameters out of raw MAIL options (as a spool entry
@@ -135,9 +151,10 @@ def parse_travel_options(options: Sequence[str]) -> tuple[tuple[str, ...], Trave
                 raise ArgumentError(f"HOLDFOR needs a number of seconds, not {value!r}")
             found["hold_for"] = int(value)
         elif key == "HOLDUNTIL":
-            if not _UNTIL.match(value):
+            until = _date_time(value)
+            if until is None:
                 raise ArgumentError(f"HOLDUNTIL needs an RFC 3339 date-time, not {value!r}")
-            found["hold_until"] = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            found["hold_until"] = until
         elif key == "BY":
             match = _BY.match(value)
             if match is None:
@@ -194,13 +211,13 @@ def travel_options(travel: Travel, features: Extensions | None, tls: bool) -> li
         else:
             assert travel.hold_until is not None
             until = travel.hold_until.astimezone(timezone.utc)
-            if len(limits) > 1 and _UNTIL.match(limits[1]):
-                latest = datetime.fromisoformat(limits[1].replace("Z", "+00:00"))
-                if until > latest:
-                    raise SMTPNotSupportedError(
-                        f"hold_until={until.isoformat()} is past the server's limit {limits[1]}"
-                    )
-            options.append("HOLDUNTIL=" + until.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            # A limit the server spells wrong is no limit.
+            latest = _date_time(limits[1]) if len(limits) > 1 else None
+            if latest is not None and until > latest:
+                raise SMTPNotSupportedError(
+                    f"hold_until={until.isoformat()} is past the server's limit {limits[1]}"
+                )
+            options.append("HOLDUNTIL=" + _utc_text(until))
     if travel.deliver_by is not None:
         if features is None or not features.has("deliverby"):
             raise _refuse("deliver_by", "DELIVERBY")
@@ -229,8 +246,7 @@ def raw_options(travel: Travel) -> list[str]:
     if travel.hold_for is not None:
         options.append(f"HOLDFOR={travel.hold_for}")
     if travel.hold_until is not None:
-        until = travel.hold_until.astimezone(timezone.utc)
-        options.append("HOLDUNTIL=" + until.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        options.append("HOLDUNTIL=" + _utc_text(travel.hold_until))
     if travel.deliver_by is not None:
         options.append(travel.deliver_by.parameter)
     if travel.priority is not None:

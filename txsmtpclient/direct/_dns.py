@@ -8,6 +8,7 @@ permanent (the name does not exist) and temporary (SERVFAIL, timeout).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import socket
@@ -39,10 +40,12 @@ _TEMPORARY = (
 )
 
 
+@functools.cache
 def default_resolver() -> IResolver:
     """
     The system's resolvers from ``/etc/resolv.conf`` and ``/etc/hosts``,
-    queried asynchronously by ``twisted.names`` on the global reactor.
+    queried asynchronously by ``twisted.names`` on the global reactor; made
+    once (it reads ``resolv.conf`` and re-reads it on a timer).
     """
     resolver: IResolver = createResolver()
     return resolver
@@ -132,7 +135,8 @@ async def lookup_addresses(resolver: IResolver, host: str, timeout: float) -> li
     order), at most :data:`MAX_ADDRESSES_PER_HOST`.
 
     :returns: an empty list when the host has none or does not exist.
-    :raises SMTPRoutingError: (temporary) when both look-ups failed.
+    :raises SMTPRoutingError: (temporary) when a look-up failed and the
+        other found nothing.
     """
     results = await DeferredList(
         [
@@ -149,7 +153,9 @@ async def lookup_addresses(resolver: IResolver, host: str, timeout: float) -> li
             lists.append([])
         else:
             lists.append([a for a in map(_address, value[1]) if a is not None])
-    if len(failures) == 2:
+    if failures and not any(lists):
+        # A failed look-up with nothing from the other is no proof that
+        # the host has no address: try again later, never bounce.
         failures[0].raiseException()
     six, four = lists
     merged: list[str] = []

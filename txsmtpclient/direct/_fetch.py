@@ -256,7 +256,16 @@ class MTASTS:
         length = response.length
         if isinstance(length, int) and length > MAX_POLICY_SIZE:
             raise PolicyError(f"the policy is {length} bytes, over {MAX_POLICY_SIZE}")
-        body: Deferred[bytes] = Deferred()
-        response.deliverBody(_Capped(MAX_POLICY_SIZE, body))
+
+        def stop(_: Deferred[bytes]) -> None:
+            if capped.transport is not None:
+                capped.transport.stopProducing()  # type: ignore[attr-defined]
+
+        body: Deferred[bytes] = Deferred(stop)
+        capped = _Capped(MAX_POLICY_SIZE, body)
+        response.deliverBody(capped)
         body.addTimeout(self.timeout, reactor)
-        return await body
+        try:
+            return await body
+        except TimeoutError as e:
+            raise PolicyError(f"the policy took over {self.timeout} seconds to arrive") from e

@@ -19,6 +19,7 @@ from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, verify_service_identity
 from service_identity.pyopenssl import extract_patterns
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import DatagramProtocol
 from twisted.names import dns
@@ -102,7 +103,10 @@ class DANE:
         message.queries = [dns.Query(name, kind, dns.IN)]
         protocol = _Query(message, self.server)
         family = "::1" if ":" in self.server[0] else "127.0.0.1"
-        port = reactor.listenUDP(0, protocol, interface=family)
+        try:
+            port = reactor.listenUDP(0, protocol, interface=family)
+        except (OSError, CannotListenError) as e:
+            raise SMTPRoutingError(f"DNSSEC lookup of {name}: {e}", temporary=True) from e
         protocol.answer.addTimeout(self.timeout, reactor)
         try:
             reply = await protocol.answer
@@ -110,6 +114,10 @@ class DANE:
             raise SMTPRoutingError(f"DNSSEC lookup of {name} failed: {e!r}", temporary=True) from e
         finally:
             await port.stopListening()
+        if reply.trunc:
+            # Over UDP with no EDNS a large TLSA set can be cut short: a
+            # partial answer must not pass for a complete one.
+            raise SMTPRoutingError(f"DNSSEC answer for {name} was truncated", temporary=True)
         if reply.rCode == dns.ENAME:
             return SecureAnswer(bool(reply.authenticData), False, ())
         if reply.rCode != dns.OK:

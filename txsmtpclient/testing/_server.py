@@ -64,6 +64,7 @@ class ScriptedServerProtocol(Protocol):
         self._buffer = b""
         self._data: list[bytes] | None = None
         self._bdat_left = 0
+        self._bdat_size = 0
         self._bdat_last = False
         self._bdat_chunks: list[bytes] = []
         self._auth: str | None = None
@@ -292,6 +293,7 @@ class ScriptedServerProtocol(Protocol):
         self._bdat_left = int(size)
         self._bdat_last = last
         self._bdat_verb_argument = argument
+        self._bdat_size = self._bdat_left
         if not self._bdat_left:
             self._bdat_done()
 
@@ -307,7 +309,7 @@ class ScriptedServerProtocol(Protocol):
             self._bdat_chunks = []
             self._end_message(content, "BDAT")
         else:
-            self._respond("BDAT", argument, f"250 2.0.0 {len(self._bdat_chunks[-1])} octets")
+            self._respond("BDAT", argument, f"250 2.0.0 {self._bdat_size} octets")
 
     def _end_message(self, content: bytes, via: str) -> None:
         message = ReceivedMessage(
