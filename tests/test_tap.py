@@ -353,3 +353,20 @@ def test_tls_ca_that_is_not_pem_is_one_line(tmp_path: Path) -> None:
     bad.write_bytes(b"not a certificate\n")
     with pytest.raises(usage.UsageError, match="not a PEM certificate"):
         parse("--spool", str(tmp_path / "s"), "--relay", "127.0.0.1:2525", "--tls-ca", str(bad))
+
+
+def test_control_port_twisted_cannot_read_is_one_line(tmp_path: Path) -> None:
+    """A --control-port description Twisted refuses is a usage error before anything starts."""
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with pytest.raises(usage.UsageError, match="--control-port 'bogus:xx': Unknown endpoint"):
+        parse(
+            "--spool",
+            str(tmp_path / "s"),
+            "--relay",
+            "127.0.0.1:2525",
+            "--control-port",
+            "bogus:xx",
+            "--control-token-file",
+            str(token),
+        )

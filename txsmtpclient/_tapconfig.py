@@ -93,7 +93,6 @@ def check_startup(settings: Mapping[str, Any]) -> None:
 
     :raises StartupError: naming the option and what is wrong.
     """
-    from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
 
     # Descriptions are only parsed here: twist installs the real reactor
@@ -117,13 +116,9 @@ def check_startup(settings: Mapping[str, Any]) -> None:
         raise StartupError(str(e), EX_NOINPUT) from None
     if settings.get("status_port"):
         try:
-            serverFromString(parse_only, settings["status_port"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise StartupError(
-                f"--status-port {settings['status_port']!r}: {e}; give an endpoint "
-                "description such as tcp:8025:interface=127.0.0.1",
-                EX_USAGE,
-            ) from None
+            _parse_server(settings["status_port"], "--status-port")
+        except usage.UsageError as e:
+            raise StartupError(str(e), EX_USAGE) from None
     if not settings.get("queue"):
         # With --queue the messages live in the database, not this folder.
         _check_spool(settings["spool"])
@@ -267,7 +262,29 @@ def _control_settings(port: str | None, token_file: str | None) -> dict[str, Any
         plan = check_control_port(port, has_token=token is not None)
     except ControlPortError as e:
         raise usage.UsageError(f"--control-port: {e}") from e
+    _parse_server(plan.description, "--control-port")
     return {"control_port": plan, "control_token": token}
+
+
+def _parse_server(description: str, option: str) -> None:
+    """
+    Have Twisted read a listening endpoint's description (nothing listens:
+    the reactor is not installed yet).
+
+    :raises usage.UsageError: naming ``option`` for one Twisted refuses (an
+        unknown type, a bad parameter, an unreadable key).
+    """
+    from OpenSSL import crypto
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError, OSError, crypto.Error) as e:
+        raise usage.UsageError(
+            f"{option} {description!r}: {e}; give an endpoint description such as "
+            "tcp:8025:interface=127.0.0.1"
+        ) from None
 
 
 def read_password(settings: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
