@@ -304,3 +304,38 @@ async def test_rotated_key_applies_to_queued_mail(
     assert verify_all(one.content, [old]) == [True]
     assert b"s=new;" in two.content
     assert verify_all(two.content, [new]) == [True]
+
+
+def test_a_streamed_message_is_signed_by_its_from_domain() -> None:
+    """A message the queue streams in chunks (PostgreSQL) is signed like a whole one."""
+    from dkimtools import DOMAIN, ed25519_signer
+    from helpers import success_result_of
+    from twisted.internet.defer import succeed
+
+    from txsmtpclient._dkimtap import SigningSender
+    from txsmtpclient.transaction import Envelope
+
+    signer = ed25519_signer()
+    sent: list[tuple[Any, Envelope]] = []
+
+    class Recording:
+        def sendmail(self, *, msg: Any, envelope: Envelope) -> Any:
+            sent.append((msg, envelope))
+            return succeed({})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield f"From: <a@{DOMAIN}>\r\nSubject: big\r\n\r\n".encode()
+        yield b"body\r\n"
+
+    sender = SigningSender(Recording(), {DOMAIN: (signer,)})
+    success_result_of(sender.sendmail(msg=chunks(), envelope=Envelope(f"a@{DOMAIN}", ("b@x",))))
+    [(msg, envelope)] = sent
+    assert envelope.dkim == (signer,)
+
+    async def collect() -> bytes:
+        return b"".join([c async for c in msg])
+
+    from twisted.internet.defer import Deferred
+
+    body = success_result_of(Deferred.fromCoroutine(collect()))
+    assert body == f"From: <a@{DOMAIN}>\r\nSubject: big\r\n\r\nbody\r\n".encode()

@@ -12,7 +12,7 @@ queued mail goes out signed with the new key.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from email.parser import BytesHeaderParser
 from email.policy import SMTPUTF8
@@ -196,11 +196,32 @@ class SigningSender:
         Send as the wrapped sender does, the envelope carrying the message's
         signers (:class:`~txsmtpclient.spool.delivery.Sender`'s method).
         """
-        signers = self.signers_for(msg)
+        if isinstance(msg, AsyncIterable):
+            # A message streamed from the queue (PostgreSQL, in chunks): its
+            # header block is in the first chunk.
+            return Deferred.fromCoroutine(self._send_stream(msg, envelope))
+        return self._send(msg, envelope, self.signers_for(msg))
+
+    def _send(
+        self, msg: Body, envelope: Envelope, signers: tuple[Any, ...]
+    ) -> Deferred[dict[str, Reply]]:
         if signers:
             envelope = replace(envelope, dkim=signers)
         result: Deferred[dict[str, Reply]] = self._sender.sendmail(msg=msg, envelope=envelope)
         return result
+
+    async def _send_stream(
+        self, msg: AsyncIterable[bytes], envelope: Envelope
+    ) -> dict[str, Reply]:
+        chunks = aiter(msg)
+        first = await anext(chunks, b"")
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+        return await self._send(whole(), envelope, self.signers_for(first))
 
 
 def signing_sender(sender: Any, settings: Mapping[str, Any]) -> Any:
