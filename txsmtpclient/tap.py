@@ -370,7 +370,7 @@ def load_config(path: str) -> dict[str, Any]:
 def _control(
     settings: Mapping[str, Any],
     service: SpoolService,
-    pool: SMTPConnectionPool,
+    pool: SMTPConnectionPool | None,
     metrics: DaemonMetrics,
 ) -> IService:
     """
@@ -486,7 +486,9 @@ def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None
         on_ambiguous=settings["on_ambiguous"],
     )
     if metrics is not None:
-        _control(settings, service, pool, metrics).setServiceParent(top)
+        # Direct mode sends through no relay pool: no pool gauges then.
+        relay_pool = None if settings.get("direct") else pool
+        _control(settings, service, relay_pool, metrics).setServiceParent(top)
     if settings["status_port"]:
         _log.warn(
             "--status-port is superseded by --control-port (GET /v1/stats, /metrics); "
