@@ -8,6 +8,8 @@ Nothing here imports the reactor: the clock is a :class:`MemoryReactorClock`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -38,6 +40,7 @@ __all__ = [
     "failure_result_of",
     "send_pipelined",
     "success_result_of",
+    "wait_for",
 ]
 
 T = TypeVar("T")
@@ -271,3 +274,17 @@ def expect(proto: SMTPClientProtocol, stage: str = "command") -> Deferred[Reply]
     Await one more reply without writing anything.
     """
     return proto.send(command(b"", stage))
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """
+    Poll ``check`` with a bound, for what another process or a database
+    does (never for code in this process's reactor).
+
+    :raises AssertionError: naming ``what`` after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)

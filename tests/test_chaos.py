@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 from chaos_relay import ChaosRelay, Copy
+from helpers import wait_for as _wait_for
 
 from txsmtpclient.spool.store import Spool
 
@@ -51,15 +52,6 @@ pytestmark = [
     pytest.mark.chaos,
     pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL"),
 ]
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``check`` with a bound (the daemon runs in another process)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _start_daemon(relay: ChaosRelay, spool: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -17,12 +17,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import wait_for as _wait_for
 from servers import AiosmtpdServer
 
 from txsmtpclient.spool.store import Spool
@@ -33,15 +32,6 @@ KILLS = 4
 SEED = 20240607
 SENDER = "crash@example.test"
 _MESSAGE_ID = re.compile(rb"^Message-ID: <([^>]+)>", re.MULTILINE | re.IGNORECASE)
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``check`` with a bound (the daemon runs in another process)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _received_ids(server: AiosmtpdServer) -> Counter[str]:

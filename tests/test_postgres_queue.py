@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import wait_for as _wait_for
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
 
@@ -45,15 +46,6 @@ from txsmtpclient.spool.queue import (
 )
 
 MESSAGE = b"From: a@example.test\r\nSubject: hello\r\n\r\nbody\r\n"
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``check`` with a bound (the database's clock decides leases)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

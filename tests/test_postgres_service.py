@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers import wait_for as _wait_for
 from twisted.python import usage
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
@@ -22,14 +22,6 @@ from txsmtpclient.spool.postgres import PostgresQueue
 from txsmtpclient.spool.postgres_service import QueueListener
 
 MESSAGE = b"Subject: hi\r\n\r\nhi\r\n"
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_queue_options_are_checked() -> None:
