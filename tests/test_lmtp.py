@@ -68,7 +68,8 @@ def test_lmtp_all_deliveries_failing_raises() -> None:
     step(s, b"RCPT TO:<c@y>\r\n", b"250 ok\r\n")
     step(s, b"DATA\r\n", b"354 go\r\n")
     step(s, b"hi\r\n.\r\n", b"552 5.2.2 over quota\r\n451 4.3.0 try later\r\n")
-    step(s, b"RSET\r\n", b"250 ok\r\n")
+    # The final dot ended the transaction: no RSET.
+    assert s.transport.writes == []
     e = failure_of(d, SMTPRecipientsRefused)
     assert e.recipients == {
         "b@y": (552, b"5.2.2 over quota"),

@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from txsmtpclient import SMTP
 from txsmtpclient.errors import (
+    SMTPAmbiguousDelivery,
     SMTPArgumentError,
     SMTPRecipientsRefused,
     SMTPServerDisconnected,
@@ -82,6 +83,8 @@ class FakeConnection(StringTransport):
         self.inbox = b""
         self.in_data = False
         self.lost = False
+        #: each write, as the client made it.
+        self.writes: list[bytes] = []
 
     def reply(self, data: bytes) -> None:
         def deliver() -> None:
@@ -92,6 +95,13 @@ class FakeConnection(StringTransport):
 
     def write(self, data: bytes) -> None:
         super().write(data)  # type: ignore[no-untyped-call]
+        self.writes.append(data)
+        if self.relay.drop_on is not None and self.relay.drop_on in data:
+            # Gone before this write is read: nothing more is answered.
+            self.relay.drop_on = None
+            self.lost = True
+            self.relay.clock.callLater(0, self._lose)
+            return
         if self.lost or self.disconnecting:
             return
         self.inbox += data
@@ -142,8 +152,11 @@ class FakeConnection(StringTransport):
         """
         if not self.lost:
             self.lost = True
-            self.session.closed = True
-            self.proto.connectionLost(Failure(ConnectionDone()))
+            self._lose()
+
+    def _lose(self) -> None:
+        self.session.closed = True
+        self.proto.connectionLost(Failure(ConnectionDone()))
 
     def loseConnection(self) -> None:
         super().loseConnection()  # type: ignore[no-untyped-call]
@@ -163,6 +176,7 @@ class FakeRelay:
     :ivar noop_reply: the answer to NOOP.
     :ivar drop_at: a verb (``b"RCPT"``) at which the next session is cut.
     :ivar silent_at: a verb the relay will not answer, once.
+    :ivar drop_on: bytes whose write cuts the connection unread, once.
     :ivar refuse_connections: fail every connection attempt.
     """
 
@@ -172,6 +186,8 @@ class FakeRelay:
         self.noop_reply = b"250 ok\r\n"
         self.drop_at: bytes | None = None
         self.silent_at: bytes | None = None
+        #: bytes whose write cuts the connection before it is read, once.
+        self.drop_on: bytes | None = None
         self.refuse_connections = False
 
     @property
@@ -234,6 +250,66 @@ def _close(relay: FakeRelay, pool: SMTPConnectionPool) -> None:
 
 
 # -- reuse --------------------------------------------------------------------------
+
+
+def test_waiting_sends_pipelined_behind_the_busy_one() -> None:
+    """
+    Three sends for one connection: each waiting send's envelope goes out in
+    the same write as the message end before it (RFC 2920 section 3.1), and
+    each result is its own.
+    """
+    relay = FakeRelay()
+    pool = _pool(relay, max_connections=1)
+    sends = [_send(pool, n, to=REFUSED if n == 1 else RECIPIENT) for n in range(3)]
+    relay.settle()
+    assert success_result_of(sends[0]) == {}
+    failure_result_of(sends[1], SMTPRecipientsRefused)
+    assert success_result_of(sends[2]) == {}
+    [conn] = relay.connections
+    assert conn.writes[1:] == [
+        b"MAIL FROM:<s0@example.test>\r\nRCPT TO:<rcpt@example.test>\r\nDATA\r\n",
+        b"Subject: 0\r\n\r\nbody 0\r\n.\r\n"
+        b"MAIL FROM:<s1@example.test>\r\nRCPT TO:<nobody@example.test>\r\nDATA\r\n",
+        # Message 1's recipient was refused, but DATA got its 354 (RFC 2920
+        # section 3.1): an empty message, RSET, then message 2 as usual.
+        b".\r\n",
+        b"RSET\r\n",
+        b"MAIL FROM:<s2@example.test>\r\nRCPT TO:<rcpt@example.test>\r\nDATA\r\n",
+        b"Subject: 2\r\n\r\nbody 2\r\n.\r\n",
+    ]
+    assert conn.session.messages == [
+        b"Subject: 0\r\n\r\nbody 0\r\n",
+        b"",
+        b"Subject: 2\r\n\r\nbody 2\r\n",
+    ]
+    assert pool.size == 1 and pool.idle == 1
+    _close(relay, pool)
+
+
+def test_pipelined_send_lost_with_its_connection() -> None:
+    """
+    The connection drops after a message end went out with the next
+    envelope, before any reply: the first send is ambiguous, the second a
+    temporary failure (not ambiguous), and the pool opens a fresh
+    connection for the third.
+    """
+    relay = FakeRelay()
+    pool = _pool(relay, max_connections=1)
+    sends = [_send(pool, n) for n in range(3)]
+    relay.drop_on = b".\r\nMAIL"
+    relay.settle()
+    first = relay.connections[0]
+    assert first.writes[-1] == (
+        b"Subject: 0\r\n\r\nbody 0\r\n.\r\n"
+        b"MAIL FROM:<s1@example.test>\r\nRCPT TO:<rcpt@example.test>\r\nDATA\r\n"
+    )
+    failure_result_of(sends[0], SMTPAmbiguousDelivery)
+    error = failure_result_of(sends[1], SMTPServerDisconnected)
+    assert not isinstance(error, SMTPAmbiguousDelivery) and error.temporary
+    assert success_result_of(sends[2]) == {}
+    messages = [c.session.messages for c in relay.connections]
+    assert messages == [[], [b"Subject: 2\r\n\r\nbody 2\r\n"]]
+    _close(relay, pool)
 
 
 def test_messages_reuse_one_connection() -> None:

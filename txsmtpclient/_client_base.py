@@ -149,6 +149,10 @@ class ClientBase:
         self._last_plan: (
             tuple[tuple[Envelope, Extensions | None, int | None, bool, bool], Plan] | None
         ) = None
+        #: called when a send has written its message's final dot and awaits
+        #: its reply, before the next queued send may start (the pool hands
+        #: a waiting send to this session then).
+        self._on_message_end: Callable[[], None] | None = None
         self._reset_session()
         if host is not None:
             # Nobody holds this Deferred: its failure is reported by the
@@ -157,8 +161,19 @@ class ClientBase:
 
     # -- the queue of calls ---------------------------------------------------
 
-    def _call(self, op: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
-        return self._calls.call(op)
+    def _call(
+        self, op: Callable[[], Coroutine[Any, Any, T]], pipelinable: bool = False
+    ) -> Deferred[T]:
+        return self._calls.call(op, pipelinable)
+
+    def _message_end_written(self) -> None:
+        """
+        A send's final dot is being written (with PIPELINING): let the next
+        queued send write its envelope in the same write.
+        """
+        if self._on_message_end is not None:
+            self._on_message_end()
+        self._calls.overlap()
 
     # -- state ------------------------------------------------------------------
 

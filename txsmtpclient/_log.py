@@ -166,12 +166,22 @@ class Trace:
     per reply; turned into an event by :func:`log_transaction`.
     """
 
-    __slots__ = ("bytes_sent", "last_reply_at", "peer_subject", "replies", "timings", "tls")
+    __slots__ = (
+        "bytes_sent",
+        "carried",
+        "last_reply_at",
+        "peer_subject",
+        "replies",
+        "timings",
+        "tls",
+    )
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
         self.replies: list[Reply] = []
         self.bytes_sent = 0
+        # Bytes of the next transaction written before this one ended.
+        self.carried = 0
         self.last_reply_at = 0.0
         #: (version, cipher) once TLS is up.
         self.tls: tuple[str | None, str | None] | None = None
@@ -199,12 +209,21 @@ class Trace:
         else:
             self.replies += replies
 
+    def carry(self, count: int) -> None:
+        """
+        Count ``count`` of the bytes written so far towards the next
+        transaction (its commands went out with this one's final dot).
+        """
+        self.bytes_sent -= count
+        self.carried += count
+
     def take(self) -> tuple[dict[str, float], list[Reply], int]:
         """
         The timings, replies and byte count so far, and start afresh.
         """
         taken = self.timings, self.replies, self.bytes_sent
-        self.timings, self.replies, self.bytes_sent = {}, [], 0
+        self.timings, self.replies, self.bytes_sent = {}, [], self.carried
+        self.carried = 0
         return taken
 
 

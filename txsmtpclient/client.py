@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from email.message import Message
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 from twisted.internet.defer import Deferred
@@ -177,7 +178,8 @@ class SMTP(Commands):
                 self._log_transaction(envelope, self._sendmail(envelope, source))
                 if self._tracing()
                 else self._sendmail(envelope, source)
-            )
+            ),
+            pipelinable=True,
         )
 
     def send_message(
@@ -271,8 +273,21 @@ class SMTP(Commands):
                     refuse_8bit,
                 )
             else:
-                finals = await send_data(proto, source, self._reactor, expected, refuse_8bit)
+                if pipelining:
+                    # RFC 2920 section 3.1: the next queued send's MAIL,
+                    # RCPT and DATA may follow this message's final dot in
+                    # the same write.  (Not after BDAT: a refused chunk may
+                    # leave the transaction for RSET to end.)
+                    hook = partial(self._message_end_written)
+                    proto.after_message_end = hook
+                try:
+                    finals = await send_data(proto, source, self._reactor, expected, refuse_8bit)
+                finally:
+                    if pipelining and proto.after_message_end is hook:
+                        proto.after_message_end = None
         except SMTPDataError:
+            # A refused BDAT chunk; the reply to the end of a message (judged
+            # below) ends the transaction whatever it says, and needs no RSET.
             await self._reset_after_failure()
             raise
         return await self._judge_final(accepted, refused, finals)
@@ -288,7 +303,8 @@ class SMTP(Commands):
     ) -> Refused:
         final = finals[0]
         if final.code != 250:
-            await self._reset_after_failure()
+            # No RSET: the transaction ended with the final dot (RFC 5321
+            # section 4.1.1.4), and the next one may already be written.
             raise SMTPDataError(final.code, final.message)
         return Refused.with_replies(refused, finals)
 

@@ -65,6 +65,6 @@ class LMTP(SMTP):
             if reply.code != 250:
                 refused[recipient] = reply
         if all(r in refused for r in accepted):
-            await self._reset_after_failure()
+            # No RSET: the final dot ended the transaction.
             raise SMTPRecipientsRefused(refused)
         return Refused.with_replies(refused, finals)

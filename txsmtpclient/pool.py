@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from email.message import Message
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -31,11 +32,13 @@ __all__ = ["SMTPConnectionPool"]
 
 
 class _Connection:
-    __slots__ = ("idle_since", "idle_timer", "messages", "smtp")
+    __slots__ = ("idle_since", "idle_timer", "messages", "sends", "smtp")
 
     def __init__(self, smtp: SMTP) -> None:
         self.smtp = smtp
         self.messages = 0
+        #: sends using it now: two while one is pipelined behind another.
+        self.sends = 0
         self.idle_since = 0.0
         self.idle_timer: IDelayedCall | None = None
 
@@ -45,7 +48,11 @@ class SMTPConnectionPool:
     Sends messages to one relay over at most ``max_connections`` sessions,
     each reused for up to ``max_messages`` messages.
 
-    Sends that find every connection busy wait their turn, in order.  A
+    Sends that find every connection busy wait their turn, in order; when
+    the relay offers PIPELINING, the oldest waiting send takes a connection
+    as soon as that connection's message end is written, and its MAIL, RCPT
+    and DATA go out in the same write (RFC 2920 section 3.1), so a busy pool
+    pays no round trip between messages.  A
     connection idle for more than ``noop_after`` seconds is checked with
     NOOP before reuse; one idle for ``idle_timeout`` is closed with QUIT.
     A connection that fails (lost, timed out, a protocol error) is dropped;
@@ -272,14 +279,32 @@ class SMTPConnectionPool:
         self, send: Callable[[SMTP], Deferred[dict[str, Reply]]]
     ) -> dict[str, Reply]:
         conn = await self._acquire()
+        conn.sends += 1
         try:
             return await send(conn.smtp)
         finally:
             conn.messages += 1
-            # A refusal leaves the session reset and usable; a lost, timed
-            # out or aborted connection (a cancelled send, a body that failed
-            # part way) has no sock left.
-            self._release(conn, conn.smtp.sock is not None)
+            conn.sends -= 1
+            if not conn.sends:
+                # A refusal leaves the session reset and usable; a lost,
+                # timed out or aborted connection (a cancelled send, a body
+                # that failed part way) has no sock left.
+                self._release(conn, conn.smtp.sock is not None)
+
+    def _offer(self, conn: _Connection) -> None:
+        """
+        ``conn``'s send has written its message's end and awaits the reply:
+        hand it to the oldest waiting send, whose envelope then goes out in
+        the same write (RFC 2920 section 3.1), rather than after a round
+        trip.
+        """
+        if (
+            self._waiting
+            and not self._closed
+            and conn.messages + conn.sends < self.max_messages
+            and conn.smtp.sock is not None
+        ):
+            self._waiting.popleft().callback(conn)
 
     async def _acquire(self) -> _Connection:
         if self._closed:
@@ -346,6 +371,7 @@ class SMTPConnectionPool:
             raise
         self._opening -= 1
         conn = _Connection(smtp)
+        smtp._on_message_end = partial(self._offer, conn)
         self._busy.add(conn)
         return conn
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import tcp
@@ -143,6 +143,13 @@ class SMTPClientProtocol(Protocol):
         # Whether everything written so far has been answered, so that the
         # transport holds nothing and bytes may go to the socket at once.
         self._flushed = True
+        #: called once, right after the next message end (final dot) is
+        #: written and before those bytes reach the transport: what it writes
+        #: goes out in the same write (cross-transaction pipelining, RFC 2920
+        #: section 3.1).  Cleared when called.
+        self.after_message_end: Callable[[], None] | None = None
+        # Bytes held back while after_message_end runs, to go in one write.
+        self._cork: list[bytes] | None = None
 
     # -- the public surface used by the client ---------------------------------
 
@@ -221,12 +228,32 @@ class SMTPClientProtocol(Protocol):
                 trace.add("data", now - trace.last_reply_at)
         if session.pending == 1 and self.connected_:
             self._arm_timer()
-        if data:
-            self._write(data)
         if self.transcript.level:
             for command in commands:
                 self.transcript.sent_command(command)
+        hook = self.after_message_end
+        if hook is not None and commands[-1].kind is Kind.MESSAGE_END:
+            self.after_message_end = None
+            self._write_with(data, hook)
+        elif data:
+            self._write(data)
         return deferred
+
+    def _write_with(self, data: bytes, hook: Callable[[], None]) -> None:
+        """
+        Write ``data`` together with whatever ``hook`` writes, in one write.
+        """
+        cork = self._cork = [data]
+        try:
+            hook()
+        finally:
+            self._cork = None
+            joined = b"".join(cork) if len(cork) > 1 else data
+            self._write(joined)
+            trace = self.trace
+            if trace is not None and len(joined) > len(data):
+                # The next transaction's commands count as its bytes.
+                trace.carry(len(joined) - len(data))
 
     def write_data(self, data: bytes) -> None:
         """
@@ -424,6 +451,9 @@ class SMTPClientProtocol(Protocol):
         cannot overtake anything; what the socket does not take now goes
         through ``write`` as before, so order and flow control are kept.
         """
+        if self._cork is not None:
+            self._cork.append(data)
+            return
         transport: Any = self.transport
         if self.trace is not None:
             self.trace.bytes_sent += len(data)

@@ -122,8 +122,11 @@ SEND_TRANSITIONS: dict[tuple[State, Kind], State] = {
     (S.MAIL, K.COMMAND): S.MAIL,
     (S.MAIL, K.QUIT): S.CLOSING,
     # Message data (sent with send_data) and its end: nothing else, or it
-    # would be taken as part of the message.
-    (S.DATA, K.MESSAGE_END): S.DATA,  # its reply ends the transaction
+    # would be taken as part of the message.  Once the final dot is written
+    # the transaction is over whatever its reply says (RFC 5321 section
+    # 4.1.1.4), so the next transaction's commands may follow it before that
+    # reply (RFC 2920 section 3.1).
+    (S.DATA, K.MESSAGE_END): S.READY,
     # SASL (RFC 4954 section 4): a response to each challenge, or "*".
     (S.AUTH, K.AUTH_RESPONSE): S.AUTH,
 }
@@ -149,9 +152,6 @@ REPLY_TRANSITIONS: dict[tuple[Kind, int], State] = {
     (K.MAIL, 4): S.READY,
     (K.MAIL, 5): S.READY,
     (K.DATA, 354): S.DATA,
-    (K.MESSAGE_END, 2): S.READY,
-    (K.MESSAGE_END, 4): S.READY,
-    (K.MESSAGE_END, 5): S.READY,
     (K.BDAT_LAST, 2): S.READY,
     (K.BDAT_LAST, 4): S.READY,
     (K.BDAT_LAST, 5): S.READY,
