@@ -247,7 +247,8 @@ def test_make_service_builds_spool_and_status(tmp_path: Path) -> None:
     assert isinstance(service, MultiService)
     spool_service = service.getServiceNamed("spool")
     assert isinstance(spool_service, SpoolService)
-    assert spool_service.concurrency == 2
+    # Two connections, each carrying messages pipelined one behind another.
+    assert spool_service.concurrency == 2 * tap.IN_FLIGHT_PER_CONNECTION
     assert spool_service.relay == "127.0.0.1:2525"
     assert service.getServiceNamed("status") is not None
     assert (tmp_path / "spool" / "queue").is_dir()
