@@ -78,6 +78,31 @@ def test_lmtp_all_deliveries_failing_raises() -> None:
     assert not e.temporary
 
 
+def test_lmtp_pipelined_across_transactions() -> None:
+    """
+    A second queued send's envelope goes out with the first message's dot;
+    the first message's per-recipient replies come before the second's
+    envelope replies and are paired with it alone.
+    """
+    s = session(LMTP, tls="never")
+    first = s.smtp.sendmail("a@x", ["b@y", "c@y"], b"one\r\n")
+    second = s.smtp.sendmail("a@x", ["d@y"], b"two\r\n")
+    step(s, LHLO, LHLO_REPLY)
+    step(
+        s,
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\n",
+        b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+    )
+    step(
+        s,
+        b"one\r\n.\r\nMAIL FROM:<a@x>\r\nRCPT TO:<d@y>\r\nDATA\r\n",
+        b"250 2.1.5 b ok\r\n452 4.2.2 c full\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+    )
+    assert result_of(first) == {"c@y": (452, b"4.2.2 c full")}
+    step(s, b"two\r\n.\r\n", b"250 2.1.5 d ok\r\n")
+    assert result_of(second) == {}
+
+
 def test_lmtp_replies_only_for_accepted_recipients() -> None:
     """A recipient refused at RCPT gets no reply after the dot."""
     s = session(LMTP, tls="never")

@@ -260,3 +260,39 @@ async def test_one_shot_sendmail_required(postfix: PostfixInstance) -> None:
     [message] = await postfix.when_messages(1)
     assert b"with ESMTPS" in trace(message)
     arrived_as_sent(message, body)
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_queued_sends_pipelined_across_transactions(postfix: PostfixInstance) -> None:
+    """
+    Twenty sends queued at once on one session, each message's envelope
+    going out with the previous message's final dot (RFC 2920 section 3.1),
+    and one in the middle refused before MAIL (over SIZE): the other twenty
+    arrive, each exactly as sent, each result its own.
+    """
+    from twisted.internet.defer import DeferredList
+
+    smtp = client(postfix, tls="never")
+    await smtp.connect(postfix.host, postfix.port)
+    bodies = [
+        headers(subject="pipelined", n=n) + b"message %d\r\n.dot line\r\n" % n for n in range(21)
+    ]
+    sends = [
+        smtp.sendmail(SENDER, [f"p{n:02d}@{TEST_DOMAIN}"], body)
+        for n, body in enumerate(bodies[:10])
+    ]
+    too_big = smtp.sendmail(SENDER, [f"big@{TEST_DOMAIN}"], b"x" * (postfix.size_limit + 1))
+    sends += [
+        smtp.sendmail(SENDER, [f"p{n:02d}@{TEST_DOMAIN}"], body)
+        for n, body in enumerate(bodies[10:], start=10)
+    ]
+    results = await DeferredList([*sends, too_big], consumeErrors=True)
+    assert [ok for ok, _ in results] == [True] * 21 + [False]
+    assert all(result.final.code == 250 for _, result in results[:21])
+    assert results[-1][1].check(SMTPSenderRefused)
+    assert smtp.has_option("pipelining")
+    await smtp.quit()
+    messages = await postfix.when_messages(21)
+    by_rcpt = {m.delivered_to: m for m in messages}
+    for n, body in enumerate(bodies):
+        arrived_as_sent(by_rcpt[f"p{n:02d}@{TEST_DOMAIN}"], body)
