@@ -15,7 +15,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 
-from txsmtpclient._body import Body, body_source
+from txsmtpclient._body import Body, BodySource, body_source
 from txsmtpclient._endpoints import parse_relay
 from txsmtpclient._sendargs import envelope_for_call, message_for_call
 from txsmtpclient._tls import TLSPolicy
@@ -94,13 +94,14 @@ def sendmail(
         dkim,
         envelope,
     )
-    body_source(msg)  # type: ignore[arg-type]  # (type check only: the client wraps it again)
+    source = body_source(msg)  # type: ignore[arg-type]
     if (username is None) != (password is None):
         raise TypeError("username and password go together")
     if pool is not None:
         if not pool.serves(host, port):
             raise SMTPArgumentError(f"host {host!r} is not the pool's relay {str(pool.relay)!r}")
-        return pool.sendmail(msg=msg, envelope=checked)
+        # Checked once: the pool takes the checked values as they are.
+        return pool._send(checked, source)
     parse_relay(host, port)  # a malformed host is refused now, not once connecting
     smtp: SMTP
     if implicit_tls:
@@ -120,7 +121,7 @@ def sendmail(
             tls_options=tls_options,
             allow_plaintext_auth=allow_plaintext_auth,
         )
-    return Deferred.fromCoroutine(_one_shot(smtp, host, port, username, password, checked, msg))
+    return Deferred.fromCoroutine(_one_shot(smtp, host, port, username, password, checked, source))
 
 
 async def _one_shot(
@@ -130,13 +131,13 @@ async def _one_shot(
     username: str | None,
     password: str | None,
     envelope: Envelope,
-    msg: Body | None,
+    source: BodySource,
 ) -> dict[str, Reply]:
     await smtp.connect(host, port)
     try:
         if username is not None and password is not None:
             await smtp.login(username, password)
-        refused = await smtp.sendmail(msg=msg, envelope=envelope)
+        refused = await smtp._send_checked(envelope, source)
     except BaseException:
         await smtp.close()
         raise
