@@ -78,6 +78,29 @@ def test_memory_server_records_the_session_byte_exact() -> None:
     ]
 
 
+def test_queued_sends_pipelined_across_transactions() -> None:
+    """
+    The kit's server reads a message's final dot and the next envelope from
+    one write (RFC 2920 section 3.1), as the client sends queued messages;
+    a refusal of the second message stays with it.
+    """
+    script = Script()
+    script.on("MAIL", "451 4.3.0 try later", match="<second@x.test>")
+    server = MemoryServer(script)
+    smtp = _client(server)
+    sends = [
+        smtp.sendmail(sender, "b@x.test", MSG)
+        for sender in ("first@x.test", "second@x.test", "third@x.test")
+    ]
+    server.flush()
+    assert success_result_of(sends[0]) == {}
+    assert failure_result_of(sends[1], SMTPSenderRefused).smtp_code == 451
+    assert success_result_of(sends[2]) == {}
+    [session] = server.sessions
+    assert b"body\r\n.\r\nMAIL FROM:<second@x.test>" in bytes(session.received)
+    assert [m.mail_from for m in server.messages] == ["first@x.test", "third@x.test"]
+
+
 def test_script_refuses_one_recipient() -> None:
     """A rule matching one address refuses only it; smtplib's refused dict names it."""
     script = Script()
