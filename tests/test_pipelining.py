@@ -358,3 +358,35 @@ def test_transaction_events_keep_their_own_replies_and_bytes() -> None:
         [250, 250, 354, 554],
     )
     assert second["bytes_sent"] == len(ENVELOPE_2 + END_2)
+
+
+def test_cancelling_the_pipelined_send_aborts_both() -> None:
+    """
+    Cancelling message 2 once its envelope is written aborts the connection:
+    message 1, whose end was written with no reply yet, is ambiguous.
+    """
+    from twisted.internet.defer import CancelledError
+
+    s, d1, d2 = _pair()
+    d2.cancel()
+    failure_result_of(d2, CancelledError)
+    failure_result_of(d1, SMTPAmbiguousDelivery)
+    assert s.transport.disconnecting
+
+
+def test_cancelling_a_queued_send_before_it_starts_sends_nothing() -> None:
+    """A send cancelled while it waits behind a message being written is dropped."""
+    from twisted.internet.defer import CancelledError
+
+    s = connected_session()
+    d1 = s.smtp.sendmail("a@x", "b@x", b"m1")
+    d2 = s.smtp.sendmail("c@x", "d@x", b"m2")
+    s.take()
+    s.feed(EHLO_PIPELINING)
+    d2.cancel()
+    failure_result_of(d2, CancelledError)
+    assert _writes(s) == [ENVELOPE_1]
+    s.feed(ACCEPT_ENVELOPE)
+    assert _writes(s) == [END_1]
+    s.feed(b"250 ok\r\n")
+    assert success_result_of(d1) == {}

@@ -51,7 +51,8 @@ class CallQueue:
 
     Cancelling a result that has not started drops it (nothing was sent for
     it); cancelling a started one cancels the Deferred it is awaiting,
-    which aborts the connection.
+    which aborts the connection (and so fails an overlapped call before it
+    that still awaits its reply).
     """
 
     def __init__(self) -> None:
