@@ -74,27 +74,36 @@ MEDIAN_FIELDS = (
 @dataclass(frozen=True, slots=True)
 class Target:
     """
-    One of issue 5's targets, judged on the medians of one run.
+    One of issues 5's and 9's targets, judged on the medians of one run.
 
-    :ivar kind: ``ratio``: txsmtpclient's ratio to ``peer`` is at least ``bound``;
-        ``cpu``: txsmtpclient's CPU time is at most ``bound`` times ``peer``'s;
-        ``rss``: txsmtpclient's RSS growth is at most ``bound`` MiB.
+    :ivar kind: ``ratio``: the subject's ratio to ``peer`` is at least ``bound``
+        (throughput divided, or time inverted); ``cpu``: the subject's CPU time is at
+        most ``bound`` times ``peer``'s; ``rss``: its RSS growth is at most ``bound`` MiB.
+    :ivar subject: the txsmtpclient variant judged (``txsmtpclient-queued``: sends
+        queued without awaiting, pipelined across transactions).
+    :ivar issue: the issue that set it.
     """
 
     scenario: str
     kind: str
     peer: str
     bound: float
+    subject: str = SUBJECT
+    issue: int = 5
 
     def describe(self) -> str:
         """
         :returns: the target in words.
         """
+        who = "" if self.subject == SUBJECT else f"{self.subject}: "
         if self.kind == "ratio":
-            return f"({self.scenario}) at least {self.bound:g}x {self.peer}"
+            return f"#{self.issue} ({self.scenario}) {who}at least {self.bound:g}x {self.peer}"
         if self.kind == "cpu":
-            return f"({self.scenario}) client CPU at most {self.peer}'s"
-        return f"({self.scenario}) peak RSS at most {self.bound:g} MiB above before sending"
+            return f"#{self.issue} ({self.scenario}) {who}client CPU at most {self.peer}'s"
+        return (
+            f"#{self.issue} ({self.scenario}) {who}peak RSS at most {self.bound:g} MiB "
+            "above before sending"
+        )
 
 
 TARGETS = (
@@ -107,6 +116,11 @@ TARGETS = (
     Target("d", "cpu", "twisted.mail", 1.0),
     Target("d", "rss", "", 20.0),
     Target("e", "ratio", "smtplib", 10.0),
+    # Issue 9 (its (a) awaited, (d) and the RSS bound repeat issue 5's).
+    Target("a", "ratio", "raw", 0.8, subject="txsmtpclient-queued", issue=9),
+    Target("b", "cpu", "smtplib", 1.0, issue=9),
+    Target("c", "ratio", "smtplib", 1.5, issue=9),
+    Target("e", "ratio", "raw", 1 / 1.5, issue=9),
 )
 
 
@@ -196,9 +210,9 @@ def summarise(
         ratios: dict[str, float] = {}
         subject = rows.get(SUBJECT, {}).get("median")
         for client, row in rows.items():
-            if client != SUBJECT and subject and row.get("median"):
-                peer = row["median"]
-                ratios[client] = peer / subject if workload.metric == "s" else subject / peer
+            measured = ratio(subject, row.get("median"), workload.metric)
+            if client != SUBJECT and measured is not None:
+                ratios[client] = measured
         summary[scenario] = {
             "title": workload.title,
             "metric": workload.metric,
@@ -208,9 +222,19 @@ def summarise(
     return summary
 
 
+def ratio(subject: float | None, peer: float | None, metric: str) -> float | None:
+    """
+    :returns: how many times better ``subject`` did than ``peer`` (throughput divided,
+        or, for a time in seconds, inverted); ``None`` without both.
+    """
+    if not subject or not peer:
+        return None
+    return peer / subject if metric == "s" else subject / peer
+
+
 def judge(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """
-    :returns: each of issue 5's targets whose scenario ran, with the measured value and
+    :returns: each of issues 5's and 9's targets whose scenario ran, with the measured value and
         whether it was met (``None`` when a client it needs has no result).
     """
     judged = []
@@ -218,11 +242,11 @@ def judge(summary: dict[str, Any]) -> list[dict[str, Any]]:
         if target.scenario not in summary:
             continue
         scenario = summary[target.scenario]
-        subject = scenario["clients"].get(SUBJECT, {})
+        subject = scenario["clients"].get(target.subject, {})
         peer = scenario["clients"].get(target.peer, {})
         measured: float | None = None
         if target.kind == "ratio":
-            measured = scenario["ratios"].get(target.peer)
+            measured = ratio(subject.get("median"), peer.get("median"), scenario["metric"])
             met = None if measured is None else measured >= target.bound
         elif target.kind == "cpu":
             if subject.get("cpu_s") is not None and peer.get("cpu_s"):
@@ -328,7 +352,7 @@ def render(meta: dict[str, Any], summary: dict[str, Any], targets: list[dict[str
         if notes:
             out.append("")
     if targets:
-        out += ["Targets (issue 5)", "~~~~~~~~~~~~~~~~~", ""]
+        out += ["Targets (issues 5 and 9)", "~~~~~~~~~~~~~~~~~~~~~~~~", ""]
         rows = []
         for t in targets:
             measured = t["measured"]
