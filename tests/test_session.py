@@ -338,3 +338,25 @@ def test_local_failure_returns_the_unanswered() -> None:
     assert session.receive_data(b"250 ok\r\n") == []
     with pytest.raises(SMTPLocalProtocolError):
         session.send(Command(Kind.COMMAND, b"NOOP\r\n"))
+
+
+def test_a_remembered_reply_line_inside_a_multiline_reply_is_part_of_it() -> None:
+    """
+    One-line replies are parsed once per session and remembered; the same
+    bytes as the last line of a multi-line reply still end that reply, and a
+    remembered reply is never taken for a different line.
+    """
+    session = _greeted()
+    noop = Command(Kind.COMMAND, b"NOOP\r\n")
+    replies = []
+    for data in (b"250 ok\r\n", b"250-first\r\n250 ok\r\n", b"250 ok\r\n", b"250 ok2\r\n"):
+        session.send(noop, tag="noop")
+        [event] = session.receive_data(data)
+        assert isinstance(event, Replied)
+        replies += event.replies
+    assert replies == [
+        Reply(250, b"ok"),
+        Reply(250, b"first\nok"),
+        Reply(250, b"ok"),
+        Reply(250, b"ok2"),
+    ]

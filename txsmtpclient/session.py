@@ -182,6 +182,11 @@ _RULES: dict[Kind, tuple[frozenset[int], frozenset[int], dict[int, State]]] = {
 }
 
 
+#: The most distinct one-line replies remembered per session (replies
+#: naming a queue id differ every time; those past the limit are parsed).
+_SEEN_LIMIT = 64
+
+
 class _Exchange:
     """
     One send awaiting its replies.
@@ -228,6 +233,8 @@ class Session:
         self._timeouts = {kind: timeouts.for_stage(kind.stage) for kind in Kind}
         self._pending: deque[_Exchange] = deque([_Exchange([Kind.GREETING], greeting_tag)])
         self._buffer = b""
+        # One-line replies already parsed, by line.
+        self._seen: dict[bytes, Reply] = {}
         # Bytes sit in the buffer that arrived while no reply was awaited.
         self._stray = False
         #: how many replies have been read (the glue restarts its timer when
@@ -400,6 +407,7 @@ class Session:
         :returns: whether what is left in the buffer is still to be read.
         """
         parser = self._parser
+        seen = self._seen
         limit = self.max_line_length + 1
         index, end = 0, len(lines)
         while index < end:
@@ -421,13 +429,20 @@ class Session:
                 return False
             if line.endswith(b"\r"):
                 line = line[:-1]
-            try:
-                reply = parser.feed(line)
-            except MalformedReply as e:
-                events.append(
-                    self._fail(SMTPProtocolError(f"malformed reply from the server: {e}"))
-                )
-                return False
+            # A server repeats its one-line replies ("250 2.1.5 Ok") for
+            # every message: each is parsed once per session.
+            reply = None if parser.in_reply else seen.get(line)
+            if reply is None:
+                fresh = not parser.in_reply
+                try:
+                    reply = parser.feed(line)
+                except MalformedReply as e:
+                    events.append(
+                        self._fail(SMTPProtocolError(f"malformed reply from the server: {e}"))
+                    )
+                    return False
+                if fresh and reply is not None and len(seen) < _SEEN_LIMIT:
+                    seen[line] = reply
             if reply is None:
                 if not pending:
                     self._stray = True
