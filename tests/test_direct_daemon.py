@@ -641,3 +641,140 @@ def test_tls_reports_are_logged_as_structured_events_and_counted() -> None:
     reports = [e["tls_report"] for e in events if "tls_report" in e]
     assert reports == [entry.as_json()]
     assert seen == [entry]
+
+
+# -- stopping mid-send ----------------------------------------------------------------------
+
+
+async def _stop(world: World, grace: float) -> Destinations:
+    """
+    Stop the daemon: not before its grace period is over, and soon after it.
+
+    :returns: its per-destination gate, to look at afterwards.
+    """
+    gate = world.destinations
+    stopping = world.service.stopService()
+    world.service = None
+    world.clock.advance(grace - 1)
+    assert not stopping.called
+    world.clock.advance(1)
+    await stopping.addTimeout(15, _reactor())
+    return gate
+
+
+@pytest.mark.parametrize("stage", ["EHLO", "MAIL", DATA_END])
+@pytest_twisted.ensureDeferred
+async def test_stop_mid_send_ends_within_the_grace_and_keeps_the_message(
+    world: World, stage: str
+) -> None:
+    """
+    Stopped while an MX that greeted stalls (at EHLO, MAIL or the final
+    dot): the stop ends once the grace is over, and the message is queued
+    again untouched: no attempt recorded, nothing reported delivered.
+    """
+    stall = Script()
+    stall.on(stage, delay=3600)  # on world.delays, which the test never moves
+    one = world.mx("127.0.0.2", stall)
+    await world.start("--grace", "5s")
+    entry_id = world.enqueue(_message(1), ["a@one.test"])
+    await _until(
+        lambda: len(one.sessions) == 1 and bool(world.delays.getDelayedCalls()),
+        f"the MX stalling at {stage}",
+    )
+    gate = await _stop(world, 5)
+    entry = world.entry(entry_id)
+    assert entry.state is State.QUEUED and entry.attempts == ()
+    assert [r.state for r in entry.recipients] == [RecipientState.PENDING]
+    assert one.messages == [] and all(s.closed for s in one.sessions)
+    assert gate.active("one.test") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_keeps_what_another_domain_already_took(world: World) -> None:
+    """
+    Stopped while one.test's MX stalls and two.test's has taken the message:
+    b@two.test is recorded delivered (not sent again after a restart),
+    a@one.test stays pending.
+    """
+    stall = Script()
+    stall.on("MAIL", delay=3600)
+    one = world.mx("127.0.0.2", stall)
+    two = world.mx("127.0.0.3")
+    await world.start("--grace", "5s")
+    entry_id = world.enqueue(_message(1), ["a@one.test", "b@two.test"])
+    await _until(
+        lambda: (
+            bool(world.delays.getDelayedCalls())
+            and len(two.messages) == 1
+            and world.destinations.active("two.test") == 0
+        ),
+        "two.test delivered, one.test stalling",
+    )
+    await _stop(world, 5)
+    entry = world.entry(entry_id)
+    assert {r.address: r.state for r in entry.recipients} == {
+        "a@one.test": RecipientState.PENDING,
+        "b@two.test": RecipientState.DELIVERED,
+    }
+    [attempt] = entry.attempts
+    assert attempt.delivered == ("b@two.test",)
+    assert "cancelled" in attempt.refused["a@one.test"].text
+    assert one.messages == [] and [m.rcpt_tos for m in two.messages] == [("b@two.test",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_cancels_sessions_and_queued_waits_back_to_the_queue(world: World) -> None:
+    """
+    Stopping past the grace period: the message in a session and those waiting
+    for their destination's slot all go back to the queue untried; the gate is left clean.
+    """
+    slow = Script()
+    slow.on("RCPT", delay=3600)
+    one = world.mx("127.0.0.2", slow)
+    await world.start("--destination-concurrency", "1", "--grace", "5s")
+    ids = [world.enqueue(_message(n), [f"r{n}@one.test"]) for n in range(3)]
+    await _until(
+        lambda: (
+            bool(world.delays.getDelayedCalls()) and world.destinations.waiting("one.test") == 2
+        ),
+        "one session held, two waiting",
+    )
+    gate = await _stop(world, 5)
+    for entry_id in ids:
+        entry = world.entry(entry_id)
+        assert entry.state is State.QUEUED and entry.attempts == ()
+    assert gate.active("one.test") == 0
+    assert gate.waiting("one.test") == 0
+    assert one.messages == [] and len(one.sessions) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_during_a_dane_lookup_starts_nothing_more(world: World) -> None:
+    """
+    Stopped while the DANE resolver has not answered mx1's TLSA query: the
+    cancelled lookup is not taken for a failed one, so mx2 is not tried
+    after the stop; the message stays queued untried.
+    """
+    world.mx("127.0.0.2")
+    second = world.mx("127.0.0.3")
+    authority = world.dns.authority
+    authority.zone.update(
+        {
+            "dane.test": [mx(10, "mx1.dane.test"), mx(20, "mx2.dane.test")],
+            "mx1.dane.test": [a("127.0.0.2")],
+            "mx2.dane.test": [a("127.0.0.3")],
+        }
+    )
+    world.dns.secure.add("dane.test")
+    tlsa = f"_{world.port}._tcp.mx1.dane.test"
+    authority.stall.add(tlsa)
+    host, port = world.dns.address
+    await world.start("--grace", "5s", "--dane-resolver", f"{host}:{port}", "--no-mta-sts")
+    entry_id = world.enqueue(_message(1), ["a@dane.test"])
+    await _until(lambda: (tlsa, 52) in world.dns.queries, "the TLSA query")
+    gate = await _stop(world, 5)
+    entry = world.entry(entry_id)
+    assert entry.state is State.QUEUED and entry.attempts == ()
+    assert gate.active("dane.test") == 0
+    assert second.sessions == []
+    assert (f"_{world.port}._tcp.mx2.dane.test", 52) not in world.dns.queries

@@ -13,8 +13,8 @@ from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults
-from twisted.internet.error import ConnectError
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IResolver
 from twisted.names import dns
 from twisted.python.failure import Failure
@@ -115,6 +115,30 @@ class _MoveOn(Exception):
         self.result_type = result_type
 
 
+class _Stop:
+    """
+    Whether the caller gave up on a :func:`send_direct` call.
+
+    Cancelling reaches only the Deferred a domain's delivery awaits at that
+    moment, and a layer below may turn it into an ordinary failure (a DNS
+    or policy-fetch error) and go on; so each step that would start more
+    work checks here first, and no new lookup or connection starts once
+    the call is cancelled.
+    """
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def check(self) -> None:
+        """
+        :raises CancelledError: once the call was cancelled.
+        """
+        if self.cancelled:
+            raise CancelledError()
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     sender: str
@@ -134,6 +158,7 @@ class _Job:
     dane: DANE | None
     gate: DestinationGate | None
     dsn: dict[str, Any]
+    stop: _Stop
 
 
 def send_direct(
@@ -205,7 +230,10 @@ def send_direct(
     :param dsn_envid: RFC 3461 ``ENVID``, as for :meth:`SMTP.sendmail`.
     :param dsn_notify: RFC 3461 ``NOTIFY``, as for :meth:`SMTP.sendmail`.
     :returns: a Deferred firing with a :class:`DirectResult` per recipient;
-        it never fails for a recipient's sake.
+        it never fails for a recipient's sake.  Cancelling it cancels every
+        domain's delivery and fires once their sessions are closed: with
+        the results of the recipients already decided for good (the others
+        temporary), or with :class:`CancelledError` when none was.
     :raises SMTPArgumentError: (at once) for a message that cannot be sent.
     :raises SMTPRoutingError: (at once) for an address with no domain or a
         malformed domain.
@@ -241,28 +269,77 @@ def send_direct(
         dane,
         gate,
         {"dsn_ret": dsn_ret, "dsn_envid": dsn_envid, "dsn_notify": dsn_notify},
+        _Stop(),
     )
+    parts = [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations]
+    return Deferred.fromCoroutine(_gather(job, destinations, parts))
 
-    def merge(parts: list[dict[str, DirectResult]]) -> dict[str, DirectResult]:
-        return {r: part[r] for part in parts for r in part}
 
-    def unwrap(failure: Failure) -> Failure:
-        # The caller sees what went wrong (a cancellation, say), not
-        # gatherResults' FirstError around it.
-        error = failure.value
-        if isinstance(error, FirstError):
-            inner: Failure = error.subFailure
-            return inner
-        return failure
+async def _gather(
+    job: _Job,
+    destinations: Sequence[Destination],
+    parts: Sequence[Deferred[dict[str, DirectResult]]],
+) -> dict[str, DirectResult]:
+    """
+    Every domain's results, once every domain's delivery has ended.
 
-    return (
-        gatherResults(
-            [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations],
-            consumeErrors=True,
+    Cancelled (a daemon stopping), the deliveries still running are
+    cancelled and awaited (their sessions closed).  A recipient already
+    decided for good (delivered, or refused with a 5xx) keeps its result,
+    so that it is not sent to again; the others get a temporary one whose
+    error says the delivery was cancelled.  With no recipient decided for
+    good the call fails with the :class:`CancelledError`.
+
+    :raises CancelledError: when cancelled before any domain's outcome was
+        final.
+    """
+    outcomes: dict[int, dict[str, DirectResult] | Failure] = {}
+
+    def keep(outcome: dict[str, DirectResult] | Failure, index: int) -> None:
+        outcomes[index] = outcome
+
+    for index, part in enumerate(parts):
+        part.addBoth(keep, index)
+
+    def cancel(_: Deferred[None]) -> None:
+        # The flag first: a part may swallow its cancellation and go on.
+        job.stop.cancelled = True
+        for part in parts:
+            part.cancel()
+
+    waiting: Deferred[None] = Deferred(cancel)
+
+    def settled(_: object) -> None:
+        if not waiting.called:
+            waiting.callback(None)
+
+    DeferredList(list(parts)).addCallback(settled)
+    try:
+        await waiting
+    except CancelledError:
+        await DeferredList(list(parts))
+    cancelled = (CancelledError, ConnectingCancelledError)
+    for outcome in outcomes.values():
+        if isinstance(outcome, Failure) and not outcome.check(*cancelled):
+            # Not a recipient's outcome: our own bug, not wrapped.
+            outcome.raiseException()
+    results: dict[str, DirectResult] = {}
+    kept = False
+    for index, destination in enumerate(destinations):
+        outcome = outcomes[index]
+        error = SMTPServerDisconnected(
+            f"delivery to {destination.domain} was cancelled before its outcome was known"
         )
-        .addCallback(merge)
-        .addErrback(unwrap)
-    )
+        for recipient in destination.recipients:
+            result = outcome.get(recipient) if isinstance(outcome, dict) else None
+            if result is not None and (result.final or not job.stop.cancelled):
+                results[recipient] = result
+                kept = True
+            else:
+                results[recipient] = DirectResult(recipient, False, False, error=error)
+    if job.stop.cancelled and not kept:
+        raise CancelledError()
+    return results
 
 
 def _tls_not_required(data: bytes) -> bool:
@@ -334,6 +411,7 @@ async def _deliver_routed(job: _Job, destination: Destination) -> dict[str, Dire
                     else:
                         secured[name] = DANEOptions(name, found, (name, lookup))
             if job.mta_sts is not None:
+                job.stop.check()
                 found_policy = await job.mta_sts.discover(
                     lookup, job.resolver, job.reactor, job.dns_timeout
                 )
@@ -348,6 +426,7 @@ async def _deliver_routed(job: _Job, destination: Destination) -> dict[str, Dire
     except SMTPRoutingError as e:
         return _all(destination, report, final=not e.temporary, error=e)
     for host, known in hosts:
+        job.stop.check()
         try:
             addresses = known or await lookup_addresses(job.resolver, host, job.dns_timeout)
         except SMTPRoutingError as e:
@@ -394,6 +473,7 @@ async def _dane_hosts(
         return {}
     found: dict[str, list[TLSARecord] | SMTPException] = {}
     for name in names:
+        job.stop.check()
         try:
             records = await job.dane.tlsa(job.reactor, name, job.port)
         except SMTPRoutingError as e:
@@ -451,7 +531,9 @@ async def _try_host(
         records (DANE options), or ``"sts"`` for the WebPKI under an
         enforced MTA-STS policy.
     :raises _MoveOn: when the next host should be tried.
+    :raises CancelledError: when the call was cancelled (nothing started).
     """
+    job.stop.check()
     verified_tls = check is not None
     if isinstance(check, DANEOptions):
         tls_options: IOpenSSLClientConnectionCreator | None = check
