@@ -239,6 +239,28 @@ async def test_two_domains_in_one_message_each_at_its_own_mx(world: World) -> No
 
 
 @pytest_twisted.ensureDeferred
+async def test_each_recipient_records_its_own_domains_reply(world: World) -> None:
+    """
+    Two domains whose MXs answer the final dot with different 250 texts:
+    each recipient's record carries its own domain's reply, not the first's.
+    """
+    ones = Script()
+    ones.on(DATA_END, "250 2.0.0 Ok: queued as ONE111")
+    twos = Script()
+    twos.on(DATA_END, "250 2.0.0 Ok: queued as TWO222")
+    world.mx("127.0.0.2", ones)
+    world.mx("127.0.0.3", twos)
+    await world.start()
+    entry_id = world.enqueue(_message(1), ["b@two.test", "a@one.test", "c@one.test"])
+    done = await world.until_state(entry_id, State.DONE)
+    assert {r.address: str(r.reply) for r in done.recipients} == {
+        "a@one.test": "250 2.0.0 Ok: queued as ONE111",
+        "b@two.test": "250 2.0.0 Ok: queued as TWO222",
+        "c@one.test": "250 2.0.0 Ok: queued as ONE111",
+    }
+
+
+@pytest_twisted.ensureDeferred
 async def test_421_backs_the_destination_off_while_others_get_mail(world: World) -> None:
     """
     A 421 from one.test's MX backs one.test off: two.test still gets mail,
