@@ -453,6 +453,18 @@ def test_bad_direct_options_are_usage_errors(argv: list[str], message: str) -> N
         tap.Options().parseOptions(["--direct", "--spool", "/tmp/x", *argv])  # type: ignore[no-untyped-call]
 
 
+def test_help_says_where_mail_goes_without_direct() -> None:
+    """``--help`` says that without --direct mail goes to the relay, and names its default."""
+    from txsmtpclient._tapconfig import DEFAULTS
+
+    text = " ".join(str(tap.Options()).split())
+    assert (
+        "instead of through --relay [default: off: through --relay, which is "
+        f"{DEFAULTS['relay']} when not given]"
+    ) in text
+    assert f"tcp:mail.example.com:587 [default: {DEFAULTS['relay']}]" in text
+
+
 def test_direct_defaults() -> None:
     """--direct alone: system resolvers, no DANE, MTA-STS on, port 25, 20 per destination."""
     options = tap.Options()
