@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import pytest_twisted
-from dnsserver import DNSServer, Zone
+from directworld import DirectWorld
+from dnsserver import Zone
 from servers import POSTFIX_HOSTNAME, TEST_DOMAIN, PostfixInstance
 from twisted.names import dns
 
 from txsmtpclient.direct import DirectResult, send_direct
 from txsmtpclient.direct._route import group_by_domain, lookup_name, order_mx
 from txsmtpclient.errors import SMTPAmbiguousDelivery, SMTPRoutingError
-from txsmtpclient.testing import CONNECT, DATA_END, LoopbackServer, Script
+from txsmtpclient.testing import CONNECT, DATA_END, Script
 
 MSG = b"Subject: direct\r\n\r\n.dot\r\nbody\r\n"
 
@@ -92,63 +92,13 @@ def test_lookup_name_refuses_overlong_labels() -> None:
 # -- end to end: DNS server + MX hosts on loopback -------------------------------------
 
 
-class World:
-    """A DNS server and MX servers on 127.0.0.x, one port for all."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.servers: dict[str, LoopbackServer] = {}
-        self.port = 0
-        self.dns: DNSServer | None = None
-
-    def mx(self, address: str, script: Script | None = None) -> LoopbackServer:
-        server = LoopbackServer(
-            script or Script(), reactor=self.reactor, interface=address, port=self.port
-        ).start()
-        self.port = server.port
-        self.servers[address] = server
-        return server
-
-    async def free_port_on(self, address: str) -> None:
-        """Take a port number free on ``address`` for hosts that listen nowhere."""
-        if not self.port:
-            probe = LoopbackServer(reactor=self.reactor, interface=address).start()
-            self.port = probe.port
-            await probe.stop()
-
-    def zone(self, zone: Zone, servfail: tuple[str, ...] = ()) -> None:
-        self.dns = DNSServer(zone, servfail).start(self.reactor)
-
-    def send(self, recipients: list[str], **kwargs: Any) -> Any:
-        assert self.dns is not None
-        return send_direct(
-            "sender@origin.test",
-            recipients,
-            MSG,
-            resolver=self.dns.resolver(),
-            reactor=self.reactor,
-            local_hostname="client.origin.test",
-            port=self.port,
-            tls="never",
-            timeout=5,
-            dns_timeout=3,
-            rng=random.Random(0),
-            **kwargs,
-        )
-
-
 @pytest_twisted.async_yield_fixture()
-async def world() -> AsyncIterator[World]:
+async def world() -> AsyncIterator[DirectWorld]:
     from twisted.internet import reactor
 
-    w = World(reactor)
+    w = DirectWorld(reactor, MSG, {"tls": "never", "timeout": 5})
     yield w
-    for server in w.servers.values():
-        await server.stop()
-    if w.dns is not None:
-        stopped = w.dns.stop()
-        if stopped is not None:
-            await stopped
+    await w.close()
 
 
 def mx(preference: int, name: str) -> dns.Record_MX:
@@ -174,7 +124,7 @@ def _only(results: dict[str, DirectResult]) -> DirectResult:
 
 
 @pytest_twisted.ensureDeferred
-async def test_delivers_to_the_preferred_mx(world: World) -> None:
+async def test_delivers_to_the_preferred_mx(world: DirectWorld) -> None:
     """The lowest-preference MX gets the message, byte-exact; the other gets nothing."""
     first = world.mx("127.0.0.2")
     second = world.mx("127.0.0.3")
@@ -188,7 +138,7 @@ async def test_delivers_to_the_preferred_mx(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_falls_back_after_a_refused_connection(world: World) -> None:
+async def test_falls_back_after_a_refused_connection(world: DirectWorld) -> None:
     """Nothing listens on the first MX's address: the second MX takes the message."""
     await world.free_port_on("127.0.0.3")
     second = world.mx("127.0.0.3")
@@ -204,7 +154,7 @@ async def test_falls_back_after_a_refused_connection(world: World) -> None:
     ids=["greeting", "ehlo"],
 )
 @pytest_twisted.ensureDeferred
-async def test_falls_back_after_a_4xx(world: World, command: str, reply: str) -> None:
+async def test_falls_back_after_a_4xx(world: DirectWorld, command: str, reply: str) -> None:
     """A 4xx greeting, or a 4xx to EHLO and HELO, moves on to the next MX."""
     busy = Script()
     busy.on(command, reply)
@@ -218,7 +168,7 @@ async def test_falls_back_after_a_4xx(world: World, command: str, reply: str) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_stops_on_a_5xx(world: World) -> None:
+async def test_stops_on_a_5xx(world: DirectWorld) -> None:
     """A 5xx to RCPT is final: the next MX is not tried."""
     refusing = Script()
     refusing.on("RCPT", "550 5.1.1 no such user")
@@ -232,7 +182,7 @@ async def test_stops_on_a_5xx(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_4xx_to_rcpt_is_temporary_without_trying_elsewhere(world: World) -> None:
+async def test_4xx_to_rcpt_is_temporary_without_trying_elsewhere(world: DirectWorld) -> None:
     """A 4xx to the transaction is the destination's answer: temporary, no other MX."""
     greylisting = Script()
     greylisting.on("RCPT", "450 4.2.0 greylisted")
@@ -245,7 +195,7 @@ async def test_4xx_to_rcpt_is_temporary_without_trying_elsewhere(world: World) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_implicit_mx(world: World) -> None:
+async def test_implicit_mx(world: DirectWorld) -> None:
     """A domain with no MX but an A record is its own mail host."""
     server = world.mx("127.0.0.2")
     world.zone({"dest.test": [a("127.0.0.2")]})
@@ -255,7 +205,7 @@ async def test_implicit_mx(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_null_mx_sends_nothing(world: World) -> None:
+async def test_null_mx_sends_nothing(world: DirectWorld) -> None:
     """A null MX fails its recipients permanently and no connection is made."""
     server = world.mx("127.0.0.2")
     world.zone({"dest.test": [mx(0, ""), a("127.0.0.2")]})
@@ -266,7 +216,7 @@ async def test_null_mx_sends_nothing(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_domain_that_does_not_exist(world: World) -> None:
+async def test_domain_that_does_not_exist(world: DirectWorld) -> None:
     """NXDOMAIN is permanent."""
     world.zone({"other.test": [a("127.0.0.2")]})
     await world.free_port_on("127.0.0.2")
@@ -275,7 +225,7 @@ async def test_domain_that_does_not_exist(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_domain_with_no_records_at_all(world: World) -> None:
+async def test_domain_with_no_records_at_all(world: DirectWorld) -> None:
     """A domain that exists with neither MX nor address fails permanently."""
     world.zone({"dest.test": []})
     await world.free_port_on("127.0.0.2")
@@ -284,7 +234,7 @@ async def test_domain_with_no_records_at_all(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_servfail_is_temporary(world: World) -> None:
+async def test_servfail_is_temporary(world: DirectWorld) -> None:
     """A SERVFAIL (or timeout) fails the recipients temporarily."""
     world.zone({"dest.test": [a("127.0.0.2")]}, servfail=("dest.test",))
     await world.free_port_on("127.0.0.2")
@@ -293,7 +243,7 @@ async def test_servfail_is_temporary(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_recipients_are_grouped_by_domain(world: World) -> None:
+async def test_recipients_are_grouped_by_domain(world: DirectWorld) -> None:
     """Two domains, two hosts, one transaction each with only their own recipients."""
     one = world.mx("127.0.0.2")
     two = world.mx("127.0.0.3")
@@ -312,7 +262,7 @@ async def test_recipients_are_grouped_by_domain(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_lost_after_the_final_dot_is_ambiguous_and_not_resent(world: World) -> None:
+async def test_lost_after_the_final_dot_is_ambiguous_and_not_resent(world: DirectWorld) -> None:
     """A hang-up after the final dot is not retried at the next MX: it may have arrived."""
     dropping = Script()
     dropping.on(DATA_END, disconnect=True)
@@ -330,12 +280,9 @@ async def test_postfix_as_the_mx(postfix: PostfixInstance) -> None:
     from twisted.internet import reactor
     from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-    dns_server = DNSServer(
-        {
-            TEST_DOMAIN: [mx(10, POSTFIX_HOSTNAME)],
-            POSTFIX_HOSTNAME: [a("127.0.0.1")],
-        }
-    ).start(reactor)
+    world = DirectWorld(reactor)
+    world.zone({TEST_DOMAIN: [mx(10, POSTFIX_HOSTNAME)], POSTFIX_HOSTNAME: [a("127.0.0.1")]})
+    world.port = postfix.port
     trust = Certificate.loadPEM(postfix.tls.cert_pem)
     # A header block Postfix's cleanup has nothing to add to.
     sent = (
@@ -344,22 +291,15 @@ async def test_postfix_as_the_mx(postfix: PostfixInstance) -> None:
         f"Message-ID: <txsmtpclient-direct@{TEST_DOMAIN}>\r\n\r\n.dot\r\nbody\r\n"
     ).encode()
     try:
-        results = await send_direct(
-            "sender@origin.test",
+        results = await world.send(
             [f"direct@{TEST_DOMAIN}"],
             sent,
-            resolver=dns_server.resolver(),
-            reactor=reactor,
-            local_hostname="client.origin.test",
-            port=postfix.port,
             tls="required",
             tls_options_for=lambda host: optionsForClientTLS(host, trustRoot=trust),
             timeout=30,
         )
     finally:
-        stopped = dns_server.stop()
-        if stopped is not None:
-            await stopped
+        await world.close()
     [result] = results.values()
     assert result.delivered and result.mx == POSTFIX_HOSTNAME
     assert result.reply is not None and b"queued as" in result.reply.message
@@ -369,7 +309,7 @@ async def test_postfix_as_the_mx(postfix: PostfixInstance) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failed_address_lookup_is_temporary(world: World) -> None:
+async def test_a_failed_address_lookup_is_temporary(world: DirectWorld) -> None:
     """An MX whose A lookup fails (AAAA empty) is no proof it has no address: temporary."""
     world.zone(
         {"dest.test": [mx(10, "mx1.dest.test")], "mx1.dest.test": []},

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from dnsserver import DNSServer, Zone
+from directworld import DirectWorld
+from dnsserver import Zone
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
@@ -44,7 +45,7 @@ from txsmtpclient.reply import Reply
 from txsmtpclient.spool.envelope import Entry, RecipientState, State
 from txsmtpclient.spool.service import SpoolService
 from txsmtpclient.spool.store import Spool
-from txsmtpclient.testing import CONNECT, DATA_END, LoopbackServer, Script
+from txsmtpclient.testing import CONNECT, DATA_END, Script
 
 REPO = Path(__file__).resolve().parent.parent
 SENDER = "sender@origin.test"
@@ -104,16 +105,15 @@ ZONE: Zone = {
 }
 
 
-class World:
+class World(DirectWorld):
     """The DNS server, the MX hosts, and the daemon in direct mode."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.reactor = _reactor()
-        self.tmp_path = tmp_path
         self.delays = Clock()
-        self.servers: dict[str, LoopbackServer] = {}
-        self.port = 0
-        self.dns = DNSServer(ZONE).start(self.reactor)
+        reactor = _reactor()
+        super().__init__(reactor, mx_reactor=_DelayClock(reactor, self.delays))
+        self.tmp_path = tmp_path
+        self.zone({name: list(records) for name, records in ZONE.items()})
         # The daemon's clock starts a little ahead of the wall clock, so a
         # message enqueued now (wall time) is due.
         self.clock = Clock()
@@ -121,18 +121,8 @@ class World:
         self.service: Any = None
         self.spool = Spool(tmp_path / "spool", fsync=False)
 
-    def mx(self, address: str, script: Script | None = None) -> LoopbackServer:
-        server = LoopbackServer(
-            script or Script(),
-            reactor=_DelayClock(self.reactor, self.delays),
-            interface=address,
-            port=self.port,
-        ).start()
-        self.port = server.port
-        self.servers[address] = server
-        return server
-
     def argv(self, *extra: str) -> list[str]:
+        assert self.dns is not None
         host, port = self.dns.address
         return [
             "--direct",
@@ -207,11 +197,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     yield w
     if w.service is not None:
         await w.service.stopService()
-    for server in w.servers.values():
-        await server.stop()
-    stopped = w.dns.stop()
-    if stopped is not None:
-        await stopped
+    await w.close()
 
 
 # -- the whole daemon, in process --------------------------------------------------------
@@ -791,6 +777,7 @@ async def test_stop_during_a_dane_lookup_starts_nothing_more(world: World) -> No
     """
     world.mx("127.0.0.2")
     second = world.mx("127.0.0.3")
+    assert world.dns is not None
     authority = world.dns.authority
     authority.zone.update(
         {
