@@ -110,11 +110,13 @@ class DirectWorld:
         self,
         recipients: Sequence[str] = ("rcpt@dest.test",),
         msg: bytes | None = None,
+        *,
+        sender: str = SENDER,
         **kwargs: Any,
     ) -> Deferred[dict[str, DirectResult]]:
         """
         ``send_direct`` of ``msg`` (default: the world's message) from
-        :data:`SENDER` through the world's DNS server and port.
+        ``sender`` through the world's DNS server and port.
         """
         assert self.dns is not None, "call zone() first"
         options: dict[str, Any] = {
@@ -127,7 +129,7 @@ class DirectWorld:
             **self.defaults,
             **kwargs,
         }
-        return send_direct(SENDER, list(recipients), msg or self.message, **options)
+        return send_direct(sender, list(recipients), msg or self.message, **options)
 
     async def close(self) -> None:
         """Stop the MX hosts and the DNS server."""

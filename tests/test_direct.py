@@ -19,7 +19,7 @@ from twisted.names import dns
 
 from txsmtpclient.direct import DirectResult, send_direct
 from txsmtpclient.direct._route import group_by_domain, lookup_name, order_mx
-from txsmtpclient.errors import SMTPAmbiguousDelivery, SMTPRoutingError
+from txsmtpclient.errors import SMTPAmbiguousDelivery, SMTPNotSupportedError, SMTPRoutingError
 from txsmtpclient.testing import CONNECT, DATA_END, Script
 
 MSG = b"Subject: direct\r\n\r\n.dot\r\nbody\r\n"
@@ -318,3 +318,125 @@ async def test_a_failed_address_lookup_is_temporary(world: DirectWorld) -> None:
     await world.free_port_on("127.0.0.2")
     result = _only(await world.send(["rcpt@dest.test"]))
     assert result.temporary and isinstance(result.error, SMTPRoutingError)
+
+
+def _postfix_world(postfix: PostfixInstance) -> DirectWorld:
+    """Postfix as the one MX of TEST_DOMAIN, over STARTTLS verified against its certificate."""
+    from twisted.internet import reactor
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    trust = Certificate.loadPEM(postfix.tls.cert_pem)
+    world = DirectWorld(
+        reactor,
+        defaults={
+            "tls": "required",
+            "tls_options_for": lambda host: optionsForClientTLS(host, trustRoot=trust),
+            "timeout": 30,
+        },
+    )
+    world.zone({TEST_DOMAIN: [mx(10, POSTFIX_HOSTNAME)], POSTFIX_HOSTNAME: [a("127.0.0.1")]})
+    world.port = postfix.port
+    return world
+
+
+@pytest_twisted.ensureDeferred
+async def test_postfix_as_the_mx_takes_the_dsn_requests(postfix: PostfixInstance) -> None:
+    """
+    RET, ENVID and NOTIFY reach Postfix as the MX: the message arrives
+    exactly, and Postfix's success notice to the sender carries the ENVID
+    and returns only the headers (RET=HDRS).
+    """
+    sender = f"dsn-sender@{TEST_DOMAIN}"
+    sent = (
+        f"From: <{sender}>\r\nTo: <dsn@{TEST_DOMAIN}>\r\nSubject: direct dsn\r\n"
+        "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        f"Message-ID: <txsmtpclient-direct-dsn@{TEST_DOMAIN}>\r\n\r\n"
+        "body-marker-not-returned\r\n"
+    ).encode()
+    world = _postfix_world(postfix)
+    try:
+        results = await world.send(
+            [f"dsn@{TEST_DOMAIN}"],
+            sent,
+            sender=sender,
+            dsn_ret="HDRS",
+            dsn_envid="direct-envid-7",
+            dsn_notify=["SUCCESS"],
+        )
+    finally:
+        await world.close()
+    [result] = results.values()
+    assert result.delivered and result.mx == POSTFIX_HOSTNAME
+    messages = await postfix.when_messages(2)
+    by_rcpt = {m.delivered_to: m for m in messages}
+    assert by_rcpt[f"dsn@{TEST_DOMAIN}"].original == sent.replace(b"\r\n", b"\n")
+    notice = by_rcpt[sender].original
+    assert b"Original-Envelope-Id: direct-envid-7" in notice
+    assert b"Action: delivered" in notice and f"dsn@{TEST_DOMAIN}".encode() in notice
+    assert b"text/rfc822-headers" in notice and b"Subject: direct dsn" in notice
+    assert b"body-marker-not-returned" not in notice
+
+
+@pytest_twisted.ensureDeferred
+async def test_requiretls_to_postfix_without_it_sends_nothing(postfix: PostfixInstance) -> None:
+    """
+    REQUIRETLS to an MX that does not advertise it (Postfix 3.7): refused for
+    good before MAIL, nothing arrives; a plain message after it does.
+    """
+    world = _postfix_world(postfix)
+    # A header block Postfix's cleanup has nothing to add to.
+    plain = (
+        f"From: <sender@origin.test>\r\nTo: <plain@{TEST_DOMAIN}>\r\n"
+        "Subject: after requiretls\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        f"Message-ID: <txsmtpclient-direct-plain@{TEST_DOMAIN}>\r\n\r\nbody\r\n"
+    ).encode()
+    try:
+        refused = await world.send(
+            [f"requiretls@{TEST_DOMAIN}"],
+            b"Subject: r\r\n\r\nx\r\n",
+            mail_options=["REQUIRETLS"],
+        )
+        accepted = await world.send([f"plain@{TEST_DOMAIN}"], plain)
+    finally:
+        await world.close()
+    [result] = refused.values()
+    assert not result.delivered and result.final
+    assert isinstance(result.error, SMTPNotSupportedError)
+    assert "REQUIRETLS" in str(result.error)
+    [ok] = accepted.values()
+    assert ok.delivered
+    [message] = await postfix.when_messages(1)
+    assert message.delivered_to == f"plain@{TEST_DOMAIN}" and message.original == plain.replace(
+        b"\r\n", b"\n"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_requiretls_goes_over_verified_tls_to_an_mx_that_offers_it(
+    world: DirectWorld,
+) -> None:
+    """REQUIRETLS to an MX advertising it: MAIL carries it, over verified TLS; byte-exact."""
+    script = Script()
+    script.advertise("REQUIRETLS")
+    first = world.mx("127.0.0.2", script, name="mx1.dest.test", tls=True)
+    world.zone(two_mx())
+    result = _only(
+        await world.send(
+            ["rcpt@dest.test"],
+            mail_options=["REQUIRETLS"],
+            tls="required",
+            tls_options_for=world.tls_options_for,
+        )
+    )
+    assert result.delivered and result.mx == "mx1.dest.test"
+    [session] = first.sessions
+    assert session.tls and session.commands == [
+        b"EHLO client.origin.test",
+        b"STARTTLS",
+        b"EHLO client.origin.test",
+        b"MAIL FROM:<sender@origin.test> SIZE=31 REQUIRETLS",
+        b"RCPT TO:<rcpt@dest.test>",
+        b"DATA",
+        b"QUIT",
+    ]
+    assert [m.content for m in first.messages] == [MSG]
