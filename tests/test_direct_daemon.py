@@ -24,6 +24,7 @@ import pytest
 import pytest_twisted
 from directworld import DirectWorld
 from dnsserver import Zone
+from servers import POSTFIX_HOSTNAME, TEST_DOMAIN, PostfixInstance
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
@@ -42,7 +43,7 @@ from txsmtpclient.errors import (
     SMTPServerDisconnected,
 )
 from txsmtpclient.reply import Reply
-from txsmtpclient.spool.envelope import Entry, RecipientState, State
+from txsmtpclient.spool.envelope import Dsn, Entry, RecipientState, State
 from txsmtpclient.spool.service import SpoolService
 from txsmtpclient.spool.store import Spool
 from txsmtpclient.testing import CONNECT, DATA_END, Script
@@ -360,6 +361,51 @@ async def test_null_mx_fails_and_the_sender_gets_a_notice(world: World) -> None:
     assert notice.mail_from == "" and notice.rcpt_tos == (SENDER,)
     assert b"x@null.test" in notice.content and b"null MX" in notice.content
     assert world.servers["127.0.0.2"].sessions == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_dsn_and_requiretls_through_the_daemon_to_postfix(
+    world: World, postfix: PostfixInstance
+) -> None:
+    """
+    The daemon in direct mode with Postfix as the MX (verified STARTTLS):
+    a message with DSN requests arrives exactly and Postfix's success notice
+    carries its ENVID; a REQUIRETLS message fails for good (Postfix 3.7 does
+    not offer REQUIRETLS) and nothing of it arrives.
+    """
+    world.zone({TEST_DOMAIN: [mx(10, POSTFIX_HOSTNAME)], POSTFIX_HOSTNAME: [a("127.0.0.1")]})
+    world.port = postfix.port
+    await world.start("--tls", "required", "--tls-ca", str(postfix.tls.cert_path))
+    sender = f"daemon-sender@{TEST_DOMAIN}"
+    sent = (
+        f"From: <{sender}>\r\nTo: <dsn@{TEST_DOMAIN}>\r\nSubject: daemon dsn\r\n"
+        "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        f"Message-ID: <txsmtpclient-daemon-dsn@{TEST_DOMAIN}>\r\n\r\nbody-not-returned\r\n"
+    ).encode()
+    with_dsn = world.spool.enqueue(
+        sent,
+        sender,
+        [f"dsn@{TEST_DOMAIN}"],
+        dsn=Dsn(ret="HDRS", envid="daemon-envid-3", notify=("SUCCESS",)),
+    )
+    strict = world.spool.enqueue(
+        sent, sender, [f"strict@{TEST_DOMAIN}"], mail_options=["REQUIRETLS"]
+    )
+    world.spool_service.wake()
+    done = await world.until_state(with_dsn, State.DONE)
+    failed = await world.until_state(strict, State.FAILED)
+    [delivered] = done.recipients
+    assert delivered.reply is not None and "queued as" in delivered.reply.text
+    [refused] = failed.recipients
+    assert refused.reply is not None and refused.reply.code >= 500
+    assert "REQUIRETLS" in refused.reply.text
+    messages = await postfix.when_messages(2)
+    by_rcpt = {m.delivered_to: m for m in messages}
+    assert set(by_rcpt) == {f"dsn@{TEST_DOMAIN}", sender}
+    assert by_rcpt[f"dsn@{TEST_DOMAIN}"].original == sent.replace(b"\r\n", b"\n")
+    notice = by_rcpt[sender].original
+    assert b"Original-Envelope-Id: daemon-envid-3" in notice
+    assert b"text/rfc822-headers" in notice and b"body-not-returned" not in notice
 
 
 @pytest_twisted.ensureDeferred
