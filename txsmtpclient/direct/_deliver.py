@@ -13,11 +13,10 @@ from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.error import ConnectError, ConnectingCancelledError
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IResolver
 from twisted.names import dns
-from twisted.python.failure import Failure
 
 from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.client import SMTP
@@ -26,6 +25,7 @@ from txsmtpclient.direct._dane import TLSARecord
 from txsmtpclient.direct._dns import default_resolver, lookup_addresses, lookup_mx
 from txsmtpclient.direct._fetch import MTASTS, TLSOptionsFor
 from txsmtpclient.direct._mtasts import Mode, STSPolicy, TLSReportEntry
+from txsmtpclient.direct._results import DirectResult, Stop, gather
 from txsmtpclient.direct._route import Destination, group_by_domain, order_mx
 from txsmtpclient.direct._secure import DANE, DANEOptions
 from txsmtpclient.errors import (
@@ -45,41 +45,6 @@ from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
 
 __all__ = ["DestinationGate", "DirectResult", "send_direct"]
-
-
-@dataclass(frozen=True, slots=True)
-class DirectResult:
-    """
-    What happened to one recipient.
-
-    :ivar recipient: the address.
-    :ivar delivered: a mail host accepted the message for it.
-    :ivar final: the outcome will not change by trying again: delivered, or
-        refused permanently (5xx, null MX, no such domain).  ``False``: try
-        again later.
-    :ivar reply: the server's reply that decided (the RCPT refusal or the
-        reply to the end of the message), if a server decided.
-    :ivar mx: the mail host that gave the reply, if any.
-    :ivar error: what went wrong when no reply decided, or the error the
-        reply was part of.
-    :ivar tls_report: transport-security failures met on the way, in the
-        TLSRPT shape (RFC 8460), for the operator's records.
-    """
-
-    recipient: str
-    delivered: bool
-    final: bool
-    reply: Reply | None = None
-    mx: str | None = None
-    error: SMTPException | None = None
-    tls_report: tuple[TLSReportEntry, ...] = ()
-
-    @property
-    def temporary(self) -> bool:
-        """
-        Not delivered, and worth trying again later.
-        """
-        return not self.delivered and not self.final
 
 
 class DestinationGate(Protocol):
@@ -115,30 +80,6 @@ class _MoveOn(Exception):
         self.result_type = result_type
 
 
-class _Stop:
-    """
-    Whether the caller gave up on a :func:`send_direct` call.
-
-    Cancelling reaches only the Deferred a domain's delivery awaits at that
-    moment, and a layer below may turn it into an ordinary failure (a DNS
-    or policy-fetch error) and go on; so each step that would start more
-    work checks here first, and no new lookup or connection starts once
-    the call is cancelled.
-    """
-
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def check(self) -> None:
-        """
-        :raises CancelledError: once the call was cancelled.
-        """
-        if self.cancelled:
-            raise CancelledError()
-
-
 @dataclass(frozen=True, slots=True)
 class _Job:
     sender: str
@@ -158,7 +99,7 @@ class _Job:
     dane: DANE | None
     gate: DestinationGate | None
     dsn: dict[str, Any]
-    stop: _Stop
+    stop: Stop
 
 
 def send_direct(
@@ -269,77 +210,10 @@ def send_direct(
         dane,
         gate,
         {"dsn_ret": dsn_ret, "dsn_envid": dsn_envid, "dsn_notify": dsn_notify},
-        _Stop(),
+        Stop(),
     )
     parts = [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations]
-    return Deferred.fromCoroutine(_gather(job, destinations, parts))
-
-
-async def _gather(
-    job: _Job,
-    destinations: Sequence[Destination],
-    parts: Sequence[Deferred[dict[str, DirectResult]]],
-) -> dict[str, DirectResult]:
-    """
-    Every domain's results, once every domain's delivery has ended.
-
-    Cancelled (a daemon stopping), the deliveries still running are
-    cancelled and awaited (their sessions closed).  A recipient already
-    decided for good (delivered, or refused with a 5xx) keeps its result,
-    so that it is not sent to again; the others get a temporary one whose
-    error says the delivery was cancelled.  With no recipient decided for
-    good the call fails with the :class:`CancelledError`.
-
-    :raises CancelledError: when cancelled before any domain's outcome was
-        final.
-    """
-    outcomes: dict[int, dict[str, DirectResult] | Failure] = {}
-
-    def keep(outcome: dict[str, DirectResult] | Failure, index: int) -> None:
-        outcomes[index] = outcome
-
-    for index, part in enumerate(parts):
-        part.addBoth(keep, index)
-
-    def cancel(_: Deferred[None]) -> None:
-        # The flag first: a part may swallow its cancellation and go on.
-        job.stop.cancelled = True
-        for part in parts:
-            part.cancel()
-
-    waiting: Deferred[None] = Deferred(cancel)
-
-    def settled(_: object) -> None:
-        if not waiting.called:
-            waiting.callback(None)
-
-    DeferredList(list(parts)).addCallback(settled)
-    try:
-        await waiting
-    except CancelledError:
-        await DeferredList(list(parts))
-    cancelled = (CancelledError, ConnectingCancelledError)
-    for outcome in outcomes.values():
-        if isinstance(outcome, Failure) and not outcome.check(*cancelled):
-            # Not a recipient's outcome: our own bug, not wrapped.
-            outcome.raiseException()
-    results: dict[str, DirectResult] = {}
-    kept = False
-    for index, destination in enumerate(destinations):
-        outcome = outcomes[index]
-        error = SMTPServerDisconnected(
-            f"delivery to {destination.domain} was cancelled before its outcome was known"
-        )
-        for recipient in destination.recipients:
-            result = outcome.get(recipient) if isinstance(outcome, dict) else None
-            if result is not None and (result.final or not job.stop.cancelled):
-                results[recipient] = result
-                kept = True
-            else:
-                results[recipient] = DirectResult(recipient, False, False, error=error)
-    if job.stop.cancelled and not kept:
-        raise CancelledError()
-    return results
+    return Deferred.fromCoroutine(gather(job.stop, destinations, parts))
 
 
 def _tls_not_required(data: bytes) -> bool:
