@@ -14,12 +14,16 @@ import pytest
 import pytest_twisted
 from directworld import DirectWorld
 from dnsserver import Zone
+from helpers import assert_no_result, failure_result_of, success_result_of
 from servers import POSTFIX_HOSTNAME, TEST_DOMAIN, PostfixInstance
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.names import dns
 
 from txsmtpclient.direct import DirectResult, send_direct
+from txsmtpclient.direct._results import Stop, gather
 from txsmtpclient.direct._route import group_by_domain, lookup_name, order_mx
 from txsmtpclient.errors import SMTPAmbiguousDelivery, SMTPNotSupportedError, SMTPRoutingError
+from txsmtpclient.reply import Reply
 from txsmtpclient.testing import CONNECT, DATA_END, Script
 
 MSG = b"Subject: direct\r\n\r\n.dot\r\nbody\r\n"
@@ -440,3 +444,64 @@ async def test_requiretls_goes_over_verified_tls_to_an_mx_that_offers_it(
         b"QUIT",
     ]
     assert [m.content for m in first.messages] == [MSG]
+
+
+# -- gathering domains' results, and cancelling, without I/O --------------------------------
+
+
+def _slow_part(closing: Deferred[None]) -> Deferred[dict[str, DirectResult]]:
+    """A domain's delivery that, cancelled, ends only once ``closing`` fires."""
+
+    async def part() -> dict[str, DirectResult]:
+        try:
+            await Deferred()
+        finally:
+            await closing
+        raise AssertionError("not reached")
+
+    return Deferred.fromCoroutine(part())
+
+
+def test_cancelled_gather_waits_for_every_session_to_close() -> None:
+    """Cancelled, the gather fires only once each domain's delivery has ended."""
+    closing: Deferred[None] = Deferred()
+    stop = Stop()
+    destinations = group_by_domain(["a@one.test"])
+    gathered = Deferred.fromCoroutine(gather(stop, destinations, [_slow_part(closing)]))
+    gathered.cancel()
+    assert stop.cancelled
+    assert_no_result(gathered)
+    closing.callback(None)
+    failure_result_of(gathered, CancelledError)
+
+
+def test_cancelled_gather_keeps_what_is_decided() -> None:
+    """A domain already delivered keeps its result; the cancelled one is temporary."""
+    destinations = group_by_domain(["a@one.test", "b@two.test", "c@two.test"])
+    delivered = DirectResult("a@one.test", True, True, Reply(250, b"2.0.0 ok"), "mx.one.test")
+    refused = DirectResult("b@two.test", False, True, Reply(550, b"5.1.1 no"), "mx.two.test")
+    waiting = DirectResult("c@two.test", False, False, Reply(450, b"4.2.0 busy"), "mx.two.test")
+    two: Deferred[dict[str, DirectResult]] = Deferred()
+    gathered = Deferred.fromCoroutine(
+        gather(Stop(), destinations, [succeed({"a@one.test": delivered}), two])
+    )
+    gathered.cancel()
+    results = success_result_of(gathered)
+    assert results["a@one.test"] is delivered
+    assert results["b@two.test"].temporary and results["c@two.test"].temporary
+    # A domain that ended before the cancel keeps only its final results.
+    three: Deferred[dict[str, DirectResult]] = Deferred()
+    gathered = Deferred.fromCoroutine(
+        gather(
+            Stop(),
+            group_by_domain(["b@two.test", "c@two.test", "d@three.test"]),
+            [
+                succeed({"b@two.test": refused, "c@two.test": waiting}),
+                three,
+            ],
+        )
+    )
+    gathered.cancel()
+    results = success_result_of(gathered)
+    assert results["b@two.test"] is refused
+    assert results["c@two.test"].temporary and "cancelled" in str(results["c@two.test"].error)

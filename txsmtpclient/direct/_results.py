@@ -123,8 +123,8 @@ async def gather(
     with contextlib.suppress(CancelledError):
         await waiting
     while len(outcomes) < len(parts):
-        # Cancelled: every part ends (its session closed) before this does,
-        # however often the caller cancels.
+        # Cancelled: every part ends (its session closed) before this does;
+        # a second cancel reaches the parts' closing too, and is waited out.
         with contextlib.suppress(CancelledError):
             await DeferredList([p for i, p in enumerate(parts) if i not in outcomes])
     cancelled = (CancelledError, ConnectingCancelledError)
