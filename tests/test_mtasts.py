@@ -313,3 +313,52 @@ async def test_tls_required_no_sets_the_policy_aside(sts: StsWorld) -> None:
     [result] = (await sts.send(msg=message, tls_options_for=None)).values()
     assert result.delivered and result.mx == "mx1.dest.test" and len(first.messages) == 1
     assert sts.policy.requests == 0
+
+
+class _TwoAddresses:
+    """A resolver with two A records for any name and no AAAA."""
+
+    def query(self, query: dns.Query, timeout: Any = None) -> Any:
+        from twisted.internet.defer import succeed
+
+        if query.type != dns.A:
+            return succeed(([], [], []))
+        name = str(query.name)
+        return succeed(
+            (
+                [
+                    dns.RRHeader(name, dns.A, payload=dns.Record_A(a))
+                    for a in ("127.0.0.4", "127.0.0.5")
+                ],
+                [],
+                [],
+            )
+        )
+
+
+def test_cancelled_policy_connection_tries_no_other_address() -> None:
+    """Cancelling the policy server's connection gives up: the next address is not tried."""
+    from helpers import failure_result_of
+    from twisted.internet.defer import CancelledError
+    from twisted.internet.error import ConnectingCancelledError
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txsmtpclient.direct._fetch import _ResolvedTLSEndpoint
+
+    reactor = MemoryReactorClock()
+    options = optionsForClientTLS("mta-sts.dest.test")
+    endpoint = _ResolvedTLSEndpoint(
+        reactor,
+        _TwoAddresses(),
+        "mta-sts.dest.test",
+        443,
+        options,
+        10,  # type: ignore[arg-type]
+    )
+    connecting = endpoint.connect(Factory.forProtocol(Protocol))
+    assert [c[0] for c in reactor.tcpClients] == ["127.0.0.4"]
+    connecting.cancel()
+    error = failure_result_of(connecting, Exception)
+    assert isinstance(error, (CancelledError, ConnectingCancelledError))
+    assert [c[0] for c in reactor.tcpClients] == ["127.0.0.4"]
