@@ -1,7 +1,7 @@
 """
 An authoritative DNS server on loopback for the direct-delivery tests,
 built on ``twisted.names.server``: zones are a dict of names to records,
-and a name can be made to answer SERVFAIL.  The client side is a
+and a name can be made to answer SERVFAIL or never to answer.  The client side is a
 ``twisted.names.client.Resolver`` that asks only this server.
 """
 
@@ -48,11 +48,15 @@ class _ZoneAuthority(common.ResolverBase):
         super().__init__()
         self.zone = zone
         self.servfail = set(servfail)
+        #: Names (or ``"name/type"``) never answered: the query waits.
+        self.stall: set[str] = set()
         self.queries: list[tuple[str, int]] = []
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
         key = name.decode("ascii").lower().rstrip(".")
         self.queries.append((key, type))
+        if key in self.stall or f"{key}/{type}" in self.stall:
+            return Deferred()
         if key in self.servfail or f"{key}/{type}" in self.servfail:
             # The server factory answers SERVFAIL for anything but a DomainError.
             return fail(RuntimeError(f"scripted SERVFAIL for {key}"))

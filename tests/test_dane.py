@@ -8,7 +8,6 @@ the testing kit's generated CA (which they send in their chain).
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,14 +15,13 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from dnsserver import DNSServer, Record_TLSA, Zone
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from directworld import DirectWorld
+from dnsserver import Record_TLSA, Zone
 from twisted.names import dns
 
-from txsmtpclient.direct import send_direct
 from txsmtpclient.direct._dane import TLSARecord, leaf_matches, parse_tlsa, trust_anchor
 from txsmtpclient.direct._secure import DANE
-from txsmtpclient.testing import LoopbackServer, Script, TestCertificate
+from txsmtpclient.testing import LoopbackServer, TestCertificate
 
 MSG = b"Subject: dane\r\n\r\nbody\r\n"
 
@@ -86,30 +84,19 @@ def test_dane_resolver_must_be_local() -> None:
 # -- end to end ----------------------------------------------------------------------------
 
 
-class DaneWorld:
+class DaneWorld(DirectWorld):
+    """
+    dest.test with mx1/mx2 on 127.0.0.2/3 offering STARTTLS, and DANE
+    through the world's DNS server (which sets the AD bit on signed names).
+    """
+
     def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.servers: dict[str, LoopbackServer] = {}
-        self.port = 0
-        self.dns: DNSServer | None = None
+        super().__init__(reactor, MSG, {"timeout": 10, "mta_sts": False})
 
-    def mx(self, name: str, address: str) -> LoopbackServer:
-        server = LoopbackServer(
-            Script(),
-            reactor=self.reactor,
-            interface=address,
-            port=self.port,
-            tls=True,
-            hostnames=(name,),
-        ).start()
-        self.port = server.port
-        self.servers[name] = server
-        return server
+    def tls_mx(self, name: str, address: str) -> LoopbackServer:
+        return self.mx(address, name=name, tls=True)
 
-    def tls_options_for(self, host: str) -> IOpenSSLClientConnectionCreator:
-        return self.servers[host].client_tls_options(host)
-
-    def zone(self, tlsa: dict[str, list[Record_TLSA]], secure: bool = True) -> None:
+    def dane_zone(self, tlsa: dict[str, list[Record_TLSA]], secure: bool = True) -> None:
         zone: Zone = {
             "dest.test": [dns.Record_MX(10, "mx1.dest.test"), dns.Record_MX(20, "mx2.dest.test")],
             "mx1.dest.test": [dns.Record_A("127.0.0.2")],
@@ -120,25 +107,11 @@ class DaneWorld:
             name = f"_{self.port}._tcp.{host}"
             zone[name] = list(records)
             signed.add(name)
-        self.dns = DNSServer(zone, secure=signed if secure else ()).start(self.reactor)
+        self.zone(zone, secure=signed if secure else ())
 
-    def send(self, **kwargs: Any) -> Any:
+    def dane_send(self, **kwargs: Any) -> Any:
         assert self.dns is not None
-        return send_direct(
-            "sender@origin.test",
-            ["rcpt@dest.test"],
-            MSG,
-            resolver=self.dns.resolver(),
-            reactor=self.reactor,
-            local_hostname="client.origin.test",
-            port=self.port,
-            timeout=10,
-            dns_timeout=3,
-            rng=random.Random(0),
-            mta_sts=False,
-            dane=DANE(self.dns.address, timeout=3),
-            **kwargs,
-        )
+        return self.send(dane=DANE(self.dns.address, timeout=3), **kwargs)
 
 
 @pytest_twisted.async_yield_fixture()
@@ -147,12 +120,7 @@ async def dane() -> AsyncIterator[DaneWorld]:
 
     world = DaneWorld(reactor)
     yield world
-    for server in world.servers.values():
-        await server.stop()
-    if world.dns is not None:
-        stopped = world.dns.stop()
-        if stopped is not None:
-            await stopped
+    await world.close()
 
 
 def _ee(server: LoopbackServer) -> Record_TLSA:
@@ -163,9 +131,9 @@ def _ee(server: LoopbackServer) -> Record_TLSA:
 @pytest_twisted.ensureDeferred
 async def test_dane_ee_match_delivers_without_webpki(dane: DaneWorld) -> None:
     """A matching DANE-EE record is all the trust needed: no CA is configured in the client."""
-    first = dane.mx("mx1.dest.test", "127.0.0.2")
-    dane.zone({"mx1.dest.test": [_ee(first)]})
-    [result] = (await dane.send()).values()
+    first = dane.tls_mx("mx1.dest.test", "127.0.0.2")
+    dane.dane_zone({"mx1.dest.test": [_ee(first)]})
+    [result] = (await dane.dane_send()).values()
     assert result.delivered and result.mx == "mx1.dest.test"
     assert first.messages[0].tls and first.messages[0].content == MSG
 
@@ -173,10 +141,10 @@ async def test_dane_ee_match_delivers_without_webpki(dane: DaneWorld) -> None:
 @pytest_twisted.ensureDeferred
 async def test_dane_ee_mismatch_is_not_used(dane: DaneWorld) -> None:
     """A DANE-EE record that names another key: mx1 is not used, mx2 (no TLSA) gets it."""
-    first = dane.mx("mx1.dest.test", "127.0.0.2")
-    second = dane.mx("mx2.dest.test", "127.0.0.3")
-    dane.zone({"mx1.dest.test": [Record_TLSA.of(3, 1, 1, b"\x01" * 32)]})
-    [result] = (await dane.send(tls_options_for=dane.tls_options_for)).values()
+    first = dane.tls_mx("mx1.dest.test", "127.0.0.2")
+    second = dane.tls_mx("mx2.dest.test", "127.0.0.3")
+    dane.dane_zone({"mx1.dest.test": [Record_TLSA.of(3, 1, 1, b"\x01" * 32)]})
+    [result] = (await dane.dane_send(tls_options_for=dane.tls_options_for)).values()
     assert result.delivered and result.mx == "mx2.dest.test"
     assert first.messages == [] and len(second.messages) == 1
     assert [(e.policy_type, e.receiving_mx_hostname) for e in result.tls_report] == [
@@ -187,29 +155,29 @@ async def test_dane_ee_mismatch_is_not_used(dane: DaneWorld) -> None:
 @pytest_twisted.ensureDeferred
 async def test_dane_only_host_failing_is_temporary(dane: DaneWorld) -> None:
     """When the only MX fails its TLSA check, the delivery stays temporary."""
-    first = dane.mx("mx1.dest.test", "127.0.0.2")
-    dane.zone({"mx1.dest.test": [Record_TLSA.of(3, 1, 1, b"\x01" * 32)]})
+    first = dane.tls_mx("mx1.dest.test", "127.0.0.2")
+    dane.dane_zone({"mx1.dest.test": [Record_TLSA.of(3, 1, 1, b"\x01" * 32)]})
     dane.dns.authority.zone["dest.test"] = [dns.Record_MX(10, "mx1.dest.test")]  # type: ignore[union-attr]
-    [result] = (await dane.send()).values()
+    [result] = (await dane.dane_send()).values()
     assert result.temporary and first.messages == []
 
 
 @pytest_twisted.ensureDeferred
 async def test_dane_ta_match(dane: DaneWorld) -> None:
     """A DANE-TA record naming the CA in the chain: the chain and the name are checked."""
-    first = dane.mx("mx1.dest.test", "127.0.0.2")
+    first = dane.tls_mx("mx1.dest.test", "127.0.0.2")
     assert first.certificate is not None
     record = Record_TLSA.of(2, 0, 2, _cert_sha512(first.certificate.ca_pem))
-    dane.zone({"mx1.dest.test": [record]})
-    [result] = (await dane.send()).values()
+    dane.dane_zone({"mx1.dest.test": [record]})
+    [result] = (await dane.dane_send()).values()
     assert result.delivered and first.messages[0].tls
 
 
 @pytest_twisted.ensureDeferred
 async def test_missing_ad_bit_means_no_dane(dane: DaneWorld) -> None:
     """Without the AD bit the (mismatching) TLSA records are ignored: WebPKI rules apply."""
-    first = dane.mx("mx1.dest.test", "127.0.0.2")
-    dane.zone({"mx1.dest.test": [Record_TLSA.of(3, 1, 1, b"\x01" * 32)]}, secure=False)
-    [result] = (await dane.send(tls_options_for=dane.tls_options_for)).values()
+    first = dane.tls_mx("mx1.dest.test", "127.0.0.2")
+    dane.dane_zone({"mx1.dest.test": [Record_TLSA.of(3, 1, 1, b"\x01" * 32)]}, secure=False)
+    [result] = (await dane.dane_send(tls_options_for=dane.tls_options_for)).values()
     assert result.delivered and result.mx == "mx1.dest.test"
     assert result.tls_report == () and len(first.messages) == 1

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import pytest_twisted
-from dnsserver import DNSServer, Zone
+from directworld import DirectWorld
+from dnsserver import Zone
+from helpers import assert_no_result, failure_result_of, success_result_of
 from servers import POSTFIX_HOSTNAME, TEST_DOMAIN, PostfixInstance
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.names import dns
 
 from txsmtpclient.direct import DirectResult, send_direct
+from txsmtpclient.direct._results import Stop, gather
 from txsmtpclient.direct._route import group_by_domain, lookup_name, order_mx
-from txsmtpclient.errors import SMTPAmbiguousDelivery, SMTPRoutingError
-from txsmtpclient.testing import CONNECT, DATA_END, LoopbackServer, Script
+from txsmtpclient.errors import SMTPAmbiguousDelivery, SMTPNotSupportedError, SMTPRoutingError
+from txsmtpclient.reply import Reply
+from txsmtpclient.testing import CONNECT, DATA_END, Script
 
 MSG = b"Subject: direct\r\n\r\n.dot\r\nbody\r\n"
 
@@ -92,63 +96,13 @@ def test_lookup_name_refuses_overlong_labels() -> None:
 # -- end to end: DNS server + MX hosts on loopback -------------------------------------
 
 
-class World:
-    """A DNS server and MX servers on 127.0.0.x, one port for all."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.servers: dict[str, LoopbackServer] = {}
-        self.port = 0
-        self.dns: DNSServer | None = None
-
-    def mx(self, address: str, script: Script | None = None) -> LoopbackServer:
-        server = LoopbackServer(
-            script or Script(), reactor=self.reactor, interface=address, port=self.port
-        ).start()
-        self.port = server.port
-        self.servers[address] = server
-        return server
-
-    async def free_port_on(self, address: str) -> None:
-        """Take a port number free on ``address`` for hosts that listen nowhere."""
-        if not self.port:
-            probe = LoopbackServer(reactor=self.reactor, interface=address).start()
-            self.port = probe.port
-            await probe.stop()
-
-    def zone(self, zone: Zone, servfail: tuple[str, ...] = ()) -> None:
-        self.dns = DNSServer(zone, servfail).start(self.reactor)
-
-    def send(self, recipients: list[str], **kwargs: Any) -> Any:
-        assert self.dns is not None
-        return send_direct(
-            "sender@origin.test",
-            recipients,
-            MSG,
-            resolver=self.dns.resolver(),
-            reactor=self.reactor,
-            local_hostname="client.origin.test",
-            port=self.port,
-            tls="never",
-            timeout=5,
-            dns_timeout=3,
-            rng=random.Random(0),
-            **kwargs,
-        )
-
-
 @pytest_twisted.async_yield_fixture()
-async def world() -> AsyncIterator[World]:
+async def world() -> AsyncIterator[DirectWorld]:
     from twisted.internet import reactor
 
-    w = World(reactor)
+    w = DirectWorld(reactor, MSG, {"tls": "never", "timeout": 5})
     yield w
-    for server in w.servers.values():
-        await server.stop()
-    if w.dns is not None:
-        stopped = w.dns.stop()
-        if stopped is not None:
-            await stopped
+    await w.close()
 
 
 def mx(preference: int, name: str) -> dns.Record_MX:
@@ -174,7 +128,7 @@ def _only(results: dict[str, DirectResult]) -> DirectResult:
 
 
 @pytest_twisted.ensureDeferred
-async def test_delivers_to_the_preferred_mx(world: World) -> None:
+async def test_delivers_to_the_preferred_mx(world: DirectWorld) -> None:
     """The lowest-preference MX gets the message, byte-exact; the other gets nothing."""
     first = world.mx("127.0.0.2")
     second = world.mx("127.0.0.3")
@@ -188,7 +142,7 @@ async def test_delivers_to_the_preferred_mx(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_falls_back_after_a_refused_connection(world: World) -> None:
+async def test_falls_back_after_a_refused_connection(world: DirectWorld) -> None:
     """Nothing listens on the first MX's address: the second MX takes the message."""
     await world.free_port_on("127.0.0.3")
     second = world.mx("127.0.0.3")
@@ -204,7 +158,7 @@ async def test_falls_back_after_a_refused_connection(world: World) -> None:
     ids=["greeting", "ehlo"],
 )
 @pytest_twisted.ensureDeferred
-async def test_falls_back_after_a_4xx(world: World, command: str, reply: str) -> None:
+async def test_falls_back_after_a_4xx(world: DirectWorld, command: str, reply: str) -> None:
     """A 4xx greeting, or a 4xx to EHLO and HELO, moves on to the next MX."""
     busy = Script()
     busy.on(command, reply)
@@ -218,7 +172,7 @@ async def test_falls_back_after_a_4xx(world: World, command: str, reply: str) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_stops_on_a_5xx(world: World) -> None:
+async def test_stops_on_a_5xx(world: DirectWorld) -> None:
     """A 5xx to RCPT is final: the next MX is not tried."""
     refusing = Script()
     refusing.on("RCPT", "550 5.1.1 no such user")
@@ -232,7 +186,7 @@ async def test_stops_on_a_5xx(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_4xx_to_rcpt_is_temporary_without_trying_elsewhere(world: World) -> None:
+async def test_4xx_to_rcpt_is_temporary_without_trying_elsewhere(world: DirectWorld) -> None:
     """A 4xx to the transaction is the destination's answer: temporary, no other MX."""
     greylisting = Script()
     greylisting.on("RCPT", "450 4.2.0 greylisted")
@@ -245,7 +199,7 @@ async def test_4xx_to_rcpt_is_temporary_without_trying_elsewhere(world: World) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_implicit_mx(world: World) -> None:
+async def test_implicit_mx(world: DirectWorld) -> None:
     """A domain with no MX but an A record is its own mail host."""
     server = world.mx("127.0.0.2")
     world.zone({"dest.test": [a("127.0.0.2")]})
@@ -255,7 +209,7 @@ async def test_implicit_mx(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_null_mx_sends_nothing(world: World) -> None:
+async def test_null_mx_sends_nothing(world: DirectWorld) -> None:
     """A null MX fails its recipients permanently and no connection is made."""
     server = world.mx("127.0.0.2")
     world.zone({"dest.test": [mx(0, ""), a("127.0.0.2")]})
@@ -266,7 +220,7 @@ async def test_null_mx_sends_nothing(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_domain_that_does_not_exist(world: World) -> None:
+async def test_domain_that_does_not_exist(world: DirectWorld) -> None:
     """NXDOMAIN is permanent."""
     world.zone({"other.test": [a("127.0.0.2")]})
     await world.free_port_on("127.0.0.2")
@@ -275,7 +229,7 @@ async def test_domain_that_does_not_exist(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_domain_with_no_records_at_all(world: World) -> None:
+async def test_domain_with_no_records_at_all(world: DirectWorld) -> None:
     """A domain that exists with neither MX nor address fails permanently."""
     world.zone({"dest.test": []})
     await world.free_port_on("127.0.0.2")
@@ -284,7 +238,7 @@ async def test_domain_with_no_records_at_all(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_servfail_is_temporary(world: World) -> None:
+async def test_servfail_is_temporary(world: DirectWorld) -> None:
     """A SERVFAIL (or timeout) fails the recipients temporarily."""
     world.zone({"dest.test": [a("127.0.0.2")]}, servfail=("dest.test",))
     await world.free_port_on("127.0.0.2")
@@ -293,7 +247,7 @@ async def test_servfail_is_temporary(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_recipients_are_grouped_by_domain(world: World) -> None:
+async def test_recipients_are_grouped_by_domain(world: DirectWorld) -> None:
     """Two domains, two hosts, one transaction each with only their own recipients."""
     one = world.mx("127.0.0.2")
     two = world.mx("127.0.0.3")
@@ -312,7 +266,7 @@ async def test_recipients_are_grouped_by_domain(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_lost_after_the_final_dot_is_ambiguous_and_not_resent(world: World) -> None:
+async def test_lost_after_the_final_dot_is_ambiguous_and_not_resent(world: DirectWorld) -> None:
     """A hang-up after the final dot is not retried at the next MX: it may have arrived."""
     dropping = Script()
     dropping.on(DATA_END, disconnect=True)
@@ -330,12 +284,9 @@ async def test_postfix_as_the_mx(postfix: PostfixInstance) -> None:
     from twisted.internet import reactor
     from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-    dns_server = DNSServer(
-        {
-            TEST_DOMAIN: [mx(10, POSTFIX_HOSTNAME)],
-            POSTFIX_HOSTNAME: [a("127.0.0.1")],
-        }
-    ).start(reactor)
+    world = DirectWorld(reactor)
+    world.zone({TEST_DOMAIN: [mx(10, POSTFIX_HOSTNAME)], POSTFIX_HOSTNAME: [a("127.0.0.1")]})
+    world.port = postfix.port
     trust = Certificate.loadPEM(postfix.tls.cert_pem)
     # A header block Postfix's cleanup has nothing to add to.
     sent = (
@@ -344,22 +295,15 @@ async def test_postfix_as_the_mx(postfix: PostfixInstance) -> None:
         f"Message-ID: <txsmtpclient-direct@{TEST_DOMAIN}>\r\n\r\n.dot\r\nbody\r\n"
     ).encode()
     try:
-        results = await send_direct(
-            "sender@origin.test",
+        results = await world.send(
             [f"direct@{TEST_DOMAIN}"],
             sent,
-            resolver=dns_server.resolver(),
-            reactor=reactor,
-            local_hostname="client.origin.test",
-            port=postfix.port,
             tls="required",
             tls_options_for=lambda host: optionsForClientTLS(host, trustRoot=trust),
             timeout=30,
         )
     finally:
-        stopped = dns_server.stop()
-        if stopped is not None:
-            await stopped
+        await world.close()
     [result] = results.values()
     assert result.delivered and result.mx == POSTFIX_HOSTNAME
     assert result.reply is not None and b"queued as" in result.reply.message
@@ -369,7 +313,7 @@ async def test_postfix_as_the_mx(postfix: PostfixInstance) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failed_address_lookup_is_temporary(world: World) -> None:
+async def test_a_failed_address_lookup_is_temporary(world: DirectWorld) -> None:
     """An MX whose A lookup fails (AAAA empty) is no proof it has no address: temporary."""
     world.zone(
         {"dest.test": [mx(10, "mx1.dest.test")], "mx1.dest.test": []},
@@ -378,3 +322,186 @@ async def test_a_failed_address_lookup_is_temporary(world: World) -> None:
     await world.free_port_on("127.0.0.2")
     result = _only(await world.send(["rcpt@dest.test"]))
     assert result.temporary and isinstance(result.error, SMTPRoutingError)
+
+
+def _postfix_world(postfix: PostfixInstance) -> DirectWorld:
+    """Postfix as the one MX of TEST_DOMAIN, over STARTTLS verified against its certificate."""
+    from twisted.internet import reactor
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    trust = Certificate.loadPEM(postfix.tls.cert_pem)
+    world = DirectWorld(
+        reactor,
+        defaults={
+            "tls": "required",
+            "tls_options_for": lambda host: optionsForClientTLS(host, trustRoot=trust),
+            "timeout": 30,
+        },
+    )
+    world.zone({TEST_DOMAIN: [mx(10, POSTFIX_HOSTNAME)], POSTFIX_HOSTNAME: [a("127.0.0.1")]})
+    world.port = postfix.port
+    return world
+
+
+@pytest_twisted.ensureDeferred
+async def test_postfix_as_the_mx_takes_the_dsn_requests(postfix: PostfixInstance) -> None:
+    """
+    RET, ENVID and NOTIFY reach Postfix as the MX: the message arrives
+    exactly, and Postfix's success notice to the sender carries the ENVID
+    and returns only the headers (RET=HDRS).
+    """
+    sender = f"dsn-sender@{TEST_DOMAIN}"
+    sent = (
+        f"From: <{sender}>\r\nTo: <dsn@{TEST_DOMAIN}>\r\nSubject: direct dsn\r\n"
+        "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        f"Message-ID: <txsmtpclient-direct-dsn@{TEST_DOMAIN}>\r\n\r\n"
+        "body-marker-not-returned\r\n"
+    ).encode()
+    world = _postfix_world(postfix)
+    try:
+        results = await world.send(
+            [f"dsn@{TEST_DOMAIN}"],
+            sent,
+            sender=sender,
+            dsn_ret="HDRS",
+            dsn_envid="direct-envid-7",
+            dsn_notify=["SUCCESS"],
+        )
+    finally:
+        await world.close()
+    [result] = results.values()
+    assert result.delivered and result.mx == POSTFIX_HOSTNAME
+    messages = await postfix.when_messages(2)
+    by_rcpt = {m.delivered_to: m for m in messages}
+    assert by_rcpt[f"dsn@{TEST_DOMAIN}"].original == sent.replace(b"\r\n", b"\n")
+    notice = by_rcpt[sender].original
+    assert b"Original-Envelope-Id: direct-envid-7" in notice
+    assert b"Action: delivered" in notice and f"dsn@{TEST_DOMAIN}".encode() in notice
+    assert b"text/rfc822-headers" in notice and b"Subject: direct dsn" in notice
+    assert b"body-marker-not-returned" not in notice
+
+
+@pytest_twisted.ensureDeferred
+async def test_requiretls_to_postfix_without_it_sends_nothing(postfix: PostfixInstance) -> None:
+    """
+    REQUIRETLS to an MX that does not advertise it (Postfix 3.7): refused for
+    good before MAIL, nothing arrives; a plain message after it does.
+    """
+    world = _postfix_world(postfix)
+    # A header block Postfix's cleanup has nothing to add to.
+    plain = (
+        f"From: <sender@origin.test>\r\nTo: <plain@{TEST_DOMAIN}>\r\n"
+        "Subject: after requiretls\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        f"Message-ID: <txsmtpclient-direct-plain@{TEST_DOMAIN}>\r\n\r\nbody\r\n"
+    ).encode()
+    try:
+        refused = await world.send(
+            [f"requiretls@{TEST_DOMAIN}"],
+            b"Subject: r\r\n\r\nx\r\n",
+            mail_options=["REQUIRETLS"],
+        )
+        accepted = await world.send([f"plain@{TEST_DOMAIN}"], plain)
+    finally:
+        await world.close()
+    [result] = refused.values()
+    assert not result.delivered and result.final
+    assert isinstance(result.error, SMTPNotSupportedError)
+    assert "REQUIRETLS" in str(result.error)
+    [ok] = accepted.values()
+    assert ok.delivered
+    [message] = await postfix.when_messages(1)
+    assert message.delivered_to == f"plain@{TEST_DOMAIN}" and message.original == plain.replace(
+        b"\r\n", b"\n"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_requiretls_goes_over_verified_tls_to_an_mx_that_offers_it(
+    world: DirectWorld,
+) -> None:
+    """REQUIRETLS to an MX advertising it: MAIL carries it, over verified TLS; byte-exact."""
+    script = Script()
+    script.advertise("REQUIRETLS")
+    first = world.mx("127.0.0.2", script, name="mx1.dest.test", tls=True)
+    world.zone(two_mx())
+    result = _only(
+        await world.send(
+            ["rcpt@dest.test"],
+            mail_options=["REQUIRETLS"],
+            tls="required",
+            tls_options_for=world.tls_options_for,
+        )
+    )
+    assert result.delivered and result.mx == "mx1.dest.test"
+    [session] = first.sessions
+    assert session.tls and session.commands == [
+        b"EHLO client.origin.test",
+        b"STARTTLS",
+        b"EHLO client.origin.test",
+        b"MAIL FROM:<sender@origin.test> SIZE=31 REQUIRETLS",
+        b"RCPT TO:<rcpt@dest.test>",
+        b"DATA",
+        b"QUIT",
+    ]
+    assert [m.content for m in first.messages] == [MSG]
+
+
+# -- gathering domains' results, and cancelling, without I/O --------------------------------
+
+
+def _slow_part(closing: Deferred[None]) -> Deferred[dict[str, DirectResult]]:
+    """A domain's delivery that, cancelled, ends only once ``closing`` fires."""
+
+    async def part() -> dict[str, DirectResult]:
+        try:
+            await Deferred()
+        finally:
+            await closing
+        raise AssertionError("not reached")
+
+    return Deferred.fromCoroutine(part())
+
+
+def test_cancelled_gather_waits_for_every_session_to_close() -> None:
+    """Cancelled, the gather fires only once each domain's delivery has ended."""
+    closing: Deferred[None] = Deferred()
+    stop = Stop()
+    destinations = group_by_domain(["a@one.test"])
+    gathered = Deferred.fromCoroutine(gather(stop, destinations, [_slow_part(closing)]))
+    gathered.cancel()
+    assert stop.cancelled
+    assert_no_result(gathered)
+    closing.callback(None)
+    failure_result_of(gathered, CancelledError)
+
+
+def test_cancelled_gather_keeps_what_is_decided() -> None:
+    """A domain already delivered keeps its result; the cancelled one is temporary."""
+    destinations = group_by_domain(["a@one.test", "b@two.test", "c@two.test"])
+    delivered = DirectResult("a@one.test", True, True, Reply(250, b"2.0.0 ok"), "mx.one.test")
+    refused = DirectResult("b@two.test", False, True, Reply(550, b"5.1.1 no"), "mx.two.test")
+    waiting = DirectResult("c@two.test", False, False, Reply(450, b"4.2.0 busy"), "mx.two.test")
+    two: Deferred[dict[str, DirectResult]] = Deferred()
+    gathered = Deferred.fromCoroutine(
+        gather(Stop(), destinations, [succeed({"a@one.test": delivered}), two])
+    )
+    gathered.cancel()
+    results = success_result_of(gathered)
+    assert results["a@one.test"] is delivered
+    assert results["b@two.test"].temporary and results["c@two.test"].temporary
+    # A domain that ended before the cancel keeps only its final results.
+    three: Deferred[dict[str, DirectResult]] = Deferred()
+    gathered = Deferred.fromCoroutine(
+        gather(
+            Stop(),
+            group_by_domain(["b@two.test", "c@two.test", "d@three.test"]),
+            [
+                succeed({"b@two.test": refused, "c@two.test": waiting}),
+                three,
+            ],
+        )
+    )
+    gathered.cancel()
+    results = success_result_of(gathered)
+    assert results["b@two.test"] is refused
+    assert results["c@two.test"].temporary and "cancelled" in str(results["c@two.test"].error)

@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from dnsserver import DNSServer, Zone
+from directworld import DirectWorld
+from dnsserver import Zone
+from servers import POSTFIX_HOSTNAME, TEST_DOMAIN, PostfixInstance
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
@@ -41,10 +43,10 @@ from txsmtpclient.errors import (
     SMTPServerDisconnected,
 )
 from txsmtpclient.reply import Reply
-from txsmtpclient.spool.envelope import Entry, RecipientState, State
+from txsmtpclient.spool.envelope import Dsn, Entry, RecipientState, State
 from txsmtpclient.spool.service import SpoolService
 from txsmtpclient.spool.store import Spool
-from txsmtpclient.testing import CONNECT, DATA_END, LoopbackServer, Script
+from txsmtpclient.testing import CONNECT, DATA_END, Script
 
 REPO = Path(__file__).resolve().parent.parent
 SENDER = "sender@origin.test"
@@ -104,16 +106,15 @@ ZONE: Zone = {
 }
 
 
-class World:
+class World(DirectWorld):
     """The DNS server, the MX hosts, and the daemon in direct mode."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.reactor = _reactor()
-        self.tmp_path = tmp_path
         self.delays = Clock()
-        self.servers: dict[str, LoopbackServer] = {}
-        self.port = 0
-        self.dns = DNSServer(ZONE).start(self.reactor)
+        reactor = _reactor()
+        super().__init__(reactor, mx_reactor=_DelayClock(reactor, self.delays))
+        self.tmp_path = tmp_path
+        self.zone({name: list(records) for name, records in ZONE.items()})
         # The daemon's clock starts a little ahead of the wall clock, so a
         # message enqueued now (wall time) is due.
         self.clock = Clock()
@@ -121,18 +122,8 @@ class World:
         self.service: Any = None
         self.spool = Spool(tmp_path / "spool", fsync=False)
 
-    def mx(self, address: str, script: Script | None = None) -> LoopbackServer:
-        server = LoopbackServer(
-            script or Script(),
-            reactor=_DelayClock(self.reactor, self.delays),
-            interface=address,
-            port=self.port,
-        ).start()
-        self.port = server.port
-        self.servers[address] = server
-        return server
-
     def argv(self, *extra: str) -> list[str]:
+        assert self.dns is not None
         host, port = self.dns.address
         return [
             "--direct",
@@ -207,11 +198,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     yield w
     if w.service is not None:
         await w.service.stopService()
-    for server in w.servers.values():
-        await server.stop()
-    stopped = w.dns.stop()
-    if stopped is not None:
-        await stopped
+    await w.close()
 
 
 # -- the whole daemon, in process --------------------------------------------------------
@@ -236,6 +223,28 @@ async def test_two_domains_in_one_message_each_at_its_own_mx(world: World) -> No
         "c@one.test": RecipientState.DELIVERED,
     }
     assert [(a.relay, a.code) for a in done.attempts] == [("direct", 250)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_recipient_records_its_own_domains_reply(world: World) -> None:
+    """
+    Two domains whose MXs answer the final dot with different 250 texts:
+    each recipient's record carries its own domain's reply, not the first's.
+    """
+    ones = Script()
+    ones.on(DATA_END, "250 2.0.0 Ok: queued as ONE111")
+    twos = Script()
+    twos.on(DATA_END, "250 2.0.0 Ok: queued as TWO222")
+    world.mx("127.0.0.2", ones)
+    world.mx("127.0.0.3", twos)
+    await world.start()
+    entry_id = world.enqueue(_message(1), ["b@two.test", "a@one.test", "c@one.test"])
+    done = await world.until_state(entry_id, State.DONE)
+    assert {r.address: str(r.reply) for r in done.recipients} == {
+        "a@one.test": "250 2.0.0 Ok: queued as ONE111",
+        "b@two.test": "250 2.0.0 Ok: queued as TWO222",
+        "c@one.test": "250 2.0.0 Ok: queued as ONE111",
+    }
 
 
 @pytest_twisted.ensureDeferred
@@ -355,6 +364,51 @@ async def test_null_mx_fails_and_the_sender_gets_a_notice(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_dsn_and_requiretls_through_the_daemon_to_postfix(
+    world: World, postfix: PostfixInstance
+) -> None:
+    """
+    The daemon in direct mode with Postfix as the MX (verified STARTTLS):
+    a message with DSN requests arrives exactly and Postfix's success notice
+    carries its ENVID; a REQUIRETLS message fails for good (Postfix 3.7 does
+    not offer REQUIRETLS) and nothing of it arrives.
+    """
+    world.zone({TEST_DOMAIN: [mx(10, POSTFIX_HOSTNAME)], POSTFIX_HOSTNAME: [a("127.0.0.1")]})
+    world.port = postfix.port
+    await world.start("--tls", "required", "--tls-ca", str(postfix.tls.cert_path))
+    sender = f"daemon-sender@{TEST_DOMAIN}"
+    sent = (
+        f"From: <{sender}>\r\nTo: <dsn@{TEST_DOMAIN}>\r\nSubject: daemon dsn\r\n"
+        "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        f"Message-ID: <txsmtpclient-daemon-dsn@{TEST_DOMAIN}>\r\n\r\nbody-not-returned\r\n"
+    ).encode()
+    with_dsn = world.spool.enqueue(
+        sent,
+        sender,
+        [f"dsn@{TEST_DOMAIN}"],
+        dsn=Dsn(ret="HDRS", envid="daemon-envid-3", notify=("SUCCESS",)),
+    )
+    strict = world.spool.enqueue(
+        sent, sender, [f"strict@{TEST_DOMAIN}"], mail_options=["REQUIRETLS"]
+    )
+    world.spool_service.wake()
+    done = await world.until_state(with_dsn, State.DONE)
+    failed = await world.until_state(strict, State.FAILED)
+    [delivered] = done.recipients
+    assert delivered.reply is not None and "queued as" in delivered.reply.text
+    [refused] = failed.recipients
+    assert refused.reply is not None and refused.reply.code >= 500
+    assert "REQUIRETLS" in refused.reply.text
+    messages = await postfix.when_messages(2)
+    by_rcpt = {m.delivered_to: m for m in messages}
+    assert set(by_rcpt) == {f"dsn@{TEST_DOMAIN}", sender}
+    assert by_rcpt[f"dsn@{TEST_DOMAIN}"].original == sent.replace(b"\r\n", b"\n")
+    notice = by_rcpt[sender].original
+    assert b"Original-Envelope-Id: daemon-envid-3" in notice
+    assert b"text/rfc822-headers" in notice and b"body-not-returned" not in notice
+
+
+@pytest_twisted.ensureDeferred
 async def test_subprocess_twist_txsmtp_direct(world: World) -> None:
     """``twist txsmtp --direct`` as its own process delivers a queued message to the MX."""
     one = world.mx("127.0.0.2")
@@ -429,6 +483,18 @@ def test_bad_direct_options_are_usage_errors(argv: list[str], message: str) -> N
     """Each bad direct-mode value is a usage error naming the option."""
     with pytest.raises(usage.UsageError, match=message):
         tap.Options().parseOptions(["--direct", "--spool", "/tmp/x", *argv])  # type: ignore[no-untyped-call]
+
+
+def test_help_says_where_mail_goes_without_direct() -> None:
+    """``--help`` says that without --direct mail goes to the relay, and names its default."""
+    from txsmtpclient._tapconfig import DEFAULTS
+
+    text = " ".join(str(tap.Options()).split())
+    assert (
+        "instead of through --relay [default: off: through --relay, which is "
+        f"{DEFAULTS['relay']} when not given]"
+    ) in text
+    assert f"tcp:mail.example.com:587 [default: {DEFAULTS['relay']}]" in text
 
 
 def test_direct_defaults() -> None:
@@ -641,3 +707,141 @@ def test_tls_reports_are_logged_as_structured_events_and_counted() -> None:
     reports = [e["tls_report"] for e in events if "tls_report" in e]
     assert reports == [entry.as_json()]
     assert seen == [entry]
+
+
+# -- stopping mid-send ----------------------------------------------------------------------
+
+
+async def _stop(world: World, grace: float) -> Destinations:
+    """
+    Stop the daemon: not before its grace period is over, and soon after it.
+
+    :returns: its per-destination gate, to look at afterwards.
+    """
+    gate = world.destinations
+    stopping = world.service.stopService()
+    world.service = None
+    world.clock.advance(grace - 1)
+    assert not stopping.called
+    world.clock.advance(1)
+    await stopping.addTimeout(15, _reactor())
+    return gate
+
+
+@pytest.mark.parametrize("stage", ["EHLO", "MAIL", DATA_END])
+@pytest_twisted.ensureDeferred
+async def test_stop_mid_send_ends_within_the_grace_and_keeps_the_message(
+    world: World, stage: str
+) -> None:
+    """
+    Stopped while an MX that greeted stalls (at EHLO, MAIL or the final
+    dot): the stop ends once the grace is over, and the message is queued
+    again untouched: no attempt recorded, nothing reported delivered.
+    """
+    stall = Script()
+    stall.on(stage, delay=3600)  # on world.delays, which the test never moves
+    one = world.mx("127.0.0.2", stall)
+    await world.start("--grace", "5s")
+    entry_id = world.enqueue(_message(1), ["a@one.test"])
+    await _until(
+        lambda: len(one.sessions) == 1 and bool(world.delays.getDelayedCalls()),
+        f"the MX stalling at {stage}",
+    )
+    gate = await _stop(world, 5)
+    entry = world.entry(entry_id)
+    assert entry.state is State.QUEUED and entry.attempts == ()
+    assert [r.state for r in entry.recipients] == [RecipientState.PENDING]
+    assert one.messages == [] and all(s.closed for s in one.sessions)
+    assert gate.active("one.test") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_keeps_what_another_domain_already_took(world: World) -> None:
+    """
+    Stopped while one.test's MX stalls and two.test's has taken the message:
+    b@two.test is recorded delivered (not sent again after a restart),
+    a@one.test stays pending.
+    """
+    stall = Script()
+    stall.on("MAIL", delay=3600)
+    one = world.mx("127.0.0.2", stall)
+    two = world.mx("127.0.0.3")
+    await world.start("--grace", "5s")
+    entry_id = world.enqueue(_message(1), ["a@one.test", "b@two.test"])
+    await _until(
+        lambda: (
+            bool(world.delays.getDelayedCalls())
+            and len(two.messages) == 1
+            and world.destinations.active("two.test") == 0
+        ),
+        "two.test delivered, one.test stalling",
+    )
+    await _stop(world, 5)
+    entry = world.entry(entry_id)
+    assert {r.address: r.state for r in entry.recipients} == {
+        "a@one.test": RecipientState.PENDING,
+        "b@two.test": RecipientState.DELIVERED,
+    }
+    [attempt] = entry.attempts
+    assert attempt.delivered == ("b@two.test",)
+    assert "cancelled" in attempt.refused["a@one.test"].text
+    assert one.messages == [] and [m.rcpt_tos for m in two.messages] == [("b@two.test",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_cancels_sessions_and_queued_waits_back_to_the_queue(world: World) -> None:
+    """
+    Stopping past the grace period: the message in a session and those waiting
+    for their destination's slot all go back to the queue untried; the gate is left clean.
+    """
+    slow = Script()
+    slow.on("RCPT", delay=3600)
+    one = world.mx("127.0.0.2", slow)
+    await world.start("--destination-concurrency", "1", "--grace", "5s")
+    ids = [world.enqueue(_message(n), [f"r{n}@one.test"]) for n in range(3)]
+    await _until(
+        lambda: (
+            bool(world.delays.getDelayedCalls()) and world.destinations.waiting("one.test") == 2
+        ),
+        "one session held, two waiting",
+    )
+    gate = await _stop(world, 5)
+    for entry_id in ids:
+        entry = world.entry(entry_id)
+        assert entry.state is State.QUEUED and entry.attempts == ()
+    assert gate.active("one.test") == 0
+    assert gate.waiting("one.test") == 0
+    assert one.messages == [] and len(one.sessions) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_during_a_dane_lookup_starts_nothing_more(world: World) -> None:
+    """
+    Stopped while the DANE resolver has not answered mx1's TLSA query: the
+    cancelled lookup is not taken for a failed one, so mx2 is not tried
+    after the stop; the message stays queued untried.
+    """
+    world.mx("127.0.0.2")
+    second = world.mx("127.0.0.3")
+    assert world.dns is not None
+    authority = world.dns.authority
+    authority.zone.update(
+        {
+            "dane.test": [mx(10, "mx1.dane.test"), mx(20, "mx2.dane.test")],
+            "mx1.dane.test": [a("127.0.0.2")],
+            "mx2.dane.test": [a("127.0.0.3")],
+        }
+    )
+    world.dns.secure.add("dane.test")
+    tlsa = f"_{world.port}._tcp.mx1.dane.test"
+    authority.stall.add(tlsa)
+    host, port = world.dns.address
+    await world.start("--grace", "5s", "--dane-resolver", f"{host}:{port}", "--no-mta-sts")
+    entry_id = world.enqueue(_message(1), ["a@dane.test"])
+    await _until(lambda: (tlsa, 52) in world.dns.queries, "the TLSA query")
+    gate = await _stop(world, 5)
+    entry = world.entry(entry_id)
+    assert entry.state is State.QUEUED and entry.attempts == ()
+    assert gate.active("dane.test") == 0
+    assert second.sessions == []
+    assert (f"_{world.port}._tcp.mx2.dane.test", 52) not in world.dns.queries

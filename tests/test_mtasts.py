@@ -7,14 +7,13 @@ trustme certificate, and MX hosts on 127.0.0.2/3 offering STARTTLS.
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_twisted
 import trustme
-from dnsserver import DNSServer, Zone
+from directworld import DirectWorld
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
@@ -28,7 +27,6 @@ from txsmtpclient.direct import (
     PolicyCache,
     PolicyError,
     STSPolicy,
-    send_direct,
 )
 from txsmtpclient.direct._mtasts import mx_matches, parse_policy, parse_sts_record
 from txsmtpclient.errors import SMTPRoutingError
@@ -118,80 +116,56 @@ class _Policy(Resource):
         return self.body
 
 
-class StsWorld:
+class StsWorld(DirectWorld):
     """DNS, an HTTPS policy server on 127.0.0.4, and MX hosts on 127.0.0.2/3."""
 
     def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
         self.ca = trustme.CA()
         self.policy = _Policy()
         cert = self.ca.issue_cert("mta-sts.dest.test")
         server_pem = cert.private_key_and_cert_chain_pem.bytes()
         options = PrivateCertificate.loadPEM(server_pem).options()
         self.https = reactor.listenSSL(0, Site(self.policy), options, interface="127.0.0.4")
-        self.mx_servers: dict[str, LoopbackServer] = {}
-        self.port = 0
-        self.dns: DNSServer | None = None
         self.sts = MTASTS(
             tls_options_for=self.tls_options_for,
             clock=Clock(),
             port=self.https.getHost().port,
             timeout=10,
         )
+        defaults = {"timeout": 10, "mta_sts": self.sts, "tls_options_for": self.tls_options_for}
+        super().__init__(reactor, MSG, defaults)
 
     def tls_options_for(self, host: str) -> IOpenSSLClientConnectionCreator:
-        server = self.mx_servers.get(host)
+        server = self.servers.get(host)
         if server is not None and server.certificate is not None:
             return server.client_tls_options(host)
         return optionsForClientTLS(host, trustRoot=Certificate.loadPEM(self.ca.cert_pem.bytes()))
 
-    def mx(
+    def sts_mx(
         self, name: str, address: str, script: Script | None = None, tls: bool = True
     ) -> LoopbackServer:
-        server = LoopbackServer(
-            script or Script(),
-            reactor=self.reactor,
-            interface=address,
-            port=self.port,
-            tls=tls,
-            hostnames=(name,),
-        ).start()
-        self.port = server.port
-        self.mx_servers[name] = server
-        return server
+        return self.mx(address, script, name=name, tls=tls)
 
-    def zone(self, record_id: str = "1") -> None:
-        zone: Zone = {
-            "dest.test": [dns.Record_MX(10, "mx1.dest.test"), dns.Record_MX(20, "mx2.dest.test")],
-            "mx1.dest.test": [dns.Record_A("127.0.0.2")],
-            "mx2.dest.test": [dns.Record_A("127.0.0.3")],
-            "mta-sts.dest.test": [dns.Record_A("127.0.0.4")],
-            "_mta-sts.dest.test": [dns.Record_TXT(f"v=STSv1; id={record_id};".encode())],
-        }
-        if self.dns is None:
-            self.dns = DNSServer(zone).start(self.reactor)
-        else:
-            self.dns.authority.zone = zone
+    def sts_zone(self, record_id: str = "1") -> None:
+        self.zone(
+            {
+                "dest.test": [
+                    dns.Record_MX(10, "mx1.dest.test"),
+                    dns.Record_MX(20, "mx2.dest.test"),
+                ],
+                "mx1.dest.test": [dns.Record_A("127.0.0.2")],
+                "mx2.dest.test": [dns.Record_A("127.0.0.3")],
+                "mta-sts.dest.test": [dns.Record_A("127.0.0.4")],
+                "_mta-sts.dest.test": [dns.Record_TXT(f"v=STSv1; id={record_id};".encode())],
+            }
+        )
 
     def serve(self, mode: str, mx: str) -> None:
         self.policy.body = POLICY % (mode.encode(), mx.encode())
 
-    def send(self) -> Any:
-        assert self.dns is not None
-        return send_direct(
-            "sender@origin.test",
-            ["rcpt@dest.test"],
-            MSG,
-            resolver=self.dns.resolver(),
-            reactor=self.reactor,
-            local_hostname="client.origin.test",
-            port=self.port,
-            timeout=10,
-            dns_timeout=3,
-            rng=random.Random(0),
-            mta_sts=self.sts,
-            tls_options_for=self.tls_options_for,
-        )
+    async def close(self) -> None:
+        await super().close()
+        await self.https.stopListening()
 
 
 @pytest_twisted.async_yield_fixture()
@@ -200,21 +174,15 @@ async def sts() -> AsyncIterator[StsWorld]:
 
     world = StsWorld(reactor)
     yield world
-    for server in world.mx_servers.values():
-        await server.stop()
-    await world.https.stopListening()
-    if world.dns is not None:
-        stopped = world.dns.stop()
-        if stopped is not None:
-            await stopped
+    await world.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_enforce_skips_an_mx_the_policy_does_not_name(sts: StsWorld) -> None:
     """Under enforce, mx1 (not in the policy) is passed over; mx2 gets it over verified TLS."""
-    first = sts.mx("mx1.dest.test", "127.0.0.2")
-    second = sts.mx("mx2.dest.test", "127.0.0.3")
-    sts.zone()
+    first = sts.sts_mx("mx1.dest.test", "127.0.0.2")
+    second = sts.sts_mx("mx2.dest.test", "127.0.0.3")
+    sts.sts_zone()
     sts.serve("enforce", "mx2.dest.test")
     [result] = (await sts.send()).values()
     assert result.delivered and result.mx == "mx2.dest.test"
@@ -228,8 +196,8 @@ async def test_enforce_skips_an_mx_the_policy_does_not_name(sts: StsWorld) -> No
 @pytest_twisted.ensureDeferred
 async def test_enforce_without_starttls_stays_temporary(sts: StsWorld) -> None:
     """Under enforce, an MX without STARTTLS is not used, and the failure is temporary."""
-    plain = sts.mx("mx1.dest.test", "127.0.0.2", tls=False)
-    sts.zone()
+    plain = sts.sts_mx("mx1.dest.test", "127.0.0.2", tls=False)
+    sts.sts_zone()
     sts.serve("enforce", "*.dest.test")
     [result] = (await sts.send()).values()
     assert result.temporary and not result.final
@@ -241,8 +209,8 @@ async def test_enforce_without_starttls_stays_temporary(sts: StsWorld) -> None:
 @pytest_twisted.ensureDeferred
 async def test_enforce_with_no_matching_mx(sts: StsWorld) -> None:
     """When the policy names none of the MX hosts, nothing is sent and it stays temporary."""
-    first = sts.mx("mx1.dest.test", "127.0.0.2")
-    sts.zone()
+    first = sts.sts_mx("mx1.dest.test", "127.0.0.2")
+    sts.sts_zone()
     sts.serve("enforce", "other.test")
     [result] = (await sts.send()).values()
     assert result.temporary and isinstance(result.error, SMTPRoutingError)
@@ -252,8 +220,8 @@ async def test_enforce_with_no_matching_mx(sts: StsWorld) -> None:
 @pytest_twisted.ensureDeferred
 async def test_testing_mode_delivers_and_reports(sts: StsWorld) -> None:
     """Under testing, the mismatching mx1 is still used, and the mismatch is reported."""
-    first = sts.mx("mx1.dest.test", "127.0.0.2")
-    sts.zone()
+    first = sts.sts_mx("mx1.dest.test", "127.0.0.2")
+    sts.sts_zone()
     sts.serve("testing", "mx2.dest.test")
     [result] = (await sts.send()).values()
     assert result.delivered and result.mx == "mx1.dest.test"
@@ -264,8 +232,8 @@ async def test_testing_mode_delivers_and_reports(sts: StsWorld) -> None:
 @pytest_twisted.ensureDeferred
 async def test_cache_holds_until_max_age_then_refetches(sts: StsWorld) -> None:
     """The policy is fetched once while cached, and again once max_age has passed."""
-    sts.mx("mx1.dest.test", "127.0.0.2")
-    sts.zone()
+    sts.sts_mx("mx1.dest.test", "127.0.0.2")
+    sts.sts_zone()
     sts.serve("enforce", "mx1.dest.test")
     for _ in range(2):
         [result] = (await sts.send()).values()
@@ -280,13 +248,13 @@ async def test_cache_holds_until_max_age_then_refetches(sts: StsWorld) -> None:
 @pytest_twisted.ensureDeferred
 async def test_changed_record_id_refetches(sts: StsWorld) -> None:
     """A new id in the TXT record fetches the policy again, and the new policy applies."""
-    sts.mx("mx1.dest.test", "127.0.0.2")
-    second = sts.mx("mx2.dest.test", "127.0.0.3")
-    sts.zone("1")
+    sts.sts_mx("mx1.dest.test", "127.0.0.2")
+    second = sts.sts_mx("mx2.dest.test", "127.0.0.3")
+    sts.sts_zone("1")
     sts.serve("enforce", "*.dest.test")
     [result] = (await sts.send()).values()
     assert result.mx == "mx1.dest.test"
-    sts.zone("2")
+    sts.sts_zone("2")
     sts.serve("enforce", "mx2.dest.test")
     [result] = (await sts.send()).values()
     assert sts.policy.requests == 2
@@ -297,8 +265,8 @@ async def test_changed_record_id_refetches(sts: StsWorld) -> None:
 @pytest_twisted.ensureDeferred
 async def test_fetch_failure_means_no_policy_and_is_reported(sts: StsWorld, code: int) -> None:
     """A redirect is not followed; it, like a 404, leaves no policy and a fetch-error entry."""
-    sts.mx("mx1.dest.test", "127.0.0.2")
-    sts.zone()
+    sts.sts_mx("mx1.dest.test", "127.0.0.2")
+    sts.sts_zone()
     sts.serve("enforce", "nothing.test")
     sts.policy.code = code
     [result] = (await sts.send()).values()
@@ -309,8 +277,8 @@ async def test_fetch_failure_means_no_policy_and_is_reported(sts: StsWorld, code
 @pytest_twisted.ensureDeferred
 async def test_oversized_policy_is_refused(sts: StsWorld) -> None:
     """A policy over 64 KiB is not read past the limit and counts as a fetch error."""
-    sts.mx("mx1.dest.test", "127.0.0.2")
-    sts.zone()
+    sts.sts_mx("mx1.dest.test", "127.0.0.2")
+    sts.sts_zone()
     sts.policy.body = b"version: STSv1\n" + b"x: y\n" * 20000
     [result] = (await sts.send()).values()
     assert result.delivered
@@ -320,11 +288,11 @@ async def test_oversized_policy_is_refused(sts: StsWorld) -> None:
 @pytest_twisted.ensureDeferred
 async def test_enforce_with_an_unverifiable_certificate(sts: StsWorld) -> None:
     """Under enforce, an MX whose certificate does not verify is not used: temporary."""
-    first = sts.mx("mx1.dest.test", "127.0.0.2")
+    first = sts.sts_mx("mx1.dest.test", "127.0.0.2")
     # The client trusts only the policy server's CA: mx1's certificate fails.
-    sts.mx_servers.pop("mx1.dest.test")
-    impostor = sts.mx("other.dest.test", "127.0.0.3")
-    sts.zone()
+    sts.servers["mx1, no longer trusted"] = sts.servers.pop("mx1.dest.test")
+    impostor = sts.sts_mx("other.dest.test", "127.0.0.3")
+    sts.sts_zone()
     sts.serve("enforce", "mx1.dest.test")
     [result] = (await sts.send()).values()
     assert result.temporary and first.messages == [] and impostor.sessions == []
@@ -338,24 +306,59 @@ async def test_enforce_with_an_unverifiable_certificate(sts: StsWorld) -> None:
 @pytest_twisted.ensureDeferred
 async def test_tls_required_no_sets_the_policy_aside(sts: StsWorld) -> None:
     """A ``TLS-Required: No`` header (RFC 8689 section 5) sends past an enforced policy."""
-    first = sts.mx("mx1.dest.test", "127.0.0.2", tls=False)
-    sts.zone()
+    first = sts.sts_mx("mx1.dest.test", "127.0.0.2", tls=False)
+    sts.sts_zone()
     sts.serve("enforce", "mx2.dest.test")
-    assert sts.dns is not None
-    [result] = (
-        await send_direct(
-            "sender@origin.test",
-            ["rcpt@dest.test"],
-            b"TLS-Required: No\r\nSubject: sts\r\n\r\nbody\r\n",
-            resolver=sts.dns.resolver(),
-            reactor=sts.reactor,
-            local_hostname="client.origin.test",
-            port=sts.port,
-            timeout=10,
-            dns_timeout=3,
-            rng=random.Random(0),
-            mta_sts=sts.sts,
-        )
-    ).values()
+    message = b"TLS-Required: No\r\nSubject: sts\r\n\r\nbody\r\n"
+    [result] = (await sts.send(msg=message, tls_options_for=None)).values()
     assert result.delivered and result.mx == "mx1.dest.test" and len(first.messages) == 1
     assert sts.policy.requests == 0
+
+
+class _TwoAddresses:
+    """A resolver with two A records for any name and no AAAA."""
+
+    def query(self, query: dns.Query, timeout: Any = None) -> Any:
+        from twisted.internet.defer import succeed
+
+        if query.type != dns.A:
+            return succeed(([], [], []))
+        name = str(query.name)
+        return succeed(
+            (
+                [
+                    dns.RRHeader(name, dns.A, payload=dns.Record_A(a))
+                    for a in ("127.0.0.4", "127.0.0.5")
+                ],
+                [],
+                [],
+            )
+        )
+
+
+def test_cancelled_policy_connection_tries_no_other_address() -> None:
+    """Cancelling the policy server's connection gives up: the next address is not tried."""
+    from helpers import failure_result_of
+    from twisted.internet.defer import CancelledError
+    from twisted.internet.error import ConnectingCancelledError
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txsmtpclient.direct._fetch import _ResolvedTLSEndpoint
+
+    reactor = MemoryReactorClock()
+    options = optionsForClientTLS("mta-sts.dest.test")
+    endpoint = _ResolvedTLSEndpoint(
+        reactor,
+        _TwoAddresses(),
+        "mta-sts.dest.test",
+        443,
+        options,
+        10,  # type: ignore[arg-type]
+    )
+    connecting = endpoint.connect(Factory.forProtocol(Protocol))
+    assert [c[0] for c in reactor.tcpClients] == ["127.0.0.4"]
+    connecting.cancel()
+    error = failure_result_of(connecting, Exception)
+    assert isinstance(error, (CancelledError, ConnectingCancelledError))
+    assert [c[0] for c in reactor.tcpClients] == ["127.0.0.4"]

@@ -76,7 +76,8 @@ DIRECT_FLAGS: list[list[Any]] = [
         "direct",
         None,
         "Deliver straight to each recipient domain's mail hosts (MX records), "
-        "instead of through --relay",
+        "instead of through --relay [default: off: through --relay, which is "
+        "localhost:25 when not given]",
     ],
     ["no-mta-sts", None, "With --direct: ignore MTA-STS policies (RFC 8461)"],
 ]

@@ -8,9 +8,10 @@ Sans-IO; nothing here imports Twisted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from txsmtpclient._checks import ArgumentError, check_dsn
@@ -461,10 +462,15 @@ class Refused(dict[str, Reply]):
         the first recipient's.
     :ivar finals: every reply to the end of the message (one per accepted
         recipient for LMTP).
+    :ivar accepted: the reply to the end of the message for each accepted
+        recipient whose reply is not :attr:`final` (direct delivery: each
+        domain's mail host answers for its own recipients); empty when
+        :attr:`final` answers for all.
     """
 
     final: Reply | None = None
     finals: tuple[Reply, ...] = ()
+    accepted: Mapping[str, Reply] = MappingProxyType({})
 
     @classmethod
     def with_replies(cls, refused: dict[str, Reply], finals: Sequence[Reply]) -> Refused:

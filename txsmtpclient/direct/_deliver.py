@@ -13,11 +13,10 @@ from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IResolver
 from twisted.names import dns
-from twisted.python.failure import Failure
 
 from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.client import SMTP
@@ -26,6 +25,7 @@ from txsmtpclient.direct._dane import TLSARecord
 from txsmtpclient.direct._dns import default_resolver, lookup_addresses, lookup_mx
 from txsmtpclient.direct._fetch import MTASTS, TLSOptionsFor
 from txsmtpclient.direct._mtasts import Mode, STSPolicy, TLSReportEntry
+from txsmtpclient.direct._results import DirectResult, Stop, gather
 from txsmtpclient.direct._route import Destination, group_by_domain, order_mx
 from txsmtpclient.direct._secure import DANE, DANEOptions
 from txsmtpclient.errors import (
@@ -45,41 +45,6 @@ from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
 
 __all__ = ["DestinationGate", "DirectResult", "send_direct"]
-
-
-@dataclass(frozen=True, slots=True)
-class DirectResult:
-    """
-    What happened to one recipient.
-
-    :ivar recipient: the address.
-    :ivar delivered: a mail host accepted the message for it.
-    :ivar final: the outcome will not change by trying again: delivered, or
-        refused permanently (5xx, null MX, no such domain).  ``False``: try
-        again later.
-    :ivar reply: the server's reply that decided (the RCPT refusal or the
-        reply to the end of the message), if a server decided.
-    :ivar mx: the mail host that gave the reply, if any.
-    :ivar error: what went wrong when no reply decided, or the error the
-        reply was part of.
-    :ivar tls_report: transport-security failures met on the way, in the
-        TLSRPT shape (RFC 8460), for the operator's records.
-    """
-
-    recipient: str
-    delivered: bool
-    final: bool
-    reply: Reply | None = None
-    mx: str | None = None
-    error: SMTPException | None = None
-    tls_report: tuple[TLSReportEntry, ...] = ()
-
-    @property
-    def temporary(self) -> bool:
-        """
-        Not delivered, and worth trying again later.
-        """
-        return not self.delivered and not self.final
 
 
 class DestinationGate(Protocol):
@@ -134,6 +99,7 @@ class _Job:
     dane: DANE | None
     gate: DestinationGate | None
     dsn: dict[str, Any]
+    stop: Stop
 
 
 def send_direct(
@@ -205,7 +171,10 @@ def send_direct(
     :param dsn_envid: RFC 3461 ``ENVID``, as for :meth:`SMTP.sendmail`.
     :param dsn_notify: RFC 3461 ``NOTIFY``, as for :meth:`SMTP.sendmail`.
     :returns: a Deferred firing with a :class:`DirectResult` per recipient;
-        it never fails for a recipient's sake.
+        it never fails for a recipient's sake.  Cancelling it cancels every
+        domain's delivery and fires once their sessions are closed: with
+        the results of the recipients already decided for good (the others
+        temporary), or with :class:`CancelledError` when none was.
     :raises SMTPArgumentError: (at once) for a message that cannot be sent.
     :raises SMTPRoutingError: (at once) for an address with no domain or a
         malformed domain.
@@ -241,28 +210,10 @@ def send_direct(
         dane,
         gate,
         {"dsn_ret": dsn_ret, "dsn_envid": dsn_envid, "dsn_notify": dsn_notify},
+        Stop(),
     )
-
-    def merge(parts: list[dict[str, DirectResult]]) -> dict[str, DirectResult]:
-        return {r: part[r] for part in parts for r in part}
-
-    def unwrap(failure: Failure) -> Failure:
-        # The caller sees what went wrong (a cancellation, say), not
-        # gatherResults' FirstError around it.
-        error = failure.value
-        if isinstance(error, FirstError):
-            inner: Failure = error.subFailure
-            return inner
-        return failure
-
-    return (
-        gatherResults(
-            [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations],
-            consumeErrors=True,
-        )
-        .addCallback(merge)
-        .addErrback(unwrap)
-    )
+    parts = [Deferred.fromCoroutine(_deliver_domain(job, d)) for d in destinations]
+    return Deferred.fromCoroutine(gather(job.stop, destinations, parts))
 
 
 def _tls_not_required(data: bytes) -> bool:
@@ -334,6 +285,7 @@ async def _deliver_routed(job: _Job, destination: Destination) -> dict[str, Dire
                     else:
                         secured[name] = DANEOptions(name, found, (name, lookup))
             if job.mta_sts is not None:
+                job.stop.check()
                 found_policy = await job.mta_sts.discover(
                     lookup, job.resolver, job.reactor, job.dns_timeout
                 )
@@ -348,6 +300,7 @@ async def _deliver_routed(job: _Job, destination: Destination) -> dict[str, Dire
     except SMTPRoutingError as e:
         return _all(destination, report, final=not e.temporary, error=e)
     for host, known in hosts:
+        job.stop.check()
         try:
             addresses = known or await lookup_addresses(job.resolver, host, job.dns_timeout)
         except SMTPRoutingError as e:
@@ -394,6 +347,7 @@ async def _dane_hosts(
         return {}
     found: dict[str, list[TLSARecord] | SMTPException] = {}
     for name in names:
+        job.stop.check()
         try:
             records = await job.dane.tlsa(job.reactor, name, job.port)
         except SMTPRoutingError as e:
@@ -451,7 +405,9 @@ async def _try_host(
         records (DANE options), or ``"sts"`` for the WebPKI under an
         enforced MTA-STS policy.
     :raises _MoveOn: when the next host should be tried.
+    :raises CancelledError: when the call was cancelled (nothing started).
     """
+    job.stop.check()
     verified_tls = check is not None
     if isinstance(check, DANEOptions):
         tls_options: IOpenSSLClientConnectionCreator | None = check

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
 from twisted.internet.error import TimeoutError as InternetTimeoutError
 from twisted.internet.interfaces import IResolver
 from twisted.names import dns, error
@@ -153,6 +153,10 @@ async def lookup_addresses(resolver: IResolver, host: str, timeout: float) -> li
             lists.append([])
         else:
             lists.append([a for a in map(_address, value[1]) if a is not None])
+    for failure in failures:
+        if failure.check(CancelledError):
+            # The caller gave up: no answer, whatever the other look-up found.
+            failure.raiseException()
     if failures and not any(lists):
         # A failed look-up with nothing from the other is no proof that
         # the host has no address: try again later, never bounce.

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IProtocol,
@@ -129,6 +129,8 @@ class _ResolvedTLSEndpoint:
             try:
                 protocol: IProtocol = await endpoint.connect(factory)
                 return protocol
+            except (CancelledError, ConnectingCancelledError):
+                raise  # given up: no other address either
             except Exception as e:
                 error = e
         assert error is not None

@@ -18,7 +18,7 @@ from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, verify_service_identity
 from service_identity.pyopenssl import extract_patterns
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import DatagramProtocol
@@ -110,6 +110,8 @@ class DANE:
         protocol.answer.addTimeout(self.timeout, reactor)
         try:
             reply = await protocol.answer
+        except CancelledError:
+            raise
         except Exception as e:
             raise SMTPRoutingError(f"DNSSEC lookup of {name} failed: {e!r}", temporary=True) from e
         finally:

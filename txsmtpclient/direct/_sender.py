@@ -134,7 +134,8 @@ class DirectSender:
         :returns: a Deferred firing with ``{address: reply}`` for each
             recipient not delivered (5xx: failed for good; 4xx: to try
             again), a :class:`~txsmtpclient.transaction.Refused` whose
-            ``final`` is a mail host's reply to the end of the message.
+            ``final`` is a mail host's reply to the end of the message and
+            whose ``accepted`` holds the other domains' replies.
         :raises SMTPDestinationDeferred: (in the Deferred) when every
             recipient's destination is backed off: nothing was tried.
         :raises SMTPAmbiguousDelivery: (in the Deferred) when nothing was
@@ -243,7 +244,14 @@ class DirectSender:
         for result in delivered:
             if result.reply is not None and result.reply not in finals:
                 finals.append(result.reply)
-        return Refused.with_replies(refused, finals)
+        outcome = Refused.with_replies(refused, finals)
+        # Each domain's mail host answered for its own recipients.
+        outcome.accepted = {
+            r.recipient: r.reply
+            for r in delivered
+            if r.reply is not None and r.reply != outcome.final
+        }
+        return outcome
 
     def _report(self, report: Sequence[TLSReportEntry]) -> None:
         for entry in report:

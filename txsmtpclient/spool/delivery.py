@@ -284,6 +284,7 @@ class Deliverer(Notices):
         queue_id: str | None = None
         temporary = False
         refused: dict[str, ReplyRecord] = {}
+        accepted: dict[str, ReplyRecord] = {}
         delivered: tuple[str, ...] = ()
         ambiguous = False
         try:
@@ -341,6 +342,8 @@ class Deliverer(Notices):
             refused = {a: _record(r) for a, r in result.items()}
             delivered = tuple(a for a in pending if a not in refused)
             final = result.final if isinstance(result, Refused) else None
+            if isinstance(result, Refused):
+                accepted = {a: _record(r) for a, r in result.accepted.items() if a in delivered}
             if final is not None:
                 code, text = final.code, _text(final.message)
                 queue_id = parse_queue_id(text)
@@ -359,6 +362,7 @@ class Deliverer(Notices):
             delivered=delivered,
             refused=refused,
             ambiguous=ambiguous,
+            accepted=accepted,
         )
 
     def _config_fault(self, entry: Entry, text: str) -> None:

@@ -184,6 +184,10 @@ class Attempt:
         failed before the reply to it came
         (:class:`~txsmtpclient.errors.SMTPAmbiguousDelivery`): the relay may
         have taken the message, so sending it again may deliver it twice.
+    :ivar accepted: for delivered recipients whose reply was not this
+        attempt's (direct delivery: each domain's mail host answers for its
+        own), that reply; recorded on the recipients, not stored with the
+        attempt.
     """
 
     at: float
@@ -196,6 +200,7 @@ class Attempt:
     delivered: tuple[str, ...] = ()
     refused: Mapping[str, ReplyRecord] = field(default_factory=dict)
     ambiguous: bool = False
+    accepted: Mapping[str, ReplyRecord] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
@@ -369,7 +374,9 @@ def apply_attempt(entry: Entry, attempt: Attempt, *, keep: int = MAX_ATTEMPTS_KE
                 state = RecipientState.FAILED if refusal.code >= 500 else RecipientState.PENDING
                 recipient = replace(recipient, state=state, reply=refusal)
             elif recipient.address in delivered:
-                reply = ReplyRecord(attempt.code, attempt.text) if attempt.code else None
+                reply = attempt.accepted.get(recipient.address)
+                if reply is None and attempt.code:
+                    reply = ReplyRecord(attempt.code, attempt.text)
                 recipient = replace(recipient, state=RecipientState.DELIVERED, reply=reply)
         recipients.append(recipient)
     attempts = (*entry.attempts, attempt)[-keep:] if keep > 0 else ()
