@@ -390,3 +390,22 @@ def test_cancelling_a_queued_send_before_it_starts_sends_nothing() -> None:
     assert _writes(s) == [END_1]
     s.feed(b"250 ok\r\n")
     assert success_result_of(d1) == {}
+
+
+def test_cancelled_after_its_end_was_written_is_ambiguous() -> None:
+    """
+    A send cancelled once its final dot was written (a daemon stopping past
+    its grace) fails as SMTPAmbiguousDelivery, not a plain CancelledError:
+    whoever retries it must know it may arrive twice.  Message 2, whose end
+    was never written, is cancelled plainly.
+    """
+    from twisted.internet.defer import CancelledError
+
+    s, d1, d2 = _pair()
+    d1.cancel()
+    error = failure_result_of(d1, SMTPAmbiguousDelivery)
+    assert isinstance(error.__cause__, CancelledError)
+    failure = failure_result_of(d2, SMTPServerDisconnected)
+    assert not isinstance(failure, SMTPAmbiguousDelivery)
+    assert s.transport.disconnecting
+    d2.cancel()  # already failed: nothing happens

@@ -25,7 +25,7 @@ from collections.abc import (
 )
 from typing import IO, Any, Union, cast
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.threads import deferToThreadPool
@@ -588,11 +588,20 @@ async def _final_replies(replies: Awaitable[list[Reply]], written: bool) -> list
     :param written: whether the end of the message was really written (the
         connection was still usable when it was sent).
     :raises SMTPAmbiguousDelivery: when the connection failed after the end
-        of the message was written and before its replies came: the server
-        may hold the message (RFC 5321 section 6.1), so it is not "sent".
+        of the message was written and before its replies came, or the send
+        was cancelled then (which aborts the connection): the server may
+        hold the message (RFC 5321 section 6.1), so it is not "sent", and a
+        caller that retries must know it may deliver it twice.
     """
     try:
         return await replies
+    except CancelledError as e:
+        if not written:
+            raise
+        raise SMTPAmbiguousDelivery(
+            "the send was cancelled after the end of the message was written; "
+            "the server may or may not have accepted it"
+        ) from e
     except SMTPServerDisconnected as e:
         if not written or isinstance(e, SMTPAmbiguousDelivery):
             raise
