@@ -409,3 +409,69 @@ def test_cancelled_after_its_end_was_written_is_ambiguous() -> None:
     assert not isinstance(failure, SMTPAmbiguousDelivery)
     assert s.transport.disconnecting
     d2.cancel()  # already failed: nothing happens
+
+
+def test_cancelling_a_finished_send_waiting_for_the_one_before() -> None:
+    """
+    A send that failed early (its stream broke) waits to report until the
+    send before it does; cancelling it then leaves the queue running: the
+    QUIT queued behind is still written and answered.
+    """
+    from twisted.internet.defer import CancelledError
+
+    async def broken() -> AsyncIterator[bytes]:
+        raise OSError("disk gone")
+        yield b""  # pragma: no cover
+
+    s = connected_session()
+    d1 = s.smtp.sendmail("a@x", "b@x", b"m1")
+    d2 = s.smtp.sendmail("c@x", "d@x", broken())
+    quit_ = s.smtp.quit()
+    s.take()
+    s.feed(EHLO_PIPELINING)
+    s.take()
+    s.feed(ACCEPT_ENVELOPE)
+    assert _writes(s) == [END_1]
+    d2.cancel()
+    failure_result_of(d2, CancelledError)
+    s.feed(b"250 ok\r\n")
+    assert success_result_of(d1) == {}
+    assert _writes(s) == [b"QUIT\r\n"]
+    s.feed(b"221 bye\r\n")
+    s.lose()
+    assert success_result_of(quit_).code == 221
+
+
+def test_transaction_bytes_when_the_next_send_writes_after_the_dot() -> None:
+    """
+    Message 2's body is a stream read before its MAIL, so its envelope goes
+    out after message 1's dot but before that dot's reply: each event still
+    counts its own bytes.
+    """
+    gate: Deferred[None] = Deferred()
+
+    async def body() -> AsyncIterator[bytes]:
+        await gate
+        yield b"m2"
+
+    s = connected_session()
+    s.smtp.transaction_events = True
+    with capturedLogs() as events:
+        d1 = s.smtp.sendmail("a@x", "b@x", b"m1")
+        d2 = s.smtp.sendmail("c@x", "d@x", body())
+        s.take()
+        s.feed(EHLO_PIPELINING)
+        s.take()
+        s.feed(ACCEPT_ENVELOPE)
+        assert _writes(s) == [END_1]
+        gate.callback(None)
+        envelope_2 = b"MAIL FROM:<c@x> BODY=8BITMIME\r\nRCPT TO:<d@x>\r\nDATA\r\n"
+        assert _writes(s) == [envelope_2]
+        s.feed(b"250 ok\r\n" + ACCEPT_ENVELOPE)
+        assert _writes(s) == [END_2]
+        s.feed(b"250 ok\r\n")
+    success_result_of(d1)
+    success_result_of(d2)
+    first, second = [e for e in events if e.get("log_namespace") == "txsmtpclient.transaction"]
+    assert first["bytes_sent"] == len(b"EHLO client.example\r\n" + ENVELOPE_1 + END_1)
+    assert second["bytes_sent"] == len(envelope_2 + END_2)

@@ -16,10 +16,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-
-from txsmtpclient.errors import SMTPException
 
 __all__ = ["CallQueue"]
 
@@ -114,18 +112,21 @@ class CallQueue:
         started.outcome = outcome
         if self._running is started:
             self._running = None
-        # Results fire in call order: a later call that finished first (it
-        # failed before writing anything) waits for the earlier ones.
-        while self._started and self._started[0].outcome is not _PENDING:
-            done = self._started.popleft()
-            self._settle(done.outcome, done.result)
-        self._next()
+        try:
+            # Results fire in call order: a later call that finished first
+            # (it failed before writing anything) waits for the earlier ones.
+            while self._started and self._started[0].outcome is not _PENDING:
+                done = self._started.popleft()
+                self._settle(done.outcome, done.result)
+        finally:
+            self._next()
 
     @staticmethod
     def _settle(outcome: object, result: Deferred[Any]) -> None:
-        if result.called:  # cancelled while running
-            if isinstance(outcome, Failure):
-                outcome.trap(CancelledError, SMTPException)
+        if result.called:
+            # Cancelled while running, or while its result waited for an
+            # earlier call's: the caller already has CancelledError, and
+            # whatever the call ended with has nobody left to tell.
             return
         if isinstance(outcome, Failure):
             result.errback(outcome)

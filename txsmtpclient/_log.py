@@ -169,6 +169,7 @@ class Trace:
     __slots__ = (
         "bytes_sent",
         "carried",
+        "ended",
         "last_reply_at",
         "peer_subject",
         "replies",
@@ -180,6 +181,9 @@ class Trace:
         self.timings: dict[str, float] = {}
         self.replies: list[Reply] = []
         self.bytes_sent = 0
+        # Whether this transaction's message end is written (with a
+        # pipelined successor): later bytes are the next transaction's.
+        self.ended = False
         # Bytes of the next transaction written before this one ended.
         self.carried = 0
         self.last_reply_at = 0.0
@@ -209,14 +213,6 @@ class Trace:
         else:
             self.replies += replies
 
-    def carry(self, count: int) -> None:
-        """
-        Count ``count`` of the bytes written so far towards the next
-        transaction (its commands went out with this one's final dot).
-        """
-        self.bytes_sent -= count
-        self.carried += count
-
     def take(self) -> tuple[dict[str, float], list[Reply], int]:
         """
         The timings, replies and byte count so far, and start afresh.
@@ -224,6 +220,7 @@ class Trace:
         taken = self.timings, self.replies, self.bytes_sent
         self.timings, self.replies, self.bytes_sent = {}, [], self.carried
         self.carried = 0
+        self.ended = False
         return taken
 
 

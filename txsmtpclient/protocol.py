@@ -243,17 +243,21 @@ class SMTPClientProtocol(Protocol):
         """
         Write ``data`` together with whatever ``hook`` writes, in one write.
         """
+        assert self._cork is None, "message ends do not nest"
         cork = self._cork = [data]
         try:
             hook()
         finally:
             self._cork = None
             joined = b"".join(cork) if len(cork) > 1 else data
-            self._write(joined)
             trace = self.trace
-            if trace is not None and len(joined) > len(data):
-                # The next transaction's commands count as its bytes.
-                trace.carry(len(joined) - len(data))
+            if trace is not None:
+                # This transaction's bytes end with its dot; whatever is
+                # written after it, now or before its reply, is the next's.
+                trace.bytes_sent += len(data)
+                trace.ended = True
+                trace.carried += len(joined) - len(data)
+            self._write(joined, counted=True)
 
     def write_data(self, data: bytes) -> None:
         """
@@ -439,7 +443,7 @@ class SMTPClientProtocol(Protocol):
 
     # -- internals -------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, counted: bool = False) -> None:
         """
         Write to the transport; on a plain TCP connection whose earlier
         writes have all been answered, hand the bytes to the socket at once.
@@ -455,8 +459,12 @@ class SMTPClientProtocol(Protocol):
             self._cork.append(data)
             return
         transport: Any = self.transport
-        if self.trace is not None:
-            self.trace.bytes_sent += len(data)
+        trace = self.trace
+        if trace is not None and not counted:
+            if trace.ended:
+                trace.carried += len(data)
+            else:
+                trace.bytes_sent += len(data)
         if (
             self._flushed
             and type(transport) is tcp.Client
