@@ -475,3 +475,29 @@ def test_transaction_bytes_when_the_next_send_writes_after_the_dot() -> None:
     first, second = [e for e in events if e.get("log_namespace") == "txsmtpclient.transaction"]
     assert first["bytes_sent"] == len(b"EHLO client.example\r\n" + ENVELOPE_1 + END_1)
     assert second["bytes_sent"] == len(envelope_2 + END_2)
+
+
+def test_cancelling_the_call_that_held_back_a_send_lets_it_start() -> None:
+    """
+    A NOOP queued between two sends holds the second back until the first
+    is answered; cancelling the NOOP lets the second start behind the first
+    message's dot at once.
+    """
+    from twisted.internet.defer import CancelledError
+
+    s = connected_session()
+    d1 = s.smtp.sendmail("a@x", "b@x", b"m1")
+    noop = s.smtp.noop()
+    d2 = s.smtp.sendmail("c@x", "d@x", b"m2")
+    s.take()
+    s.feed(EHLO_PIPELINING)
+    s.take()
+    s.feed(ACCEPT_ENVELOPE)
+    assert _writes(s) == [END_1]
+    noop.cancel()
+    failure_result_of(noop, CancelledError)
+    assert _writes(s) == [ENVELOPE_2]
+    s.feed(b"250 ok\r\n" + ACCEPT_ENVELOPE)
+    assert _writes(s) == [END_2]
+    s.feed(b"250 ok\r\n")
+    assert [success_result_of(d1), success_result_of(d2)] == [{}, {}]

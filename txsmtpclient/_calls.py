@@ -137,6 +137,8 @@ class CallQueue:
         for entry in self._queue:
             if entry[1] is result:
                 self._queue.remove(entry)
+                # It may have held back a pipelinable call behind it.
+                self._next()
                 return
         for started in self._started:
             if started.result is result and started.inner is not None:
