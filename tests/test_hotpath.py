@@ -300,6 +300,39 @@ def test_encoder_alternating_but_separated_cr_and_lf_are_normalised() -> None:
     assert encoder.encode(b".\r.\n") == b"..\r\n..\r\n"
 
 
+#: Pieces that make every awkward case likely: CR, LF and dots next to each
+#: other, doubled, at the start and end of chunks.
+_AWKWARD = st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"\r\n.", b"a", b"a.", b"\x00"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(pieces=st.lists(_AWKWARD, max_size=60), data=st.data())
+def test_encoder_any_bytes_cut_anywhere_match_the_one_shot_encoding(
+    pieces: list[bytes], data: Any
+) -> None:
+    """Any mix of CR, LF and dots, cut anywhere, encodes as in one piece and as the reference."""
+    message = b"".join(pieces)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(message)), max_size=10)))
+    chunks = [message[a:b] for a, b in zip([0, *cuts], [*cuts, len(message)], strict=True)]
+    one_shot = _encode([message])
+    assert _encode(chunks) == one_shot == _reference(message)
+    assert _encode(chunks, dot_stuff=False) == _encode([message], dot_stuff=False)
+
+
+@pytest.mark.parametrize("flaw", [b"\n", b"\r", b"\n\r", b"\r\r\n", b"\r\n\n"])
+@pytest.mark.parametrize("where", [0, 1, 7, 35_000, -2, -1])
+def test_encoder_one_bare_line_end_in_a_large_crlf_chunk_is_normalised(
+    flaw: bytes, where: int
+) -> None:
+    """A single stray CR or LF anywhere in 70 KB of CRLF text is found and made CRLF."""
+    text = b"".join(b"%d. line\r\n.dot line\r\n" % i for i in range(3_000))
+    position = where if where >= 0 else len(text) + where
+    message = text[:position] + flaw + text[position:]
+    assert _encode([message]) == _reference(message)
+    half = len(message) // 2
+    assert _encode([message[:half], message[half:]]) == _reference(message)
+
+
 # -- a thousand recipients checked and quoted in bulk -----------------------------------------
 
 

@@ -71,6 +71,10 @@ async def _local_fqdn(reactor: Any) -> str:
     return _fqdn
 
 
+#: What a session knows before EHLO (or after a HELO): nothing, shared and
+#: read-only rather than a new empty mapping at each reset.
+_NO_FEATURES = Extensions(MappingProxyType({}))
+
 #: EHLO replies already parsed, by their text: a client opening connection
 #: after connection to one relay hears the same reply each time.
 _EXTENSIONS_SEEN: dict[bytes, Extensions] = {}
@@ -180,7 +184,7 @@ class ClientBase:
     def _reset_session(self) -> None:
         self.helo_resp: bytes | None = None
         self.ehlo_resp: bytes | None = None
-        self.esmtp_features: Extensions = Extensions()
+        self.esmtp_features: Extensions = _NO_FEATURES
         self.does_esmtp = False
 
     def _connection(self) -> SMTPClientProtocol:
@@ -473,7 +477,7 @@ class ClientBase:
         return self._call(lambda: self._ehlo(checked))
 
     async def _ehlo(self, name: str | None) -> Reply:
-        self.esmtp_features = Extensions()
+        self.esmtp_features = _NO_FEATURES
         line = encode_command(self.ehlo_msg, await self._hello_name(name))
         reply = await self._command(line, Kind.EHLO)
         self.ehlo_resp = reply.message

@@ -199,7 +199,10 @@ def check_options(options: Iterable[str], what: str) -> tuple[str, ...]:
 
 
 #: Every byte but CR and LF, for ``bytes.translate(None, delete)``.
-_NOT_CR_OR_LF = bytes(b for b in range(256) if b not in b"\r\n")
+#: Translation tables that turn a chunk into a mask of its CRs, or of its LFs
+#: (1 where the byte is one, 0 elsewhere), each in one C-level pass.
+_CR_MASK = bytes(1 if b == 0x0D else 0 for b in range(256))
+_LF_MASK = bytes(1 if b == 0x0A else 0 for b in range(256))
 
 
 class DataEncoder:
@@ -236,23 +239,26 @@ class DataEncoder:
             chunk = chunk[:-1]
         if not chunk:
             return b""
-        # The chunk's CR and LF bytes alone, in order: one C-level pass (a
-        # table lookup per byte) that counts both, where two counts took two.
-        endings = chunk.translate(None, _NOT_CR_OR_LF)
-        cr = endings.count(b"\r")
-        if not cr:
+        if b"\r" not in chunk:
+            # LF text (or none at all): one search (memchr) and one replace.
             chunk = chunk.replace(b"\n", CRLF)
         elif (
-            endings != CRLF * cr
-            # As many CRs as LFs, alternating, but are they adjacent?
-            or chunk.count(CRLF) != cr
+            chunk[0] == 0x0A
+            or chunk[-1] == 0x0D
+            # CRLF throughout iff the CRs, moved one byte on, are exactly the
+            # LFs: two table passes and a compare, where counting the CRLF
+            # pairs took a slower two-byte search.
+            or chunk.translate(_CR_MASK)[:-1] != chunk[1:].translate(_LF_MASK)
         ):
             chunk = chunk.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
         # else: already CRLF throughout (the usual case): rewriting it would
         # copy it twice.
         if self.dot_stuff:
             # Every LF now ends a CRLF, and the longer pattern is found faster.
-            chunk = chunk.replace(b"\r\n.", b"\r\n..")
+            # split and join copy the chunk once; replace also counts first.
+            lines = chunk.split(b"\r\n.")
+            if len(lines) > 1:
+                chunk = b"\r\n..".join(lines)
             if self._at_line_start and chunk[0] == 0x2E:
                 chunk = b"." + chunk
         self._at_line_start = chunk[-1] == 0x0A

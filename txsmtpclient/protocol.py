@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -356,6 +356,28 @@ class SMTPClientProtocol(Protocol):
                 set_no_delay(True)
         self._greeting.sent_at = self._clock.seconds()
         self._arm_timer()
+        self._read_waiting()
+
+    def _read_waiting(self) -> None:
+        """
+        Read what a plain TCP connection already holds when it completes.
+
+        A server near by has often sent its greeting by the time the
+        connection is reported; Twisted would read it only at the reactor's
+        next turn (one more poll and dispatch per connection).  Reading it
+        now lets EHLO go out in this turn.  Nothing there (the usual case
+        for a distant server), an end of file or an error: the reactor finds
+        it on its next poll as before.
+        """
+        transport: Any = self.transport
+        if type(transport) is not tcp.Client or self.tls:
+            return
+        try:
+            data = transport.getHandle().recv(transport.bufferSize)
+        except OSError:
+            return
+        if data:
+            self.dataReceived(data)
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session
@@ -565,5 +587,34 @@ class SMTPClientProtocol(Protocol):
         if self.transport is not None and self.connected_:
             if abort:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
-            else:
+            elif not self._close_at_once():
                 self.transport.loseConnection()
+
+    def _close_at_once(self) -> bool:
+        """
+        Close a plain TCP connection now when nothing written waits in the
+        transport (every write went straight to the socket, or was
+        answered): ``loseConnection`` would wait a reactor turn for the
+        socket to be writable only to flush an empty buffer.  Twisted closes
+        a connection whose write side is already shut the same way.
+
+        :returns: whether the connection was closed.
+        """
+        transport: Any = self.transport
+        if not (
+            self._flushed
+            and type(transport) is tcp.Client
+            and not self._tls_started
+            and transport.connected
+            and not transport.disconnecting
+            and transport.producer is None
+        ):
+            return False
+        transport.stopReading()
+        transport.stopWriting()
+        # As Twisted's abortConnection does: the reactor may be about to
+        # call these for an event it polled in this turn.
+        done: Any = transport
+        done.doRead = done.doWrite = lambda *args: None
+        done.connectionLost(Failure(main.CONNECTION_DONE))
+        return True
