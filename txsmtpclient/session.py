@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 from typing import NamedTuple
 
 from txsmtpclient.errors import (
@@ -182,6 +183,15 @@ _RULES: dict[Kind, tuple[frozenset[int], frozenset[int], dict[int, State]]] = {
 }
 
 
+@lru_cache(maxsize=32)
+def _by_kind(timeouts: Timeouts) -> dict[Kind, float | None]:
+    """
+    Each kind's timeout, built once per :class:`Timeouts` value (a new
+    connection per message would otherwise rebuild it every time); read only.
+    """
+    return {kind: timeouts.for_stage(kind.stage) for kind in Kind}
+
+
 #: The most distinct one-line replies remembered per session (replies
 #: naming a queue id differ every time; those past the limit are parsed).
 _SEEN_LIMIT = 64
@@ -230,7 +240,7 @@ class Session:
         self.error: SMTPServerDisconnected | None = None
         self._parser = ReplyParser(max_line_length, max_reply_length)
         self.max_line_length = max_line_length
-        self._timeouts = {kind: timeouts.for_stage(kind.stage) for kind in Kind}
+        self._timeouts = _by_kind(timeouts)
         self._pending: deque[_Exchange] = deque([_Exchange([Kind.GREETING], greeting_tag)])
         self._buffer = b""
         # One-line replies already parsed, by line.
