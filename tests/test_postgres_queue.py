@@ -9,7 +9,7 @@ import io
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -46,22 +46,6 @@ from txsmtpclient.spool.queue import (
 )
 
 MESSAGE = b"From: a@example.test\r\nSubject: hello\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-def make_queue(pg_url: str) -> Iterator[Callable[..., PostgresQueue]]:
-    """Builds PostgresQueues (workers) on one fresh database; closes them after."""
-    made: list[PostgresQueue] = []
-
-    def make(**kwargs: Any) -> PostgresQueue:
-        kwargs.setdefault("reconnect_for", 5.0)
-        queue = PostgresQueue(pg_url, max_connections=3, **kwargs)
-        made.append(queue)
-        return queue
-
-    yield make
-    for queue in made:
-        queue.close()
 
 
 @pytest.fixture
