@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
@@ -34,7 +34,9 @@ __all__ = [
     "CHANNEL",
     "CHUNK_SIZE",
     "COLUMNS",
+    "E_COLUMNS",
     "HELD",
+    "INLINE_SIZE",
     "Conn",
     "QueueDatabase",
     "entry_json",
@@ -56,6 +58,10 @@ CHUNK_SIZE = 1024 * 1024
 HELD = "held"
 #: The columns :func:`row_entry` reads.
 COLUMNS = "id, state, envelope::text"
+#: The same, of ``txsmtp_entry e``.
+E_COLUMNS = "e.id, e.state, e.envelope::text"
+#: Messages up to this size are read with their claim.
+INLINE_SIZE = 64 * 1024
 
 
 def to_state(value: str) -> State:
@@ -71,6 +77,22 @@ def row_entry(row: tuple[Any, ...]) -> Entry:
 def entry_json(entry: Entry) -> str:
     """An entry's JSON for the ``envelope`` column."""
     return encode_entry(entry).decode("utf-8")
+
+
+class _Group:
+    """
+    One open :meth:`QueueDatabase.group_commit` in a thread: its connection
+    and transaction, the calls run in it (to run again alone if it breaks),
+    what to do once it commits, and the entries it changed.
+    """
+
+    def __init__(self) -> None:
+        self.conn: Conn | None = None
+        self.calls: list[Callable[[Conn, bool], Any]] = []
+        self.after: list[Callable[[], None]] = []
+        self.touched: set[str] = set()
+        self.broken = False
+        self.failure: Exception | None = None
 
 
 class QueueDatabase:
@@ -121,7 +143,14 @@ class QueueDatabase:
         self._on_set_aside = on_set_aside
         self._lock = threading.Lock()
         self._held: dict[str, uuid.UUID] = {}
+        # The entries this worker holds, as last written, so that a change
+        # is one UPDATE checked by the lease token (nothing read first), and
+        # the first chunk of small claimed messages, read with the claim.
+        self._claimed: dict[str, Entry] = {}
+        self._first: dict[str, bytes] = {}
         self._outage = False
+        # Per thread: the open group_commit(), if any.
+        self._local = threading.local()
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -144,18 +173,30 @@ class QueueDatabase:
 
     # --- running transactions ---------------------------------------------------
 
-    def _run(self, fn: Callable[[Conn, bool], T]) -> T:
+    def _run(
+        self, fn: Callable[[Conn, bool], T], *, shared: bool = False, retrying: bool = False
+    ) -> T:
         """
         Run ``fn(conn, retrying)`` in one transaction, retrying with backoff
-        while the database is unreachable.
+        while the database is unreachable.  With ``shared``, inside a
+        :meth:`group_commit` block, ``fn`` runs in the block's transaction
+        instead: it must raise (other than a database error) only before
+        it writes.
 
         :raises QueueUnavailable: after ``reconnect_for`` seconds of trying.
         :raises QueueDatabaseError: for a database error that retrying cannot
             cure.
         """
+        group: _Group | None = getattr(self._local, "group", None)
+        if group is not None:
+            if shared and not group.broken:
+                return self._run_grouped(group, fn)
+            if group.conn is not None:
+                # Commit what the group has so far: a thread holds at most
+                # one pooled connection, so groups never starve the pool.
+                self._commit_group(group)
         deadline: float | None = None
         delay = 0.1
-        retrying = False
         while True:
             try:
                 with self._pool.connection() as conn:
@@ -183,6 +224,141 @@ class QueueDatabase:
             if self._outage:
                 self._note_back()
             return result
+
+    # --- group commit -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def group_commit(self) -> Iterator[None]:
+        """
+        Make the changes of claimed entries (complete, fail, reschedule,
+        release, record an attempt, set aside) and message reads done in
+        this thread inside the block in one transaction, committed when the
+        block ends: one commit, one WAL flush, for a batch of messages.  A
+        change made inside the block is durable only once the block has
+        ended: acknowledge none before.  Other calls (enqueue, claims,
+        operator commands) run in their own transactions as usual.  Blocks
+        nest (the outermost commits).
+
+        If the database fails inside the block, the calls made so far are
+        run again, each in its own transaction with the usual retries, and
+        the rest of the block runs that way too.
+
+        :raises QueueUnavailable: if the changes could not be committed (none
+            of the block's changes is then known durable).
+        :raises QueueDatabaseError: likewise, for another database error.
+        """
+        if getattr(self._local, "group", None) is not None:
+            yield
+            return
+        group = _Group()
+        self._local.group = group
+        done = False
+        try:
+            yield
+            done = True
+        finally:
+            self._local.group = None
+            self._end_group(group, done)
+
+    def _after_commit(self, entry_id: str, action: Callable[[], None]) -> None:
+        """
+        Run ``action`` once the change of ``entry_id`` just made is
+        committed: now, or when this thread's group commits.
+        """
+        group: _Group | None = getattr(self._local, "group", None)
+        if group is None:
+            action()
+        else:
+            group.touched.add(entry_id)
+            group.after.append(action)
+
+    def _run_grouped(self, group: _Group, fn: Callable[[Conn, bool], T]) -> T:
+        if group.conn is None:
+            try:
+                group.conn = self._pool.getconn()
+            except psycopg.Error:
+                group.broken = True
+                return self._run(fn)
+        try:
+            result = fn(group.conn, False)
+        except psycopg.Error:
+            self._break_group(group)
+            return self._run(fn)
+        group.calls.append(fn)
+        return result
+
+    def _break_group(self, group: _Group) -> None:
+        """
+        The group's transaction failed: drop it, and run the calls made in
+        it again, each in its own transaction (``retrying``: the commit may
+        have happened before its reply was lost).
+        """
+        group.broken = True
+        conn, group.conn = group.conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            self._pool.putconn(conn)
+        calls, group.calls = group.calls, []
+        for call in calls:
+            try:
+                self._run(call, retrying=True)
+            except Exception as e:
+                # An earlier call of the block returned: the block must fail.
+                group.failure = e
+                raise
+
+    def _commit_group(self, group: _Group) -> None:
+        """
+        Commit the group's transaction so far; if that fails, run its calls
+        again on their own.
+        """
+        conn = group.conn
+        if conn is None:
+            return
+        try:
+            conn.commit()
+        except psycopg.Error:
+            self._break_group(group)
+            return
+        group.conn, group.calls = None, []
+        self._pool.putconn(conn)
+        if self._outage:
+            self._note_back()
+
+    def _end_group(self, group: _Group, done: bool) -> None:
+        try:
+            if not done:
+                conn, group.conn = group.conn, None
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                    self._pool.putconn(conn)
+                return
+            self._commit_group(group)
+            if group.failure is not None:
+                raise QueueDatabaseError(
+                    f"a group of changes could not be committed: {group.failure}"
+                ) from group.failure
+        except BaseException:
+            done = False
+            raise
+        finally:
+            if done:
+                for action in group.after:
+                    action()
+            else:
+                self._forget(group.touched)
+
+    def _forget(self, entry_ids: set[str]) -> None:
+        """
+        What this worker remembers of these entries may not be what the
+        database has (a group that did not commit): read them again.
+        """
+        with self._lock:
+            for entry_id in entry_ids:
+                self._claimed.pop(entry_id, None)
+                self._first.pop(entry_id, None)
 
     def _note_outage(self, error: BaseException) -> None:
         with self._lock:
