@@ -318,16 +318,42 @@ def test_bad_database_is_one_line(pg_cluster: Any, problem: str) -> None:
     assert "wrong" not in text
 
 
-def test_bad_database_stops_twist_without_traceback(pg_cluster: Any) -> None:
-    """twist txsmtp itself: a wrong password is one Error line and a non-zero exit."""
-    url, fix = _bad_url(pg_cluster, "password")
+@pytest.mark.parametrize(("problem", "code"), [("password", 78), ("unreachable", 75)])
+def test_bad_database_stops_twist_without_traceback(
+    pg_cluster: Any, problem: str, code: int
+) -> None:
+    """
+    twist txsmtp itself: one Error line and a sysexits code, 78 (EX_CONFIG)
+    for a wrong password, 75 (EX_TEMPFAIL) for a server that is down.
+    """
+    url, fix = _bad_url(pg_cluster, problem)
     result = _twist("--queue", url)
     # "Error: --queue: ..." (twist's own form) or "twist txsmtp: error: --queue: ...".
     errors = [line for line in result.stderr.splitlines() if "rror: --queue: " in line]
-    assert result.returncode != 0
+    assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert len(errors) == 1 and fix in errors[0], result.stderr
     assert "wrong" not in errors[0]
+
+
+def test_cli_database_down_is_temporary(tmp_path: Path) -> None:
+    """The command line with a server that is down: one line and 75 (EX_TEMPFAIL)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "txsmtpclient",
+            "counts",
+            "--queue",
+            "postgresql://u@127.0.0.1:1/db",
+        ],
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 75, result.stderr
+    assert result.stderr.count(b"\n") == 1 and b"check that PostgreSQL runs" in result.stderr
 
 
 def test_cli_migrate_enqueue_and_counts(pg_cluster: Any, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "check_schema",
     "describe_error",
     "is_queue_url",
+    "is_unreachable",
     "migrate",
     "migrations",
     "open_checked",
@@ -135,6 +136,32 @@ def describe_error(error: BaseException, url: str | None = None) -> str:
     return f"cannot use {where}: {text}; check that PostgreSQL runs and the URL is right"
 
 
+# libpq's words for a server it could not reach (its connection errors carry
+# no SQLSTATE); 57P03: the server is starting up or shutting down.
+_UNREACHABLE = (
+    "connection refused",
+    "timeout expired",
+    "no such file or directory",
+    "could not translate host name",
+    "failed to resolve host",
+    "server closed the connection",
+    "network is unreachable",
+    "no route to host",
+)
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """
+    Whether a database error says the server could not be reached (down,
+    restarting, not resolvable), a temporary failure, rather than that the
+    URL, the credentials or the database are wrong.
+    """
+    if getattr(error, "sqlstate", None) == "57P03":
+        return True
+    text = str(error).lower()
+    return any(words in text for words in _UNREACHABLE)
+
+
 def schema_version(conn: psycopg.Connection[Any]) -> int:
     """
     The schema version applied to the database, 0 when none is.
@@ -207,8 +234,10 @@ def open_checked(
     or schema is one clear line rather than a traceback later.
 
     :returns: the migrations applied.
-    :raises QueueDatabaseError: with a one-line message (psycopg missing
-        included).
+    :raises QueueUnavailable: with a one-line message, when the server cannot
+        be reached (a temporary failure: sysexits 75).
+    :raises QueueDatabaseError: with a one-line message, for anything else
+        (a wrong URL or password, the schema, psycopg missing).
     """
     try:
         import psycopg
@@ -228,4 +257,6 @@ def open_checked(
     except QueueDatabaseError:
         raise
     except (psycopg.Error, ValueError) as e:
+        if is_unreachable(e):
+            raise QueueUnavailable(describe_error(e, url)) from e
         raise QueueDatabaseError(describe_error(e, url)) from e
