@@ -112,6 +112,22 @@ def _cpu_seconds(pids: Sequence[int]) -> float:
     return total / tick
 
 
+def _commits(url: str) -> int:
+    """
+    Transactions committed in the database so far (the server's statistics,
+    complete once the daemons' connections have closed).
+    """
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        time.sleep(1.5)  # let ended backends' statistics arrive
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _server_pids(cluster: PostgresCluster | None) -> list[int]:
     """The PostgreSQL server's processes: the postmaster and its children."""
     if cluster is None:
@@ -188,6 +204,7 @@ def drain(
         else str(folder / f"scratch-{workers}")
     )
     one_rate = _enqueue_one_by_one(backend, scratch, 200, fsync)
+    commits = _commits(where) if backend == "postgres" else 0
     with Sink(sink_path) as sink:
         daemons = [
             _daemon(backend, where, sink, folder / f"{backend}-{workers}-{n}.log", fsync)
@@ -214,6 +231,8 @@ def drain(
                 daemon.send_signal(signal.SIGTERM)
             for daemon in daemons:
                 daemon.wait(60)
+    if backend == "postgres":
+        commits = _commits(where) - commits
     elapsed = max(last - first, 1e-6)
     drained = max(count - first_count, 1)
     return {
@@ -226,6 +245,7 @@ def drain(
         "server_cpu_ms": round((cpu_last[1] - cpu_first[1]) * 1000 / drained, 2),
         "enqueue_many_rate": round(many_rate, 1),
         "enqueue_rate": round(one_rate, 1),
+        "commits_per_message": round(commits / count, 2),
     }
 
 
@@ -261,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"in {r['seconds']:.2f}s = {r['rate']:.0f} msg/s, CPU per message "
                         f"{r['daemon_cpu_ms']:.2f} ms daemons + {r['server_cpu_ms']:.2f} ms "
                         f"server; enqueue_many {r['enqueue_many_rate']:.0f} msg/s, "
-                        f"enqueue {r['enqueue_rate']:.0f} msg/s",
+                        f"enqueue {r['enqueue_rate']:.0f} msg/s; "
+                        f"{r['commits_per_message']:.2f} commits per message",
                         flush=True,
                     )
     finally:
