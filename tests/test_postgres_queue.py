@@ -395,6 +395,24 @@ def test_redact_url() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:s3cret@[::1/db",
+        "postgresql://u:s3%zzcret@h/db",
+        "postgresql://u@h/db?foo=1&password=s3cret",
+        "postgresql://u:s3cret@h/db?foo=1",
+    ],
+)
+def test_unparsable_url_error_hides_the_password(url: str) -> None:
+    """A URL libpq cannot parse: a typed one-line error at once, without the password."""
+    with pytest.raises(QueueDatabaseError) as caught:
+        PostgresQueue(url)
+    text = str(caught.value)
+    assert "s3" not in text and "cret" not in text and "\n" not in text
+    assert "check that PostgreSQL runs and the URL is right" in text
+
+
 def test_bad_idempotency_key_is_refused(queue: PostgresQueue) -> None:
     """An empty, over-long or unprintable key raises ValueError, as in the file spool."""
     for key in ("", "x" * 256, "a\nb"):

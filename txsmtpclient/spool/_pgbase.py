@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from txsmtpclient.spool.codec import decode_entry, encode_entry
@@ -116,6 +117,9 @@ class QueueDatabase:
         becomes unreachable and once when it is back (the daemon logs it).
     :param on_set_aside: called with ``(id, reason)`` for each entry set aside.
     :param chunk_size: bytes per stored chunk of a message.
+    :raises QueueDatabaseError: if ``url`` cannot be parsed (a one-line
+        message, its password redacted).
+    :raises ValueError: if ``lease`` is not positive.
     """
 
     def __init__(
@@ -133,6 +137,11 @@ class QueueDatabase:
     ) -> None:
         if lease <= 0:
             raise ValueError(f"lease must be positive, got {lease!r}")
+        try:
+            conninfo_to_dict(url)
+        except psycopg.Error as e:
+            # Else the pool would retry a URL that can never work.
+            raise QueueDatabaseError(describe_error(e, url)) from None
         self.url = url
         self.lease = lease
         self.reconnect_for = reconnect_for

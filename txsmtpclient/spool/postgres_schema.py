@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from txsmtpclient.spool.queue import SpoolError
 
@@ -111,14 +111,31 @@ def is_queue_url(text: str) -> bool:
     return text.startswith(("postgresql://", "postgres://"))
 
 
+def _scrub(text: str, url: str | None) -> str:
+    """
+    ``text`` without the URL's password: libpq quotes a URL it cannot parse
+    whole, or the part of it that is wrong, password included.
+    """
+    secrets = []
+    if url is not None:
+        userinfo = re.search(r"://([^/?#]*)@", url)
+        if userinfo and ":" in userinfo.group(1):
+            secrets.append(userinfo.group(1).partition(":")[2])
+        secrets += re.findall(r"(?i)(?:^|[?&])password=([^&#]*)", url)
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    # Any other URL quoted in the text: no password either.
+    return re.sub(r"(://[^:/@\s\"]*:)[^@\s\"]*@", r"\1***@", text)
+
+
 def describe_error(error: BaseException, url: str | None = None) -> str:
     """
     One line for a database error: what failed and what to do, the URL's
     password redacted.
     """
-    text = " ".join(str(error).split()) or type(error).__name__
-    # libpq quotes the host and user, never the password; the URL is named
-    # (redacted) so the operator sees which database was meant.
+    text = _scrub(" ".join(str(error).split()) or type(error).__name__, url)
+    # libpq quotes the host and user; the URL is named (redacted) so the
+    # operator sees which database was meant.
     where = redact_url(url) if url is not None else "the queue database"
     # libpq reports login failures at connect time without a SQLSTATE.
     sqlstate = getattr(error, "sqlstate", None)
