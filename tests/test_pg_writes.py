@@ -22,7 +22,7 @@ import psycopg
 from txsmtpclient.spool.envelope import Attempt, State
 from txsmtpclient.spool.postgres import PostgresQueue
 from txsmtpclient.spool.postgres_schema import QueueDatabaseError
-from txsmtpclient.spool.queue import EntryStateError, Submission
+from txsmtpclient.spool.queue import EntryBusy, EntryStateError, Submission
 
 MESSAGE = b"From: a@example.test\r\nSubject: hello\r\n\r\nbody\r\n"
 
@@ -278,3 +278,38 @@ def test_group_commit_holds_one_connection(
         assert _sql(pg_url, "SELECT DISTINCT state FROM txsmtp_entry") == [("done",)]
     finally:
         queue.close()
+
+
+def test_claim_in_group_commits_with_the_group(
+    make_queue: Callable[..., PostgresQueue], pg_url: str
+) -> None:
+    """
+    A claim inside group_commit() is committed when it returns, in the same
+    transaction as the group's changes before it (one commit for both).
+    """
+    queue = make_queue()
+    done = _claim(queue, 1)[0]
+    fresh = queue.enqueue(MESSAGE, "a@example.test", "c@example.test")
+    with queue.group_commit():
+        queue.complete(done)
+        assert [e.id for e in queue.claim_due(time.time() + 1, 5)] == [fresh]
+        rows = _sql(pg_url, "SELECT id, state, xmin::text FROM txsmtp_entry")
+        states = {r[0]: r[1] for r in rows}
+        assert states == {done: "done", fresh: "sending"}
+        assert len({r[2] for r in rows}) == 1
+        queue.complete(fresh)
+    assert _sql(pg_url, "SELECT DISTINCT state FROM txsmtp_entry") == [("done",)]
+
+
+def test_failed_operator_command_in_group_keeps_the_rest(
+    make_queue: Callable[..., PostgresQueue], pg_url: str
+) -> None:
+    """A command refused inside a group (the entry is busy) undoes nothing of the group's."""
+    queue = make_queue()
+    ids = _claim(queue, 2)
+    with queue.group_commit():
+        queue.complete(ids[0])
+        with pytest.raises(EntryBusy):
+            queue.cancel(ids[1])
+        queue.complete(ids[1])
+    assert _sql(pg_url, "SELECT DISTINCT state FROM txsmtp_entry") == [("done",)]

@@ -197,13 +197,10 @@ class QueueDatabase:
             cure.
         """
         group: _Group | None = getattr(self._local, "group", None)
-        if group is not None:
-            if shared and not group.broken:
+        if group is not None and not group.broken:
+            if shared:
                 return self._run_grouped(group, fn)
-            if group.conn is not None:
-                # Commit what the group has so far: a thread holds at most
-                # one pooled connection, so groups never starve the pool.
-                self._commit_group(group)
+            return self._run_then_commit(group, fn)
         deadline: float | None = None
         delay = 0.1
         while True:
@@ -245,8 +242,8 @@ class QueueDatabase:
         block ends: one commit, one WAL flush, for a batch of messages.  A
         change made inside the block is durable only once the block has
         ended: acknowledge none before.  Other calls (enqueue, claims,
-        operator commands) run in their own transactions as usual.  Blocks
-        nest (the outermost commits).
+        operator commands) commit when they return, the block's changes so
+        far with them.  Blocks nest (the outermost commits).
 
         If the database fails inside the block, the calls made so far are
         run again, each in its own transaction with the usual retries, and
@@ -294,6 +291,37 @@ class QueueDatabase:
             self._break_group(group)
             return self._run(fn)
         group.calls.append(fn)
+        return result
+
+    def _run_then_commit(self, group: _Group, fn: Callable[[Conn, bool], T]) -> T:
+        """
+        A call that cannot wait for the block's end (a claim, an enqueue, an
+        operator's command): run it in the group's transaction and commit
+        at once, the group's changes so far with it (one commit for both;
+        and a thread never holds two pooled connections).
+        """
+        try:
+            result = self._run_grouped(group, fn)
+        except Exception:
+            if not group.broken:
+                # It may have written before it raised: undo the whole
+                # transaction; the calls before it run again on their own.
+                self._break_group(group)
+            raise
+        if group.broken:
+            return result  # it ran on its own, committed
+        group.calls.pop()
+        conn = group.conn
+        assert conn is not None
+        try:
+            conn.commit()
+        except psycopg.Error:
+            # Committed or not: run everything again on its own (each call
+            # can tell a committed earlier try from none).
+            self._break_group(group)
+            return self._run(fn, retrying=True)
+        group.conn, group.calls = None, []
+        self._pool.putconn(conn)
         return result
 
     def _break_group(self, group: _Group) -> None:
