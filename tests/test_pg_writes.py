@@ -9,6 +9,7 @@ claim.  Against the private cluster (``tests/pgcluster.py``).
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -313,3 +314,25 @@ def test_failed_operator_command_in_group_keeps_the_rest(
             queue.cancel(ids[1])
         queue.complete(ids[1])
     assert _sql(pg_url, "SELECT DISTINCT state FROM txsmtp_entry") == [("done",)]
+
+
+def test_renew_skips_a_locked_row_without_waiting(
+    make_queue: Callable[..., PostgresQueue], pg_url: str
+) -> None:
+    """
+    Renewing leases never waits for a row another transaction has locked
+    (a group finishing it): waiting could deadlock against that group.
+    """
+    queue = make_queue()
+    ids = _claim(queue, 3)
+    renewed: list[int] = []
+    with psycopg.connect(pg_url) as locker:
+        locker.execute(b"SELECT 1 FROM txsmtp_entry WHERE id = %s FOR UPDATE", (ids[1],))
+        worker = threading.Thread(target=lambda: renewed.append(queue.renew_leases()))
+        worker.start()
+        worker.join(20)
+        finished = not worker.is_alive()
+        locker.rollback()
+    worker.join(20)
+    assert finished, "renew_leases waited for a locked row"
+    assert renewed == [2]
