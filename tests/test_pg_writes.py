@@ -176,6 +176,7 @@ def test_group_commit_lost_lease_fails_only_that_entry(
         queue.complete(ids[2])
     rows = _sql(pg_url, "SELECT state FROM txsmtp_entry ORDER BY id")
     assert rows == [("done",), ("sending",), ("done",)]
+    assert ids[1] not in queue._claimed  # nothing kept of a lost entry
 
 
 def test_group_commit_survives_a_dropped_connection(

@@ -278,16 +278,25 @@ class PostgresQueue(Enqueueing):
             current = self._claimed.get(entry_id)
         if token is None:
             raise EntryStateError(f"entry {entry_id} is not claimed by this worker")
-        if current is None:
-            result = self._run(self._read_and_change(entry_id, token, change), shared=True)
-        else:
-            # The entry as this worker last wrote it: one UPDATE, which the
-            # lease token guards (an operator cannot change a claimed entry).
-            entry, state, occurrence = change(current)
-            result = self._run(
-                self._write_change(entry_id, token, current, entry, state, occurrence),
-                shared=True,
-            )
+        try:
+            if current is None:
+                result = self._run(self._read_and_change(entry_id, token, change), shared=True)
+            else:
+                # The entry as this worker last wrote it: one UPDATE, which
+                # the lease token guards (an operator cannot change a claimed
+                # entry).
+                entry, state, occurrence = change(current)
+                result = self._run(
+                    self._write_change(entry_id, token, current, entry, state, occurrence),
+                    shared=True,
+                )
+        except (EntryStateError, EntryNotFound):
+            # Lost (another worker took it after the lease expired): what
+            # this worker kept of it is of no more use.
+            with self._lock:
+                self._claimed.pop(entry_id, None)
+                self._first.pop(entry_id, None)
+            raise
         if result.state is State.SENDING:
             with self._lock:
                 self._claimed[entry_id] = result
