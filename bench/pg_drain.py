@@ -225,7 +225,9 @@ def drain(
                     raise RuntimeError(f"{backend}: {seen} of {count} arrived; logs in {folder}")
                 time.sleep(0.01)
             last = time.monotonic()
-            cpu_last = _cpu_seconds(pids), _cpu_seconds(sorted({*server, *_server_pids(cluster)}))
+            if backend == "postgres":
+                server = sorted({*server, *_server_pids(cluster)})
+            cpu_last = _cpu_seconds(pids), _cpu_seconds(server)
         finally:
             for daemon in daemons:
                 daemon.send_signal(signal.SIGTERM)
