@@ -311,18 +311,11 @@ class QueueDatabase:
         if group.broken:
             return result  # it ran on its own, committed
         group.calls.pop()
-        conn = group.conn
-        assert conn is not None
-        try:
-            conn.commit()
-        except psycopg.Error:
-            # Committed or not: run everything again on its own (each call
-            # can tell a committed earlier try from none).
-            self._break_group(group)
-            return self._run(fn, retrying=True)
-        group.conn, group.calls = None, []
-        self._pool.putconn(conn)
-        return result
+        if self._commit_group(group):
+            return result
+        # Committed or not: the calls before it ran again on their own, and
+        # so does it (each call can tell a committed earlier try from none).
+        return self._run(fn, retrying=True)
 
     def _break_group(self, group: _Group) -> None:
         """
@@ -345,23 +338,26 @@ class QueueDatabase:
                 group.failure = e
                 raise
 
-    def _commit_group(self, group: _Group) -> None:
+    def _commit_group(self, group: _Group) -> bool:
         """
         Commit the group's transaction so far; if that fails, run its calls
         again on their own.
+
+        :returns: whether the commit succeeded.
         """
         conn = group.conn
         if conn is None:
-            return
+            return True
         try:
             conn.commit()
         except psycopg.Error:
             self._break_group(group)
-            return
+            return False
         group.conn, group.calls = None, []
         self._pool.putconn(conn)
         if self._outage:
             self._note_back()
+        return True
 
     def _end_group(self, group: _Group, done: bool) -> None:
         try:
