@@ -225,6 +225,32 @@ def test_group_commit_that_cannot_commit_raises(
     assert queue.complete(ids[0]).state is State.DONE
 
 
+def test_claim_in_a_failed_group_is_let_go(
+    make_queue: Callable[..., PostgresQueue], pg_url: str
+) -> None:
+    """
+    An entry claimed inside a block that then fails is reported failed with
+    it, so never sent: its lease is no longer renewed, and it expires.
+    """
+    queue = make_queue(reconnect_for=0.0)
+    first = _claim(queue, 1)[0]
+    later = queue.enqueue(MESSAGE, "a@example.test", "c@example.test")
+    real = queue._pool
+    with pytest.raises(QueueDatabaseError), queue.group_commit():
+        queue.complete(first)
+        assert [e.id for e in queue.claim_due(time.time() + 1, 5)] == [later]
+        queue.record_attempt(later, _attempt())
+        queue._pool = _Unreachable(real)  # type: ignore[assignment]
+        _sql(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+    queue._pool, queue.reconnect_for = real, 5.0
+    assert _sql(pg_url, "SELECT state FROM txsmtp_entry WHERE id = %s", later) == [("sending",)]
+    assert queue.renew_leases() == 0
+
+
 class _Unreachable:
     """A connection pool whose database is gone."""
 

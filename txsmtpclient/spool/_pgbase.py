@@ -92,6 +92,9 @@ class _Group:
         self.calls: list[Callable[[Conn, bool], Any]] = []
         self.after: list[Callable[[], None]] = []
         self.touched: set[str] = set()
+        # Entries claimed (and committed) inside the block: if the block
+        # fails, its caller never sends them.
+        self.claimed: set[str] = set()
         self.broken = False
         self.failure: Exception | None = None
 
@@ -278,6 +281,12 @@ class QueueDatabase:
             group.touched.add(entry_id)
             group.after.append(action)
 
+    def _note_claimed(self, entry_ids: list[str]) -> None:
+        """These entries were just claimed (in this thread's group, if any)."""
+        group: _Group | None = getattr(self._local, "group", None)
+        if group is not None:
+            group.claimed.update(entry_ids)
+
     def _run_grouped(self, group: _Group, fn: Callable[[Conn, bool], T]) -> T:
         if group.conn is None:
             try:
@@ -382,6 +391,11 @@ class QueueDatabase:
                     action()
             else:
                 self._forget(group.touched)
+                with self._lock:
+                    # Reported as failed, so never sent: stop renewing their
+                    # leases, and any worker claims them again when they end.
+                    for entry_id in group.claimed:
+                        self._held.pop(entry_id, None)
 
     def _forget(self, entry_ids: set[str]) -> None:
         """

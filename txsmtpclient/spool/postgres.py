@@ -144,6 +144,7 @@ class PostgresQueue(Enqueueing):
             return entries
 
         entries = self._run(take)
+        self._note_claimed([e.id for e in entries])
         with self._lock:
             for entry in entries:
                 self._held[entry.id] = token
