@@ -12,7 +12,12 @@ Run it on its own (as root it runs PostgreSQL as ``nobody``)::
 
 Each run: a fresh queue is filled with N messages, the workers start, and the
 rate is the messages the sink accepted between the first arrival and the
-last, divided by that time (start-up is not counted).  The private
+last, divided by that time (start-up is not counted); CPU per message is
+the daemons' (and, for PostgreSQL, the server's processes') user and system
+time over the same span, divided by the messages.  Before the drain the
+queue is filled with ``enqueue_many`` (500 a batch), and a further 200
+messages are enqueued one by one into a scratch queue: both rates are
+reported.  The private
 PostgreSQL cluster is durable (fsync on) and so is the spool folder, unless
 ``--no-fsync`` turns both off.  Numbers depend on the machine and its load:
 read the ratios, not the absolutes.
@@ -55,19 +60,92 @@ def _message(n: int) -> bytes:
     ).encode()
 
 
-def _fill(backend: str, where: str, count: int, fsync: bool) -> None:
+def _fill(backend: str, where: str, count: int, fsync: bool) -> float:
+    """Fill the queue with ``enqueue_many`` (500 a batch); returns msgs/s."""
     batch = [Submission(_message(n), SENDER, f"r{n}@example.test") for n in range(count)]
+    started = time.perf_counter()
     if backend == "postgres":
         queue = PostgresQueue(where, max_connections=2)
         try:
+            queue.next_due()  # connected before the clock counts
+            started = time.perf_counter()
             for start in range(0, count, 500):
                 queue.enqueue_many(batch[start : start + 500])
         finally:
             queue.close()
     else:
         spool = Spool(where, fsync=fsync)
-        for s in batch:
-            spool.enqueue(s.message, s.sender, s.recipients)
+        spool.enqueue_many(batch)
+    return count / (time.perf_counter() - started)
+
+
+def _enqueue_one_by_one(backend: str, where: str, count: int, fsync: bool) -> float:
+    """Enqueue ``count`` messages one call each into a scratch queue; msgs/s."""
+    if backend == "postgres":
+        queue = PostgresQueue(where, max_connections=2)
+        try:
+            queue.next_due()
+            started = time.perf_counter()
+            for n in range(count):
+                queue.enqueue(_message(n), SENDER, f"r{n}@example.test")
+        finally:
+            queue.close()
+    else:
+        spool = Spool(where, fsync=fsync)
+        started = time.perf_counter()
+        for n in range(count):
+            spool.enqueue(_message(n), SENDER, f"r{n}@example.test")
+    return count / (time.perf_counter() - started)
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU seconds used so far by these processes (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone (a server backend that ended)
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _commits(url: str) -> int:
+    """
+    Transactions committed in the database so far (the server's statistics,
+    complete once the daemons' connections have closed).
+    """
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        time.sleep(1.5)  # let ended backends' statistics arrive
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _server_pids(cluster: PostgresCluster | None) -> list[int]:
+    """The PostgreSQL server's processes: the postmaster and its children."""
+    if cluster is None:
+        return []
+    try:
+        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    pids = [postmaster]
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rpartition(")")[2].split()[1]) == postmaster:
+                        pids.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return pids
 
 
 def _daemon(
@@ -119,7 +197,14 @@ def drain(
         where = cluster.migrated_database()
     else:
         where = str(folder / f"spool-{workers}")
-    _fill(backend, where, count, fsync)
+    many_rate = _fill(backend, where, count, fsync)
+    scratch = (
+        cluster.migrated_database()
+        if cluster is not None and backend == "postgres"
+        else str(folder / f"scratch-{workers}")
+    )
+    one_rate = _enqueue_one_by_one(backend, scratch, 200, fsync)
+    commits = _commits(where) if backend == "postgres" else 0
     with Sink(sink_path) as sink:
         daemons = [
             _daemon(backend, where, sink, folder / f"{backend}-{workers}-{n}.log", fsync)
@@ -132,23 +217,37 @@ def drain(
                     raise RuntimeError(f"{backend}: nothing arrived; logs in {folder}")
                 time.sleep(0.01)
             first_count, first = sink.messages(), time.monotonic()
+            pids = [d.pid for d in daemons]
+            server = _server_pids(cluster) if backend == "postgres" else []
+            cpu_first = _cpu_seconds(pids), _cpu_seconds(server)
             while (seen := sink.messages()) < count:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{backend}: {seen} of {count} arrived; logs in {folder}")
                 time.sleep(0.01)
             last = time.monotonic()
+            if backend == "postgres":
+                server = sorted({*server, *_server_pids(cluster)})
+            cpu_last = _cpu_seconds(pids), _cpu_seconds(server)
         finally:
             for daemon in daemons:
                 daemon.send_signal(signal.SIGTERM)
             for daemon in daemons:
                 daemon.wait(60)
+    if backend == "postgres":
+        commits = _commits(where) - commits
     elapsed = max(last - first, 1e-6)
+    drained = max(count - first_count, 1)
     return {
         "backend": backend,
         "workers": workers,
         "messages": count,
         "seconds": round(elapsed, 3),
-        "rate": round((count - first_count) / elapsed, 1),
+        "rate": round(drained / elapsed, 1),
+        "daemon_cpu_ms": round((cpu_last[0] - cpu_first[0]) * 1000 / drained, 2),
+        "server_cpu_ms": round((cpu_last[1] - cpu_first[1]) * 1000 / drained, 2),
+        "enqueue_many_rate": round(many_rate, 1),
+        "enqueue_rate": round(one_rate, 1),
+        "commits_per_message": round(commits / count, 2),
     }
 
 
@@ -181,7 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r = results[-1]
                     print(
                         f"{r['backend']:9} {r['workers']} worker(s): {r['messages']} messages "
-                        f"in {r['seconds']:.2f}s = {r['rate']:.0f} msg/s",
+                        f"in {r['seconds']:.2f}s = {r['rate']:.0f} msg/s, CPU per message "
+                        f"{r['daemon_cpu_ms']:.2f} ms daemons + {r['server_cpu_ms']:.2f} ms "
+                        f"server; enqueue_many {r['enqueue_many_rate']:.0f} msg/s, "
+                        f"enqueue {r['enqueue_rate']:.0f} msg/s; "
+                        f"{r['commits_per_message']:.2f} commits per message",
                         flush=True,
                     )
     finally:

@@ -129,3 +129,24 @@ def pg_url(pg_cluster: Any) -> str:
     pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
     url: str = pg_cluster.shared_database()
     return url
+
+
+@pytest.fixture
+def make_queue(pg_url: str) -> Iterator[Callable[..., Any]]:
+    """
+    Builds PostgresQueues (workers) on the test's database (``pg_url``);
+    closes them after.
+    """
+    from txsmtpclient.spool.postgres import PostgresQueue
+
+    made: list[PostgresQueue] = []
+
+    def make(**kwargs: Any) -> PostgresQueue:
+        kwargs.setdefault("reconnect_for", 5.0)
+        queue = PostgresQueue(pg_url, max_connections=3, **kwargs)
+        made.append(queue)
+        return queue
+
+    yield make
+    for queue in made:
+        queue.close()

@@ -9,7 +9,7 @@ import io
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -46,22 +46,6 @@ from txsmtpclient.spool.queue import (
 )
 
 MESSAGE = b"From: a@example.test\r\nSubject: hello\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-def make_queue(pg_url: str) -> Iterator[Callable[..., PostgresQueue]]:
-    """Builds PostgresQueues (workers) on one fresh database; closes them after."""
-    made: list[PostgresQueue] = []
-
-    def make(**kwargs: Any) -> PostgresQueue:
-        kwargs.setdefault("reconnect_for", 5.0)
-        queue = PostgresQueue(pg_url, max_connections=3, **kwargs)
-        made.append(queue)
-        return queue
-
-    yield make
-    for queue in made:
-        queue.close()
 
 
 @pytest.fixture
@@ -409,6 +393,24 @@ def test_redact_url() -> None:
     assert redact_url("postgresql://u:s3cret@h:5/db?password=x&sslmode=require") == (
         "postgresql://u:***@h:5/db?password=***&sslmode=require"
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:s3cret@[::1/db",
+        "postgresql://u:s3%zzcret@h/db",
+        "postgresql://u@h/db?foo=1&password=s3cret",
+        "postgresql://u:s3cret@h/db?foo=1",
+    ],
+)
+def test_unparsable_url_error_hides_the_password(url: str) -> None:
+    """A URL libpq cannot parse: a typed one-line error at once, without the password."""
+    with pytest.raises(QueueDatabaseError) as caught:
+        PostgresQueue(url)
+    text = str(caught.value)
+    assert "s3" not in text and "cret" not in text and "\n" not in text
+    assert "check that PostgreSQL runs and the URL is right" in text
 
 
 def test_bad_idempotency_key_is_refused(queue: PostgresQueue) -> None:

@@ -15,10 +15,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from txsmtpclient.spool.codec import decode_entry, encode_entry
@@ -34,7 +35,9 @@ __all__ = [
     "CHANNEL",
     "CHUNK_SIZE",
     "COLUMNS",
+    "E_COLUMNS",
     "HELD",
+    "INLINE_SIZE",
     "Conn",
     "QueueDatabase",
     "entry_json",
@@ -56,6 +59,10 @@ CHUNK_SIZE = 1024 * 1024
 HELD = "held"
 #: The columns :func:`row_entry` reads.
 COLUMNS = "id, state, envelope::text"
+#: The same, of ``txsmtp_entry e``.
+E_COLUMNS = "e.id, e.state, e.envelope::text"
+#: Messages up to this size are read with their claim.
+INLINE_SIZE = 64 * 1024
 
 
 def to_state(value: str) -> State:
@@ -71,6 +78,25 @@ def row_entry(row: tuple[Any, ...]) -> Entry:
 def entry_json(entry: Entry) -> str:
     """An entry's JSON for the ``envelope`` column."""
     return encode_entry(entry).decode("utf-8")
+
+
+class _Group:
+    """
+    One open :meth:`QueueDatabase.group_commit` in a thread: its connection
+    and transaction, the calls run in it (to run again alone if it breaks),
+    what to do once it commits, and the entries it changed.
+    """
+
+    def __init__(self) -> None:
+        self.conn: Conn | None = None
+        self.calls: list[Callable[[Conn, bool], Any]] = []
+        self.after: list[Callable[[], None]] = []
+        self.touched: set[str] = set()
+        # Entries claimed (and committed) inside the block: if the block
+        # fails, its caller never sends them.
+        self.claimed: set[str] = set()
+        self.broken = False
+        self.failure: Exception | None = None
 
 
 class QueueDatabase:
@@ -94,6 +120,9 @@ class QueueDatabase:
         becomes unreachable and once when it is back (the daemon logs it).
     :param on_set_aside: called with ``(id, reason)`` for each entry set aside.
     :param chunk_size: bytes per stored chunk of a message.
+    :raises QueueDatabaseError: if ``url`` cannot be parsed (a one-line
+        message, its password redacted).
+    :raises ValueError: if ``lease`` is not positive.
     """
 
     def __init__(
@@ -111,6 +140,11 @@ class QueueDatabase:
     ) -> None:
         if lease <= 0:
             raise ValueError(f"lease must be positive, got {lease!r}")
+        try:
+            conninfo_to_dict(url)
+        except psycopg.Error as e:
+            # Else the pool would retry a URL that can never work.
+            raise QueueDatabaseError(describe_error(e, url)) from None
         self.url = url
         self.lease = lease
         self.reconnect_for = reconnect_for
@@ -121,7 +155,14 @@ class QueueDatabase:
         self._on_set_aside = on_set_aside
         self._lock = threading.Lock()
         self._held: dict[str, uuid.UUID] = {}
+        # The entries this worker holds, as last written, so that a change
+        # is one UPDATE checked by the lease token (nothing read first), and
+        # the first chunk of small claimed messages, read with the claim.
+        self._claimed: dict[str, Entry] = {}
+        self._first: dict[str, bytes] = {}
         self._outage = False
+        # Per thread: the open group_commit(), if any.
+        self._local = threading.local()
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -144,18 +185,27 @@ class QueueDatabase:
 
     # --- running transactions ---------------------------------------------------
 
-    def _run(self, fn: Callable[[Conn, bool], T]) -> T:
+    def _run(
+        self, fn: Callable[[Conn, bool], T], *, shared: bool = False, retrying: bool = False
+    ) -> T:
         """
         Run ``fn(conn, retrying)`` in one transaction, retrying with backoff
-        while the database is unreachable.
+        while the database is unreachable.  With ``shared``, inside a
+        :meth:`group_commit` block, ``fn`` runs in the block's transaction
+        instead: it must raise (other than a database error) only before
+        it writes.
 
         :raises QueueUnavailable: after ``reconnect_for`` seconds of trying.
         :raises QueueDatabaseError: for a database error that retrying cannot
             cure.
         """
+        group: _Group | None = getattr(self._local, "group", None)
+        if group is not None and not group.broken:
+            if shared:
+                return self._run_grouped(group, fn)
+            return self._run_then_commit(group, fn)
         deadline: float | None = None
         delay = 0.1
-        retrying = False
         while True:
             try:
                 with self._pool.connection() as conn:
@@ -183,6 +233,179 @@ class QueueDatabase:
             if self._outage:
                 self._note_back()
             return result
+
+    # --- group commit -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def group_commit(self) -> Iterator[None]:
+        """
+        Make the changes of claimed entries (complete, fail, reschedule,
+        release, record an attempt, set aside) and message reads done in
+        this thread inside the block in one transaction, committed when the
+        block ends: one commit, one WAL flush, for a batch of messages.  A
+        change made inside the block is durable only once the block has
+        ended: acknowledge none before.  Other calls (enqueue, claims,
+        operator commands) commit when they return, the block's changes so
+        far with them.  Blocks nest (the outermost commits).
+
+        If the database fails inside the block, the calls made so far are
+        run again, each in its own transaction with the usual retries, and
+        the rest of the block runs that way too.
+
+        :raises QueueUnavailable: if the changes could not be committed (none
+            of the block's changes is then known durable).
+        :raises QueueDatabaseError: likewise, for another database error.
+        """
+        if getattr(self._local, "group", None) is not None:
+            yield
+            return
+        group = _Group()
+        self._local.group = group
+        done = False
+        try:
+            yield
+            done = True
+        finally:
+            self._local.group = None
+            self._end_group(group, done)
+
+    def _after_commit(self, entry_id: str, action: Callable[[], None]) -> None:
+        """
+        Run ``action`` once the change of ``entry_id`` just made is
+        committed: now, or when this thread's group commits.
+        """
+        group: _Group | None = getattr(self._local, "group", None)
+        if group is None:
+            action()
+        else:
+            group.touched.add(entry_id)
+            group.after.append(action)
+
+    def _note_claimed(self, entry_ids: list[str]) -> None:
+        """These entries were just claimed (in this thread's group, if any)."""
+        group: _Group | None = getattr(self._local, "group", None)
+        if group is not None:
+            group.claimed.update(entry_ids)
+
+    def _run_grouped(self, group: _Group, fn: Callable[[Conn, bool], T]) -> T:
+        if group.conn is None:
+            try:
+                group.conn = self._pool.getconn()
+            except psycopg.Error:
+                group.broken = True
+                return self._run(fn)
+        try:
+            result = fn(group.conn, False)
+        except psycopg.Error:
+            self._break_group(group)
+            return self._run(fn)
+        group.calls.append(fn)
+        return result
+
+    def _run_then_commit(self, group: _Group, fn: Callable[[Conn, bool], T]) -> T:
+        """
+        A call that cannot wait for the block's end (a claim, an enqueue, an
+        operator's command): run it in the group's transaction and commit
+        at once, the group's changes so far with it (one commit for both;
+        and a thread never holds two pooled connections).
+        """
+        try:
+            result = self._run_grouped(group, fn)
+        except Exception:
+            if not group.broken:
+                # It may have written before it raised: undo the whole
+                # transaction; the calls before it run again on their own.
+                self._break_group(group)
+            raise
+        if group.broken:
+            return result  # it ran on its own, committed
+        group.calls.pop()
+        if self._commit_group(group):
+            return result
+        # Committed or not: the calls before it ran again on their own, and
+        # so does it (each call can tell a committed earlier try from none).
+        return self._run(fn, retrying=True)
+
+    def _break_group(self, group: _Group) -> None:
+        """
+        The group's transaction failed: drop it, and run the calls made in
+        it again, each in its own transaction (``retrying``: the commit may
+        have happened before its reply was lost).
+        """
+        group.broken = True
+        conn, group.conn = group.conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            self._pool.putconn(conn)
+        calls, group.calls = group.calls, []
+        for call in calls:
+            try:
+                self._run(call, retrying=True)
+            except Exception as e:
+                # An earlier call of the block returned: the block must fail.
+                group.failure = e
+                raise
+
+    def _commit_group(self, group: _Group) -> bool:
+        """
+        Commit the group's transaction so far; if that fails, run its calls
+        again on their own.
+
+        :returns: whether the commit succeeded.
+        """
+        conn = group.conn
+        if conn is None:
+            return True
+        try:
+            conn.commit()
+        except psycopg.Error:
+            self._break_group(group)
+            return False
+        group.conn, group.calls = None, []
+        self._pool.putconn(conn)
+        if self._outage:
+            self._note_back()
+        return True
+
+    def _end_group(self, group: _Group, done: bool) -> None:
+        try:
+            if not done:
+                conn, group.conn = group.conn, None
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                    self._pool.putconn(conn)
+                return
+            self._commit_group(group)
+            if group.failure is not None:
+                raise QueueDatabaseError(
+                    f"a group of changes could not be committed: {group.failure}"
+                ) from group.failure
+        except BaseException:
+            done = False
+            raise
+        finally:
+            if done:
+                for action in group.after:
+                    action()
+            else:
+                self._forget(group.touched)
+                with self._lock:
+                    # Reported as failed, so never sent: stop renewing their
+                    # leases, and any worker claims them again when they end.
+                    for entry_id in group.claimed:
+                        self._held.pop(entry_id, None)
+
+    def _forget(self, entry_ids: set[str]) -> None:
+        """
+        What this worker remembers of these entries may not be what the
+        database has (a group that did not commit): read them again.
+        """
+        with self._lock:
+            for entry_id in entry_ids:
+                self._claimed.pop(entry_id, None)
+                self._first.pop(entry_id, None)
 
     def _note_outage(self, error: BaseException) -> None:
         with self._lock:

@@ -14,9 +14,9 @@ import builtins
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import BinaryIO, TypeGuard
+from typing import BinaryIO, NamedTuple, TypeGuard
 
-from txsmtpclient.spool._pgbase import Conn, entry_json
+from txsmtpclient.spool._pgbase import CHANNEL, Conn, entry_json
 from txsmtpclient.spool._pgops import OperatorCommands
 from txsmtpclient.spool._submit import new_entry
 from txsmtpclient.spool.envelope import (
@@ -28,6 +28,31 @@ from txsmtpclient.spool.queue import SpoolError, Submission
 from txsmtpclient.spool.schedule import Recurrence
 
 __all__ = ["Enqueueing"]
+
+# Every entry of a batch and the first chunk of each inserted one, in one
+# statement (the chunks' foreign key is checked at the statement's end).
+_INSERT = (
+    "WITH e AS (INSERT INTO txsmtp_entry"
+    " (id, state, due, created, envelope, size, idempotency_key)"
+    " SELECT i, 'queue', d, c, v::json, s, k FROM unnest("
+    "%s::text[], %s::float8[], %s::float8[], %s::text[], %s::int8[], %s::text[])"
+    " AS u(i, d, c, v, s, k) ON CONFLICT DO NOTHING RETURNING id),"
+    " c AS (INSERT INTO txsmtp_chunk (entry_id, seq, data)"
+    " SELECT f.i, 0, f.b FROM unnest(%s::text[], %s::bytea[]) AS f(i, b) JOIN e ON e.id = f.i)"
+    " SELECT id FROM e"
+)
+_COPY_CHUNKS = "COPY txsmtp_chunk (entry_id, seq, data) FROM STDIN (FORMAT BINARY)"
+
+
+class _Body(NamedTuple):
+    """A message to insert: its entry, key, first chunk and what follows it."""
+
+    entry: Entry
+    key: str | None
+    first: bytes | None
+    #: The whole bytes when they span several chunks, or the stream to read
+    #: on from; ``None`` when the first chunk is all.
+    rest: bytes | BinaryIO | None
 
 
 class Enqueueing(OperatorCommands):
@@ -80,6 +105,13 @@ class Enqueueing(OperatorCommands):
         """
         Queue several messages in one transaction (all or none).
 
+        Each row is written once: a message's size is known before its row
+        is inserted (bytes, or a stream that fits in one chunk), and one
+        statement inserts every row with its first chunk; further chunks
+        follow by ``COPY``.  Only a stream longer than one chunk has its
+        size set afterwards (a second write of its row, beside a megabyte
+        or more of chunks).
+
         :returns: their ids, in order (a repeated idempotency key gives the
             first id again).
         :raises EnvelopeError: for a malformed address or option (nothing is
@@ -91,61 +123,142 @@ class Enqueueing(OperatorCommands):
         starts = [_start(m.message) for _, m in planned]
 
         def insert(conn: Conn, retrying: bool) -> builtins.list[str]:
-            ids = []
+            bodies = []
             for (entry, submission), start in zip(planned, starts, strict=True):
                 body = submission.message
                 if retrying and _is_stream(body):
                     if start is None:
                         raise QueueUnavailable("the database went away while a stream was read")
                     body.seek(start)
-                ids.append(self._insert(conn, entry, body, submission.idempotency_key))
-            return ids
+                bodies.append(self._first_chunk(entry, submission.idempotency_key, body))
+            return self._insert(conn, bodies, now)
 
         return self._run(insert)
 
-    def _insert(
-        self, conn: Conn, entry: Entry, body: bytes | str | BinaryIO, key: str | None
-    ) -> str:
-        row = conn.execute(
-            "INSERT INTO txsmtp_entry (id, state, due, created, envelope, idempotency_key)"
-            " VALUES (%s, 'queue', %s, %s, %s::json, %s) ON CONFLICT DO NOTHING RETURNING id",
-            (entry.id, entry.due, entry.created, entry_json(entry), key),
-        ).fetchone()
-        if row is None:
-            # An earlier try of this call (or an enqueue with this key) is
-            # committed: store nothing more.
-            found = conn.execute(
-                "SELECT id FROM txsmtp_entry WHERE id = %s OR idempotency_key = %s",
-                (entry.id, key),
-            ).fetchone()
-            if found is None:
-                raise SpoolError(f"entry {entry.id} neither inserted nor found")
-            return str(found[0])
-        size = 0
-        with conn.cursor() as cur:
-            for seq, chunk in enumerate(self._chunks(body)):
-                cur.execute(
-                    "INSERT INTO txsmtp_chunk (entry_id, seq, data) VALUES (%s, %s, %s)",
-                    (entry.id, seq, chunk),
-                )
-                size += len(chunk)
-        conn.execute(
-            "UPDATE txsmtp_entry SET size = %s, envelope = %s::json WHERE id = %s",
-            (size, entry_json(replace(entry, size=size)), entry.id),
-        )
-        self._notify(conn, entry.due)
-        return entry.id
-
-    def _chunks(self, body: bytes | str | BinaryIO) -> Iterable[bytes]:
+    def _first_chunk(self, entry: Entry, key: str | None, body: bytes | str | BinaryIO) -> _Body:
+        """
+        The entry with its size when known, its first chunk, and what is
+        left to store.
+        """
         if isinstance(body, str):
             body = body.encode("utf-8")
         if isinstance(body, bytes):
-            view = memoryview(body)
-            for start in range(0, len(view), self.chunk_size):
+            entry = replace(entry, size=len(body))
+            first = body[: self.chunk_size]
+            return _Body(entry, key, first or None, body if len(body) > self.chunk_size else None)
+        first = _read_full(body, self.chunk_size)
+        if len(first) < self.chunk_size:
+            # The whole stream: its size is known before its row is written.
+            return _Body(replace(entry, size=len(first)), key, first or None, None)
+        return _Body(entry, key, first, body)
+
+    def _insert(self, conn: Conn, bodies: builtins.list[_Body], now: float) -> builtins.list[str]:
+        """
+        Insert the entries and their first chunks in one statement, then
+        the rest of their chunks; an entry whose id (an earlier try of this
+        call) or idempotency key is stored already stores nothing.
+        """
+        entries = [b.entry for b in bodies]
+        firsts = [b for b in bodies if b.first is not None]
+        rows = conn.execute(
+            _INSERT,
+            (
+                [e.id for e in entries],
+                [e.due for e in entries],
+                [e.created for e in entries],
+                [entry_json(e) for e in entries],
+                [e.size for e in entries],
+                [b.key for b in bodies],
+                [b.entry.id for b in firsts],
+                [b.first for b in firsts],
+            ),
+        ).fetchall()
+        inserted = {str(r[0]) for r in rows}
+        sized: builtins.list[Entry] = []
+        rest = [b for b in bodies if b.rest is not None and b.entry.id in inserted]
+        if rest:
+            with conn.cursor() as cur, cur.copy(_COPY_CHUNKS) as copy:
+                copy.set_types(["text", "int4", "bytea"])
+                for b in rest:
+                    size = len(b.first or b"")
+                    for seq, chunk in enumerate(self._later_chunks(b), start=1):
+                        copy.write_row((b.entry.id, seq, chunk))
+                        size += len(chunk)
+                    if not isinstance(b.rest, bytes):
+                        sized.append(replace(b.entry, size=size))
+        for entry in sized:
+            conn.execute(
+                "UPDATE txsmtp_entry SET size = %s, envelope = %s::json WHERE id = %s",
+                (entry.size, entry_json(entry), entry.id),
+            )
+        ids = self._ids(conn, bodies, inserted)
+        dues = {e.due for e in entries if e.id in inserted}
+        if dues:
+            # One wake-up for everything due now, one per later due time.
+            later = sorted(d for d in dues if d > now)
+            wake = ([min(dues)] if len(later) < len(dues) else []) + later
+            conn.execute(
+                "SELECT pg_notify(%s, d) FROM unnest(%s::text[]) AS d",
+                (CHANNEL, [repr(d) for d in wake]),
+            )
+        return ids
+
+    def _ids(
+        self, conn: Conn, bodies: builtins.list[_Body], inserted: set[str]
+    ) -> builtins.list[str]:
+        """
+        Each entry's id: its own if inserted now or by an earlier try of
+        this call, else the id stored with its idempotency key.
+        """
+        missing = [b for b in bodies if b.entry.id not in inserted]
+        if not missing:
+            return [b.entry.id for b in bodies]
+        found = conn.execute(
+            "SELECT id, idempotency_key FROM txsmtp_entry"
+            " WHERE id = ANY(%s) OR idempotency_key = ANY(%s)",
+            (
+                [b.entry.id for b in missing],
+                [b.key for b in missing if b.key is not None],
+            ),
+        ).fetchall()
+        by_id = {str(r[0]) for r in found}
+        by_key = {str(r[1]): str(r[0]) for r in found if r[1] is not None}
+        ids = []
+        for b in bodies:
+            if b.entry.id in inserted or b.entry.id in by_id:
+                ids.append(b.entry.id)
+            elif b.key is not None and b.key in by_key:
+                ids.append(by_key[b.key])
+            else:
+                raise SpoolError(f"entry {b.entry.id} neither inserted nor found")
+        return ids
+
+    def _later_chunks(self, body: _Body) -> Iterable[bytes]:
+        rest = body.rest
+        if isinstance(rest, bytes):
+            view = memoryview(rest)
+            for start in range(self.chunk_size, len(view), self.chunk_size):
                 yield bytes(view[start : start + self.chunk_size])
             return
-        while chunk := body.read(self.chunk_size):
+        assert rest is not None
+        while chunk := _read_full(rest, self.chunk_size):
             yield chunk
+
+
+def _read_full(stream: BinaryIO, size: int) -> bytes:
+    """
+    Up to ``size`` bytes, fewer only at the end of the stream (a raw
+    stream or a pipe may return less on one read).
+    """
+    first = stream.read(size)
+    if not first or len(first) == size:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < size and (more := stream.read(size - got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def _is_stream(body: bytes | str | BinaryIO) -> TypeGuard[BinaryIO]:

@@ -37,6 +37,8 @@ from txsmtpclient.spool._pgbase import (
     CHANNEL,
     CHUNK_SIZE,
     COLUMNS,
+    E_COLUMNS,
+    INLINE_SIZE,
     Conn,
     entry_json,
     row_entry,
@@ -95,26 +97,32 @@ class PostgresQueue(Enqueueing):
         )
 
     def _claim_where(self, where: str, params: dict[str, Any]) -> builtins.list[Entry]:
-        tokens: dict[str, uuid.UUID] = {}
         token = uuid.uuid4()
         bad: dict[str, str] = {}
+        firsts: dict[str, bytes] = {}
+        # A small message's bytes come with its claim (no second query to
+        # read it); a big one's are read chunk by chunk as it is sent.
+        first = (
+            f"CASE WHEN e.size <= {min(self.chunk_size, INLINE_SIZE)} THEN (SELECT c.data"
+            " FROM txsmtp_chunk c WHERE c.entry_id = e.id AND c.seq = 0) END"
+        )
 
         def take(conn: Conn, retrying: bool) -> builtins.list[Entry]:
             rows = []
             if retrying:
                 # An earlier try may have committed: those rows carry our token.
                 rows = conn.execute(
-                    f"SELECT {COLUMNS} FROM txsmtp_entry"
-                    " WHERE state = 'sending' AND lease_token = %s",
+                    f"SELECT {E_COLUMNS}, {first} FROM txsmtp_entry e"
+                    " WHERE e.state = 'sending' AND e.lease_token = %s",
                     (token,),
                 ).fetchall()
             if not rows:
                 rows = conn.execute(
-                    "UPDATE txsmtp_entry SET state = 'sending', lease_owner = %(worker)s,"
+                    "UPDATE txsmtp_entry e SET state = 'sending', lease_owner = %(worker)s,"
                     " lease_token = %(token)s, updated = now(),"
                     " lease_until = now() + make_interval(secs => %(lease)s)"
-                    " WHERE id IN (SELECT id FROM txsmtp_entry WHERE "
-                    f"{where} FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}",
+                    " WHERE e.id IN (SELECT id FROM txsmtp_entry WHERE "
+                    f"{where} FOR UPDATE SKIP LOCKED) RETURNING {E_COLUMNS}, {first}",
                     {**params, "worker": self.worker, "token": token, "lease": self.lease},
                 ).fetchall()
             entries = []
@@ -130,13 +138,19 @@ class PostgresQueue(Enqueueing):
                         " lease_until = NULL, updated = now() WHERE id = %s",
                         (bad[row[0]], row[0]),
                     )
+                    continue
+                if row[3] is not None:
+                    firsts[row[0]] = bytes(row[3])
             return entries
 
         entries = self._run(take)
-        for entry in entries:
-            tokens[entry.id] = token
+        self._note_claimed([e.id for e in entries])
         with self._lock:
-            self._held.update(tokens)
+            for entry in entries:
+                self._held[entry.id] = token
+                self._claimed[entry.id] = entry
+                if entry.id in firsts:
+                    self._first[entry.id] = firsts[entry.id]
         if self._on_set_aside is not None:
             for entry_id, reason in bad.items():
                 self._on_set_aside(entry_id, reason)
@@ -175,7 +189,10 @@ class PostgresQueue(Enqueueing):
         """
         Extend the leases of every entry this worker holds by ``lease``
         seconds from now (the daemon's listener calls it every third of a
-        lease).
+        lease).  An entry whose row is locked right now (this worker's own
+        group of changes is finishing it) is skipped, not waited for: two
+        transactions locking rows in different orders would deadlock, and
+        its lease has two thirds left for the next renewal.
 
         :returns: how many were renewed.
         """
@@ -184,12 +201,16 @@ class PostgresQueue(Enqueueing):
         if not held:
             return 0
 
+        ids = [i for i, _ in held]
+
         def renew(conn: Conn, retrying: bool) -> int:
             cur = conn.execute(
                 "UPDATE txsmtp_entry e SET lease_until = now() + make_interval(secs => %s)"
                 " FROM unnest(%s::text[], %s::uuid[]) AS h(id, token)"
-                " WHERE e.id = h.id AND e.lease_token = h.token AND e.state = 'sending'",
-                (self.lease, [i for i, _ in held], [t for _, t in held]),
+                " WHERE e.id = h.id AND e.lease_token = h.token AND e.state = 'sending'"
+                " AND e.id IN (SELECT id FROM txsmtp_entry WHERE id = ANY(%s)"
+                " FOR UPDATE SKIP LOCKED)",
+                (self.lease, ids, [t for _, t in held], ids),
             )
             return cur.rowcount
 
@@ -215,6 +236,11 @@ class PostgresQueue(Enqueueing):
 
         :raises EntryNotFound: if there is no such entry.
         """
+        if seq == 0:
+            with self._lock:
+                first = self._first.get(entry_id)
+            if first is not None:
+                return first
 
         def read(conn: Conn, retrying: bool) -> bytes | None:
             row = conn.execute(
@@ -226,7 +252,7 @@ class PostgresQueue(Enqueueing):
                 raise EntryNotFound(f"no message for entry {entry_id}")
             return None if row[0] is None else bytes(row[0])
 
-        return self._run(read)
+        return self._run(read, shared=True)
 
     def message_path(self, entry_id: str) -> str:
         """
@@ -246,11 +272,92 @@ class PostgresQueue(Enqueueing):
         Apply ``change(entry) -> (entry, new state, occurrence outcome)`` to
         an entry this worker holds, in one transaction, checking the lease
         token; leaves the lease when the state is no longer ``sending``.
+        Inside :meth:`group_commit` it shares the block's transaction.
         """
         with self._lock:
             token = self._held.get(entry_id)
+            current = self._claimed.get(entry_id)
         if token is None:
             raise EntryStateError(f"entry {entry_id} is not claimed by this worker")
+        try:
+            if current is None:
+                result = self._run(self._read_and_change(entry_id, token, change), shared=True)
+            else:
+                # The entry as this worker last wrote it: one UPDATE, which
+                # the lease token guards (an operator cannot change a claimed
+                # entry).
+                entry, state, occurrence = change(current)
+                result = self._run(
+                    self._write_change(entry_id, token, current, entry, state, occurrence),
+                    shared=True,
+                )
+        except (EntryStateError, EntryNotFound):
+            # Lost (another worker took it after the lease expired): what
+            # this worker kept of it is of no more use.
+            with self._lock:
+                self._claimed.pop(entry_id, None)
+                self._first.pop(entry_id, None)
+            raise
+        if result.state is State.SENDING:
+            with self._lock:
+                self._claimed[entry_id] = result
+        else:
+            with self._lock:
+                self._claimed.pop(entry_id, None)
+                self._first.pop(entry_id, None)
+            self._after_commit(entry_id, lambda: self._release_token(entry_id, token))
+        return result
+
+    def _release_token(self, entry_id: str, token: uuid.UUID) -> None:
+        with self._lock:
+            if self._held.get(entry_id) == token:
+                del self._held[entry_id]
+
+    def _write_change(
+        self,
+        entry_id: str,
+        token: uuid.UUID,
+        current: Entry,
+        entry: Entry,
+        state: str,
+        occurrence: str | None,
+    ) -> Callable[[Conn, bool], Entry]:
+        changed = replace(entry, state=to_state(state))
+        envelope = entry_json(entry)
+
+        def write(conn: Conn, retrying: bool) -> Entry:
+            row = conn.execute(
+                "UPDATE txsmtp_entry SET state = %s, due = %s, envelope = %s::json,"
+                " updated = now(), lease_until = CASE WHEN %s = 'sending'"
+                " THEN lease_until END"
+                " WHERE id = %s AND lease_token = %s AND state = 'sending' RETURNING id",
+                (state, entry.due, envelope, state, entry_id, token),
+            ).fetchone()
+            if row is None:
+                if retrying and _scalar_token(conn, entry_id) == token:
+                    return changed  # an earlier try committed
+                raise EntryStateError(
+                    f"entry {entry_id} is no longer claimed by this worker (lease lost)"
+                )
+            if occurrence is not None:
+                conn.execute(
+                    "INSERT INTO txsmtp_occurrence (entry_id, occurrence_due, outcome, worker)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (entry_id, current.occurrence_due, occurrence, self.worker),
+                )
+            if state == "queue":
+                self._notify(conn, entry.due)
+            return changed
+
+        return write
+
+    def _read_and_change(
+        self,
+        entry_id: str,
+        token: uuid.UUID,
+        change: Callable[[Entry], tuple[Entry, str, str | None]],
+    ) -> Callable[[Conn, bool], Entry]:
+        """The change of an entry not remembered: read (and lock) it first."""
 
         def apply(conn: Conn, retrying: bool) -> Entry:
             row = conn.execute(
@@ -267,27 +374,11 @@ class PostgresQueue(Enqueueing):
                 )
             current = row_entry(row)
             entry, state, occurrence = change(current)
-            if occurrence is not None:
-                conn.execute(
-                    "INSERT INTO txsmtp_occurrence (entry_id, occurrence_due, outcome, worker)"
-                    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    (entry_id, current.occurrence_due, occurrence, self.worker),
-                )
-            conn.execute(
-                "UPDATE txsmtp_entry SET state = %s, due = %s, envelope = %s::json,"
-                " updated = now(), lease_until = CASE WHEN %s = 'sending'"
-                " THEN lease_until END WHERE id = %s",
-                (state, entry.due, entry_json(entry), state, entry_id),
+            return self._write_change(entry_id, token, current, entry, state, occurrence)(
+                conn, False
             )
-            if state == "queue":
-                self._notify(conn, entry.due)
-            return replace(entry, state=to_state(state))
 
-        result = self._run(apply)
-        if result.state is not State.SENDING:
-            with self._lock:
-                self._held.pop(entry_id, None)
-        return result
+        return apply
 
     def record_attempt(self, entry_id: str, attempt: Attempt) -> Entry:
         """
@@ -386,10 +477,14 @@ class PostgresQueue(Enqueueing):
                 (reason, entry_id),
             ).rowcount
 
-        if not self._run(mark):
+        if not self._run(mark, shared=True):
             raise EntryNotFound(f"no entry {entry_id!r}")
         with self._lock:
-            self._held.pop(entry_id, None)
+            self._claimed.pop(entry_id, None)
+            self._first.pop(entry_id, None)
+            token = self._held.get(entry_id)
+        if token is not None:
+            self._after_commit(entry_id, lambda: self._release_token(entry_id, token))
         if self._on_set_aside is not None:
             self._on_set_aside(entry_id, reason)
 
@@ -410,6 +505,13 @@ class PostgresQueue(Enqueueing):
         report = dict.fromkeys(("finished", "set_aside", "tmp_removed", "orphans_removed"), 0)
         report["requeued"] = self._run(requeue)
         return report
+
+
+def _scalar_token(conn: Conn, entry_id: str) -> uuid.UUID | None:
+    row = conn.execute(
+        "SELECT lease_token FROM txsmtp_entry WHERE id = %s", (entry_id,)
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def _scalar(conn: Conn, query: Any) -> float | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from txsmtpclient.spool.queue import SpoolError
 
@@ -29,6 +29,7 @@ __all__ = [
     "check_schema",
     "describe_error",
     "is_queue_url",
+    "is_unreachable",
     "migrate",
     "migrations",
     "open_checked",
@@ -110,14 +111,31 @@ def is_queue_url(text: str) -> bool:
     return text.startswith(("postgresql://", "postgres://"))
 
 
+def _scrub(text: str, url: str | None) -> str:
+    """
+    ``text`` without the URL's password: libpq quotes a URL it cannot parse
+    whole, or the part of it that is wrong, password included.
+    """
+    secrets = []
+    if url is not None:
+        userinfo = re.search(r"://([^/?#]*)@", url)
+        if userinfo and ":" in userinfo.group(1):
+            secrets.append(userinfo.group(1).partition(":")[2])
+        secrets += re.findall(r"(?i)(?:^|[?&])password=([^&#]*)", url)
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    # Any other URL quoted in the text: no password either.
+    return re.sub(r"(://[^:/@\s\"]*:)[^@\s\"]*@", r"\1***@", text)
+
+
 def describe_error(error: BaseException, url: str | None = None) -> str:
     """
     One line for a database error: what failed and what to do, the URL's
     password redacted.
     """
-    text = " ".join(str(error).split()) or type(error).__name__
-    # libpq quotes the host and user, never the password; the URL is named
-    # (redacted) so the operator sees which database was meant.
+    text = _scrub(" ".join(str(error).split()) or type(error).__name__, url)
+    # libpq quotes the host and user; the URL is named (redacted) so the
+    # operator sees which database was meant.
     where = redact_url(url) if url is not None else "the queue database"
     # libpq reports login failures at connect time without a SQLSTATE.
     sqlstate = getattr(error, "sqlstate", None)
@@ -133,6 +151,32 @@ def describe_error(error: BaseException, url: str | None = None) -> str:
     if isinstance(error, QueueDatabaseError):
         return text
     return f"cannot use {where}: {text}; check that PostgreSQL runs and the URL is right"
+
+
+# libpq's words for a server it could not reach (its connection errors carry
+# no SQLSTATE); 57P03: the server is starting up or shutting down.
+_UNREACHABLE = (
+    "connection refused",
+    "timeout expired",
+    "no such file or directory",
+    "could not translate host name",
+    "failed to resolve host",
+    "server closed the connection",
+    "network is unreachable",
+    "no route to host",
+)
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """
+    Whether a database error says the server could not be reached (down,
+    restarting, not resolvable), a temporary failure, rather than that the
+    URL, the credentials or the database are wrong.
+    """
+    if getattr(error, "sqlstate", None) == "57P03":
+        return True
+    text = str(error).lower()
+    return any(words in text for words in _UNREACHABLE)
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int:
@@ -207,8 +251,10 @@ def open_checked(
     or schema is one clear line rather than a traceback later.
 
     :returns: the migrations applied.
-    :raises QueueDatabaseError: with a one-line message (psycopg missing
-        included).
+    :raises QueueUnavailable: with a one-line message, when the server cannot
+        be reached (a temporary failure: sysexits 75).
+    :raises QueueDatabaseError: with a one-line message, for anything else
+        (a wrong URL or password, the schema, psycopg missing).
     """
     try:
         import psycopg
@@ -228,4 +274,6 @@ def open_checked(
     except QueueDatabaseError:
         raise
     except (psycopg.Error, ValueError) as e:
+        if is_unreachable(e):
+            raise QueueUnavailable(describe_error(e, url)) from e
         raise QueueDatabaseError(describe_error(e, url)) from e

@@ -54,19 +54,30 @@ def check_queue(settings: Mapping[str, Any]) -> None:
     Before start-up: reach the ``--queue`` database, apply the migrations
     with ``--migrate``, and check its schema.
 
-    :raises usage.UsageError: one line saying what is wrong (unreachable,
-        wrong password, schema too old) and what to do.
+    :raises StartupError: one line saying what is wrong and what to do, with
+        the sysexits code ``twist txsmtp`` exits with: 75 when the server
+        cannot be reached (try again later), 78 for a wrong URL, password or
+        schema, or psycopg missing.
     """
+    from txsmtpclient._tapconfig import StartupError
+    from txsmtpclient.spool.sendmail import EX_CONFIG, EX_TEMPFAIL
+
     try:
-        from txsmtpclient.spool.postgres_schema import QueueDatabaseError, open_checked
+        from txsmtpclient.spool.postgres_schema import (
+            QueueDatabaseError,
+            QueueUnavailable,
+            open_checked,
+        )
     except ImportError as e:  # psycopg missing
-        raise usage.UsageError(
-            f"--queue needs psycopg: pip install 'txsmtpclient[postgres]' ({e})"
+        raise StartupError(
+            f"--queue needs psycopg: pip install 'txsmtpclient[postgres]' ({e})", EX_CONFIG
         ) from None
     try:
         open_checked(settings["queue"], apply_migrations=settings["migrate"])
+    except QueueUnavailable as e:
+        raise StartupError(f"--queue: {e}", EX_TEMPFAIL) from None
     except QueueDatabaseError as e:
-        raise usage.UsageError(f"--queue: {e}") from None
+        raise StartupError(f"--queue: {e}", EX_CONFIG) from None
 
 
 def queue_service(
