@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULTS",
+    "IN_FLIGHT_PER_CONNECTION",
     "StartupError",
     "check_startup",
+    "in_flight",
     "read_password",
 ]
 
@@ -62,6 +64,23 @@ _PASSWORD_REFUSED = (
     "a password on the command line is visible to every user of this machine "
     "(ps, /proc); use --auth-password-file FILE or --auth-password-env VARIABLE"
 )
+
+#: Messages in flight per relay connection: one awaiting the reply to its
+#: end, the next pipelined behind it (RFC 2920 section 3.1).  More drained
+#: slower (3,000 messages, 20 connections: 2 gave 1.6-1.7x the drain rate
+#: of 1, and 4 half that of 2), and each is a message a crash may send
+#: twice.
+IN_FLIGHT_PER_CONNECTION = 2
+
+
+def in_flight(settings: Mapping[str, Any]) -> int:
+    """
+    The most messages the daemon sends at once: ``--concurrency`` in direct
+    mode (which limits itself per destination), else that many relay
+    connections times :data:`IN_FLIGHT_PER_CONNECTION`.
+    """
+    per_connection = 1 if settings.get("direct") else IN_FLIGHT_PER_CONNECTION
+    return int(settings["concurrency"]) * per_connection
 
 
 class StartupError(usage.UsageError):

@@ -45,7 +45,9 @@ from txsmtpclient._tapconfig import (
     _relay,
     _tls_options,
     check_startup,
+    in_flight,
 )
+from txsmtpclient._tapconfig import IN_FLIGHT_PER_CONNECTION as IN_FLIGHT_PER_CONNECTION
 from txsmtpclient._tapconfig import _flag as _flag
 from txsmtpclient._tapconfig import _settings as _settings
 from txsmtpclient._tapconfig import read_password as read_password
@@ -64,14 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULTS", "Options", "StartupError", "makeService"]
 
 _log = Logger(namespace="txsmtpclient.tap")
-
-
-#: Messages in flight per relay connection: one awaiting the reply to its
-#: end, the next pipelined behind it (RFC 2920 section 3.1).  More drained
-#: slower (3,000 messages, 20 connections: 2 gave 1.6-1.7x the drain rate
-#: of 1, and 4 half that of 2), and each is a message a crash may send
-#: twice.
-IN_FLIGHT_PER_CONNECTION = 2
 
 
 class Options(DKIMOptions, usage.Options):
@@ -487,10 +481,7 @@ def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None
         relay=relay,
         close_sender=close_sender,
         clock=clock,
-        # Direct mode limits itself per destination; through the relay,
-        # each connection carries several messages (see above).
-        concurrency=settings["concurrency"]
-        * (1 if settings.get("direct") else IN_FLIGHT_PER_CONNECTION),
+        concurrency=in_flight(settings),
         poll_interval=settings["poll_interval"],
         grace=settings["grace"],
         policy=settings["policy"],

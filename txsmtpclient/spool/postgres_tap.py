@@ -100,6 +100,7 @@ def queue_service(
     from twisted.internet import reactor
     from twisted.logger import Logger
 
+    from txsmtpclient._tapconfig import in_flight  # (imports this module)
     from txsmtpclient.spool.postgres import PostgresQueue
     from txsmtpclient.spool.postgres_service import QueueListener, wake_from_thread
 
@@ -111,7 +112,8 @@ def queue_service(
     queue = PostgresQueue(
         settings["queue"],
         lease=settings["lease"],
-        max_connections=settings["concurrency"] + 3,
+        # One per message in flight's spool call at most, and a few spare.
+        max_connections=in_flight(settings) + 3,
         reconnect_for=300.0,
         on_outage=lambda message: log.warn("{message}", message=message),
         on_set_aside=on_set_aside,
