@@ -370,3 +370,61 @@ def test_control_port_twisted_cannot_read_is_one_line(tmp_path: Path) -> None:
             "--control-token-file",
             str(token),
         )
+
+
+#: Listening faults: arguments ({port} is the held one), the sysexits code,
+#: and what the one line says.
+LISTEN_FAULTS = [
+    (
+        ["--control-port", "{port}"],
+        69,
+        "--control-port 'tcp:{port}:interface=127.0.0.1': port {port} on 127.0.0.1 is "
+        "already in use: stop what listens there (another txsmtp?) or give another port",
+    ),
+    (
+        ["--status-port", "tcp:{port}:interface=127.0.0.1"],
+        69,
+        "--status-port 'tcp:{port}:interface=127.0.0.1': port {port} on 127.0.0.1 is "
+        "already in use",
+    ),
+    (
+        ["--control-port", "unix:{tmp}/missing/control.sock"],
+        73,
+        "--control-port 'unix:{tmp}/missing/control.sock:mode=600': the folder "
+        "{tmp}/missing does not exist: create it or give another path",
+    ),
+    (
+        ["--status-port", "tcp:0:interface=192.0.2.1"],
+        78,
+        "--status-port 'tcp:0:interface=192.0.2.1': 192.0.2.1 is not an address of this machine",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    LISTEN_FAULTS,
+    ids=["control port in use", "status port in use", "socket folder missing", "no such address"],
+)
+def test_twist_txsmtp_that_cannot_listen_says_so_in_one_line(
+    tmp_path: Path, held_port: int, argv: list[str], code: int, message: str
+) -> None:
+    """
+    ``twist txsmtp`` whose control or status port cannot be listened on (in
+    use, a socket in a missing folder, an address the machine lacks) exits
+    with a sysexits code and one line saying what is wrong and what to do,
+    not Twisted's traceback from ``startService``.
+    """
+
+    def fill(text: str) -> str:
+        return text.replace("{port}", str(held_port)).replace("{tmp}", str(tmp_path))
+
+    result = _twist(
+        "txsmtp", "--spool", str(tmp_path / "spool"), "--relay", "127.0.0.1:2525",
+        *map(fill, argv),
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("twist txsmtp: error: " + fill(message)), lines[0]
+    assert result.returncode == code, result.stderr

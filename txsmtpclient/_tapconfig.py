@@ -8,8 +8,9 @@ each failing as one line with a sysexits code (:class:`StartupError`).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python import usage
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULTS",
     "StartupError",
     "check_startup",
+    "exit_for",
     "read_password",
 ]
 
@@ -75,6 +77,19 @@ class StartupError(usage.UsageError):
     def __init__(self, message: str, exit_code: int = EX_CONFIG) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def exit_for(error: usage.UsageError) -> NoReturn:
+    """
+    The one way ``twist txsmtp`` reports a setting that cannot work, whether
+    found while reading the options or while starting (a port it cannot
+    listen on): one line on stderr, then the error's sysexits(3) code
+    (``exit_code``; 64, usage, when it has none).
+
+    :raises SystemExit: always.
+    """
+    print(f"twist txsmtp: error: {error} (see 'twist txsmtp --help')", file=sys.stderr)
+    raise SystemExit(getattr(error, "exit_code", EX_USAGE))
 
 
 def _seconds(name: str, text: str) -> float:

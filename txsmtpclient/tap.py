@@ -19,12 +19,10 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import tomllib
-from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -32,6 +30,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from txsmtpclient._dkimtap import DKIMOptions, dkim_keys, signing_sender
+from txsmtpclient._listen import ListeningService
 from txsmtpclient._tap_direct import (
     DIRECT_FLAGS,
     DIRECT_PARAMETERS,
@@ -45,6 +44,7 @@ from txsmtpclient._tapconfig import (
     _relay,
     _tls_options,
     check_startup,
+    exit_for,
 )
 from txsmtpclient._tapconfig import _flag as _flag
 from txsmtpclient._tapconfig import _settings as _settings
@@ -53,7 +53,7 @@ from txsmtpclient.client import SMTP
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.delivery import AMBIGUOUS_POLICIES, Sender
 from txsmtpclient.spool.postgres_tap import check_queue, queue_service
-from txsmtpclient.spool.sendmail import EX_NOINPUT, EX_USAGE
+from txsmtpclient.spool.sendmail import EX_NOINPUT
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
 
@@ -271,11 +271,7 @@ class Options(DKIMOptions, usage.Options):
         except usage.UsageError as e:
             if getattr(self, "parent", None) is None:
                 raise
-            print(
-                f"twist txsmtp: error: {e} (see 'twist txsmtp --help')",
-                file=sys.stderr,
-            )
-            raise SystemExit(getattr(e, "exit_code", EX_USAGE)) from None
+            exit_for(e)
 
     def opt_auth_password(self, value: str) -> None:
         """Refused (ps shows it): use --auth-password-file or --auth-password-env."""
@@ -401,6 +397,32 @@ def _control(
     return listening
 
 
+class _Daemon(MultiService):
+    """
+    The daemon's top service: a :class:`StartupError` raised while its
+    services start (a port in use) ends ``twist txsmtp`` the way a bad
+    option does (:func:`exit_for`) when ``exit_on_error`` is set.
+    """
+
+    def __init__(self, *, exit_on_error: bool) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._exit_on_error = exit_on_error
+
+    def privilegedStartService(self) -> None:
+        self._starting(super().privilegedStartService)
+
+    def startService(self) -> None:
+        self._starting(super().startService)
+
+    def _starting(self, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except StartupError as e:
+            if not self._exit_on_error:
+                raise
+            exit_for(e)
+
+
 def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None) -> MultiService:
     """
     Build the daemon: the spool service (named ``"spool"``) sending through a
@@ -464,7 +486,9 @@ def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None
             settings, reactor=reactor, clock=clock if clock is not None else reactor
         )
         sender = signing_sender(direct, settings)
-    top = MultiService()
+    # Run by twist, a port that cannot be listened on is one line and an
+    # exit code, like a bad option; embedded, it raises StartupError.
+    top = _Daemon(exit_on_error=getattr(options, "parent", None) is not None)
     spool, attach = queue_service(
         settings,
         top,
@@ -494,13 +518,21 @@ def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None
             "--status-port is superseded by --control-port (GET /v1/stats, /metrics); "
             "it still serves the counts at /"
         )
+        from twisted.internet.endpoints import serverFromString
+
         site = Site(StatusResource(service))
         site.noisy = False
-        status: IService = strports.service(settings["status_port"], site)
-        status.setName("status")
+        description = settings["status_port"]
+        status = ListeningService(
+            serverFromString(reactor, description),
+            site,
+            option="--status-port",
+            description=description,
+        )
+        status.setName("status")  # type: ignore[no-untyped-call]
         # Added first so it stops last: the status stays readable while the
         # spool service drains.
-        status.setServiceParent(top)
+        status.setServiceParent(top)  # type: ignore[no-untyped-call]
     service.setName("spool")  # type: ignore[no-untyped-call]
     service.setServiceParent(top)  # type: ignore[no-untyped-call]
     attach(service)

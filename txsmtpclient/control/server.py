@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import IService
 
 from txsmtpclient.control._web import DEFAULT_MAX_BODY, ControlRoot, ControlSite, ExactPath
@@ -192,16 +192,29 @@ def make_site(
     return ControlSite(root, max_body=max_body)
 
 
-def control_service(plan: ListenPlan, site: ControlSite) -> IService:
+def control_service(plan: ListenPlan, site: ControlSite, *, reactor: Any = None) -> IService:
     """
-    The service listening on the plan's endpoint, named ``"control"``.
+    The service listening on the plan's endpoint, named ``"control"``: a
+    :class:`~txsmtpclient._listen.ListeningService`, so a port that cannot
+    be listened on (in use, not permitted, a socket in a missing folder)
+    raises a one-line ``StartupError`` when it starts.
 
+    :param reactor: where to listen; the global reactor by default.
     :raises ControlPortError: if Twisted cannot build the endpoint (an
         unknown type, a bad argument, an unloadable certificate).
     """
+    from twisted.internet.endpoints import serverFromString
+
+    from txsmtpclient._listen import ListeningService
+
+    if reactor is None:
+        from twisted.internet import reactor
     try:
-        listening: IService = strports.service(plan.description, site)
+        endpoint = serverFromString(reactor, plan.description)
     except Exception as e:
         raise ControlPortError(f"{plan.description!r}: {e}") from e
-    listening.setName("control")
+    listening = ListeningService(
+        endpoint, site, option="--control-port", description=plan.description
+    )
+    listening.setName("control")  # type: ignore[no-untyped-call]
     return listening
