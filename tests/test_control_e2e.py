@@ -198,7 +198,7 @@ def test_control_options_are_checked_before_start(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("t0k3n\n")
     cases = [
-        (["--control-port", "tcp:8025"], "--control-port: 'tcp:8025' is reachable"),
+        (["--control-port", "tcp:8025"], "--control-port 'tcp:8025' is reachable"),
         (["--control-port", "8025", "--control-token-file", str(tmp_path / "none")], "cannot"),
         (["--control-token-file", str(token_file)], "needs --control-port"),
         (["--control-port", "tls:8025", "--control-token-file", str(token_file)], "ssl:"),
@@ -243,7 +243,7 @@ def test_twist_refuses_open_control_port_without_traceback(tmp_path: Path) -> No
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
-    assert "--control-port: 'tcp:8025' is reachable from other machines" in (
+    assert "--control-port 'tcp:8025' is reachable from other machines" in (
         result.stderr + result.stdout
     )
 

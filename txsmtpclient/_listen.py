@@ -108,11 +108,16 @@ def read_description(description: str) -> ListenTarget:
         what = e.filename if e.filename is not None else description
         raise DescriptionError(f"cannot read {what}: {e.strerror or e}") from None
     except Exception as e:
-        # Anything Twisted's parser raises is about the text it was given
-        # (ValueError for an unknown type, TypeError for a missing or extra
-        # argument, IndexError for systemd: without inherited sockets, the
-        # OpenSSL errors for a key that is not PEM).
-        raise DescriptionError(f"{type(e).__name__}: {e}" if not str(e) else str(e)) from None
+        # Anything else Twisted's parser raises is about the text it was
+        # given (ValueError for an unknown type or a bad number, TypeError
+        # for a missing or extra argument, OpenSSL's errors for a key that
+        # is not PEM, IndexError for systemd: with no socket inherited).
+        if isinstance(e, IndexError) and description.partition(":")[0].lower() == "systemd":
+            raise DescriptionError(
+                "systemd passed this process no socket at that index: start the "
+                "daemon from a systemd socket unit, or listen on tcp: or unix:"
+            ) from None
+        raise DescriptionError(str(e) or type(e).__name__) from None
     known = (TCP4ServerEndpoint, TCP6ServerEndpoint, SSL4ServerEndpoint, UNIXServerEndpoint)
     if not isinstance(endpoint, known):
         # Listening on another type might act (a plugin may ignore the

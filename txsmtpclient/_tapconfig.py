@@ -276,26 +276,24 @@ def _control_settings(port: str | None, token_file: str | None) -> dict[str, Any
     try:
         plan = check_control_port(port, has_token=token is not None)
     except ControlPortError as e:
-        raise usage.UsageError(f"--control-port: {e}") from e
-    _parse_server(plan.description, "--control-port")
+        raise usage.UsageError(f"--control-port {e}") from e
     return {"control_port": plan, "control_token": token}
 
 
 def _parse_server(description: str, option: str) -> None:
     """
-    Have Twisted read a listening endpoint's description (nothing listens:
-    the reactor is not installed yet).
+    Have Twisted read a listening endpoint's description, the reading the
+    daemon will listen by (nothing listens: the reactor is not installed
+    yet).
 
     :raises usage.UsageError: naming ``option`` for one Twisted refuses (an
         unknown type, a bad parameter, an unreadable key).
     """
-    from OpenSSL import crypto
-    from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor
+    from txsmtpclient._listen import DescriptionError, read_description
 
     try:
-        serverFromString(MemoryReactor(), description)
-    except (ValueError, TypeError, KeyError, OSError, crypto.Error) as e:
+        read_description(description)
+    except DescriptionError as e:
         raise usage.UsageError(
             f"{option} {description!r}: {e}; give an endpoint description such as "
             "tcp:8025:interface=127.0.0.1"

@@ -382,7 +382,7 @@ def _control(
     try:
         listening = control_service(plan, site)
     except ControlPortError as e:
-        raise usage.UsageError(f"--control-port: {e}") from e
+        raise usage.UsageError(f"--control-port {e}") from e
     _log.info(
         "Control plane on {endpoint}: /v1/ and /metrics, {auth}",
         endpoint=plan.description,
