@@ -428,3 +428,72 @@ def test_twist_txsmtp_that_cannot_listen_says_so_in_one_line(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("twist txsmtp: error: " + fill(message)), lines[0]
     assert result.returncode == code, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1", ("127.0.0.1", 53)),
+        ("127.0.0.1:5353", ("127.0.0.1", 5353)),
+        ("::1", ("::1", 53)),
+        ("[::1]", ("::1", 53)),
+        ("[2001:db8::1]:5353", ("2001:db8::1", 5353)),
+    ],
+)
+def test_parse_address_reads_ip_and_port(text: str, expected: tuple[str, int]) -> None:
+    """A DNS server's address is read by the client's one host parser."""
+    from txsmtpclient._endpoints import parse_address
+
+    assert parse_address(text, 53) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "dns.example.test",
+        "dns.example.test:53",
+        "127.0.0.1:",
+        "127.0.0.1:+53",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "[127.0.0.1]:53",
+        "tcp:127.0.0.1:53",
+        "1.2.3.4:5:6",
+    ],
+)
+def test_direct_address_options_refuse_what_the_host_parser_refuses(text: str) -> None:
+    """
+    --dns-server and --dane-resolver refuse host names, descriptions and
+    every port spelling the relay parser refuses (an empty or signed port,
+    a bracketed IPv4 address), each as one line naming the option.
+    """
+    for option in ("--dns-server", "--dane-resolver"):
+        with pytest.raises(usage.UsageError, match=f"^{option}: expected IP") as caught:
+            parse("--direct", option, text)
+        assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("1m", "expected INITIAL,MAXIMUM[,FACTOR] such as 1m,1h,2"),
+        ("1m,1h,2,3", "expected INITIAL,MAXIMUM[,FACTOR] such as 1m,1h,2"),
+        ("1m,1h,fast", "bad factor 'fast'"),
+        ("1m,soon", "expected a duration such as '90s'"),
+    ],
+)
+def test_backoff_options_read_one_way(text: str, reason: str) -> None:
+    """--retry-schedule and --destination-backoff refuse the same text the same way."""
+    for option, extra in (("--retry-schedule", ()), ("--destination-backoff", ("--direct",))):
+        with pytest.raises(usage.UsageError) as caught:
+            parse(*extra, option, text)
+        assert str(caught.value).startswith(f"{option}: {reason}"), str(caught.value)
+
+
+@pytest.mark.parametrize("option", ["--concurrency", "--destination-concurrency", "--mx-port"])
+def test_whole_number_options_read_one_way(option: str) -> None:
+    """Whole-number options refuse text and numbers out of range, naming the option."""
+    with pytest.raises(usage.UsageError, match=f"^{option} must be a whole number, got 'x'$"):
+        parse("--direct", option, "x")
+    with pytest.raises(usage.UsageError, match=f"^{option} must be .*1.*, got 0$"):
+        parse("--direct", option, "0")

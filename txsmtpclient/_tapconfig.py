@@ -99,6 +99,47 @@ def _seconds(name: str, text: str) -> float:
         raise usage.UsageError(f"--{name}: {e}") from e
 
 
+def _whole(option: str, text: str, least: int, most: int | None = None) -> int:
+    """
+    A whole-number option value from ``least`` to ``most`` (no upper bound
+    when ``None``).
+
+    :raises usage.UsageError: naming the option, for anything else.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--{option} must be a whole number, got {text!r}") from None
+    if most is None and value < least:
+        raise usage.UsageError(f"--{option} must be at least {least}, got {value}")
+    if most is not None and not least <= value <= most:
+        raise usage.UsageError(f"--{option} must be from {least} to {most}, got {value}")
+    return value
+
+
+def _backoff(option: str, text: str) -> tuple[float, float, float]:
+    """
+    ``INITIAL,MAXIMUM[,FACTOR]``: two durations with units (``1m,1h``) and a
+    growth factor (2 when left out), as ``--retry-schedule`` and
+    ``--destination-backoff`` take them.  Their order and range are the
+    caller's value's to check.
+
+    :returns: initial and maximum seconds, and the factor.
+    :raises usage.UsageError: naming the option, for another shape, a bad
+        duration or a factor that is not a number.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3):
+        raise usage.UsageError(f"--{option}: expected INITIAL,MAXIMUM[,FACTOR] such as 1m,1h,2")
+    initial = _seconds(option, parts[0])
+    maximum = _seconds(option, parts[1])
+    try:
+        factor = float(parts[2]) if len(parts) == 3 else 2.0
+    except ValueError:
+        raise usage.UsageError(f"--{option}: bad factor {parts[2]!r}") from None
+    return initial, maximum, factor
+
+
 def check_startup(settings: Mapping[str, Any]) -> None:
     """
     Check what :func:`makeService` will use, without starting anything: the
@@ -206,26 +247,8 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     if len(sources) > 1:
         raise usage.UsageError("give one of --auth-password-file and --auth-password-env")
     settings["spool"] = text("spool") or default_spool(os.environ)
-    try:
-        concurrency = int(text("concurrency") or "")
-    except ValueError:
-        raise usage.UsageError(
-            f"--concurrency must be a whole number, got {text('concurrency')!r}"
-        ) from None
-    if concurrency < 1:
-        raise usage.UsageError(f"--concurrency must be at least 1, got {concurrency}")
-    settings["concurrency"] = concurrency
-    parts = [p.strip() for p in (text("retry-schedule") or "").split(",")]
-    if len(parts) not in (2, 3):
-        raise usage.UsageError(
-            "--retry-schedule: expected INITIAL,MAXIMUM[,FACTOR] such as 1m,1h,2"
-        )
-    initial = _seconds("retry-schedule", parts[0])
-    maximum = _seconds("retry-schedule", parts[1])
-    try:
-        factor = float(parts[2]) if len(parts) == 3 else 2.0
-    except ValueError:
-        raise usage.UsageError(f"--retry-schedule: bad factor {parts[2]!r}") from None
+    settings["concurrency"] = _whole("concurrency", text("concurrency") or "", 1)
+    initial, maximum, factor = _backoff("retry-schedule", text("retry-schedule") or "")
     lifetime = _seconds("max-lifetime", text("max-lifetime") or "")
     try:
         settings["policy"] = RetryPolicy(
