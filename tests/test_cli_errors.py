@@ -27,6 +27,7 @@ ID = "6615ae2d8caa3-7967-af987231"
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TXSMTP_SPOOL", None)
+    env.pop("TXSMTP_QUEUE", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
@@ -103,6 +104,8 @@ CLI_FAULTS = [
     (["show", "--spool", "{spool}", ID], 1, f"error: no entry '{ID}'"),
     (["retry", "--spool", "{spool}", "../x"], 1, "error: not a spool id"),
     (["frobnicate"], 64, "python -m txsmtpclient: error: argument COMMAND: invalid choice"),
+    (["migrate"], 64, "error: migrate needs --queue URL (or $TXSMTP_QUEUE)"),
+    (["demo", "--bogus"], 64, "python -m txsmtpclient demo: error: unrecognized arguments"),
 ]
 
 

@@ -511,7 +511,7 @@ def test_check_control_port_accepts(
         ("tcp6:8025", "reachable from other machines"),
         ("tcp:8025:interface=localhost", "reachable from other machines"),
         ("tcp:port=8025", "reachable from other machines"),
-        ("tcp:8025:bogus=1", "unexpected keyword argument 'bogus'"),
+        ("tcp:8025:bogus=1", ": got an unexpected keyword argument 'bogus'$"),
         ("systemd:domain=INET:index=0", "systemd passed this process no socket"),
         ("tcp:http", "invalid literal"),
         ("tcp:70000:interface=127.0.0.1", "port number"),

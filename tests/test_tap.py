@@ -305,6 +305,8 @@ STARTUP_FAULTS = [
     (["--on-ambiguous", "drop"], 64, "--on-ambiguous must be one of resend, hold"),
     (["--no-such-option"], 64, "option --no-such-option not recognized"),
     (["--config", "/nonexistent.toml"], 66, "--config: cannot read /nonexistent.toml"),
+    (["--config", "{file}"], 64, "--config: {file} has no [txsmtp] section"),
+    (["--config", "{ini}"], 64, "--config: cannot parse {ini}: While reading from"),
 ]
 
 
@@ -323,14 +325,18 @@ def test_twist_txsmtp_refuses_bad_settings_in_one_line(
     """
     afile = tmp_path / "a-file"
     afile.write_text("not a folder")
-    args = [a.replace("{file}", str(afile)) for a in argv]
+    # configparser's message for a section given twice runs over lines.
+    ini = tmp_path / "twice.ini"
+    ini.write_text("[txsmtp]\nrelay = a\n[txsmtp]\n")
+    args = [a.replace("{file}", str(afile)).replace("{ini}", str(ini)) for a in argv]
     if "--spool" not in args:
         args += ["--spool", str(tmp_path / "spool")]
     result = _twist("txsmtp", *args)
     assert result.returncode == code, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("twist txsmtp: error: " + message.replace("{file}", str(afile)))
+    expected = message.replace("{file}", str(afile)).replace("{ini}", str(ini))
+    assert lines[0].startswith("twist txsmtp: error: " + expected)
     assert lines[0].endswith("(see 'twist txsmtp --help')")
     assert "Traceback" not in result.stderr + result.stdout
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +118,10 @@ def read_description(description: str) -> ListenTarget:
                 "systemd passed this process no socket at that index: start the "
                 "daemon from a systemd socket unit, or listen on tcp: or unix:"
             ) from None
-        raise DescriptionError(str(e) or type(e).__name__) from None
+        # "_parseTCP() got an unexpected keyword argument 'x'": the name of
+        # Twisted's private function means nothing to the operator.
+        reason = re.sub(r"^\w+\(\) ", "", str(e)) or type(e).__name__
+        raise DescriptionError(reason) from None
     known = (TCP4ServerEndpoint, TCP6ServerEndpoint, SSL4ServerEndpoint, UNIXServerEndpoint)
     if not isinstance(endpoint, known):
         # Listening on another type might act (a plugin may ignore the

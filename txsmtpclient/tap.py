@@ -346,8 +346,12 @@ def load_config(path: str) -> dict[str, Any]:
             if not parser.has_section("txsmtp"):
                 raise usage.UsageError(f"--config: {path} has no [txsmtp] section")
             data = dict(parser.items("txsmtp"))
+    except configparser.MissingSectionHeaderError:
+        raise usage.UsageError(f"--config: {path} has no [txsmtp] section") from None
     except (UnicodeDecodeError, ValueError, configparser.Error) as e:
-        raise usage.UsageError(f"--config: cannot parse {path}: {e}") from e
+        # configparser's messages run over several lines: keep one.
+        reason = " ".join(str(e).split())
+        raise usage.UsageError(f"--config: cannot parse {path}: {reason}") from e
     if not isinstance(data, dict):
         raise usage.UsageError(f"--config: {path} must hold a table of options")
     result: dict[str, Any] = {}

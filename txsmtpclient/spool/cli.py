@@ -69,6 +69,7 @@ __all__ = [
     "EX_DATAERR",
     "EX_TEMPFAIL",
     "EX_USAGE",
+    "CommandParser",
     "SendmailOptions",
     "UsageError",
     "build_parser",
@@ -101,9 +102,10 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
     """
-    argparse with one-line errors and the sysexits usage code (64).
+    argparse with one-line errors and the sysexits usage code (64), for
+    every ``python -m txsmtpclient`` command (``demo`` too).
     """
 
     def error(self, message: str) -> Any:
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     The argparse parser for ``python -m txsmtpclient``.
     """
-    common = _Parser(add_help=False)
+    common = CommandParser(add_help=False)
     common.add_argument(
         "--spool",
         metavar="DIR",
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a PostgreSQL queue (postgresql://user@host/db) instead of the spool folder; "
         "the password belongs in ~/.pgpass or $PGPASSWORD (default: $TXSMTP_QUEUE)",
     )
-    parser = _Parser(
+    parser = CommandParser(
         prog="python -m txsmtpclient",
         description="Queue mail in a txsmtp spool and inspect the queue; "
         "the `twist txsmtp` daemon sends it.",
@@ -507,7 +509,7 @@ def _open_queue(
     """
     url = args.queue or environ.get("TXSMTP_QUEUE")
     if args.command == "migrate" and not url:
-        raise SpoolError("migrate needs --queue URL (or $TXSMTP_QUEUE)")
+        raise CommandError("migrate needs --queue URL (or $TXSMTP_QUEUE)", EX_USAGE)
     if not url:
         path = args.spool or default_spool(environ)
         return _open_spool(path, create=args.command not in _NEEDS_SPOOL, clock=clock)
