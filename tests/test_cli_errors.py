@@ -317,3 +317,18 @@ def test_list_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     process.stdout.close()
     assert process.wait(60) == 0
     assert process.stderr.read() == b""
+
+
+def test_a_system_error_in_the_spool_names_the_spool(tmp_path: Path) -> None:
+    """
+    A system error while using the spool (here the entry's file is a folder)
+    names the spool and the reason, not Python's ``[Errno 21] ...: 'path'``.
+    """
+    spool = Spool(tmp_path / "s", fsync=False)
+    entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x"])
+    (entry_file,) = (tmp_path / "s" / "queue").iterdir()
+    entry_file.unlink()
+    entry_file.mkdir()
+    code, _, err = _main("show", "--spool", str(tmp_path / "s"), entry_id)
+    assert err.splitlines() == [f"error: cannot use the spool at {tmp_path / 's'}: Is a directory"]
+    assert code == 75

@@ -486,13 +486,23 @@ def main(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EX_OK
     except (SpoolError, EnvelopeError, ScheduleError, OSError) as e:
-        print(f"error: {e}", file=stderr)
+        print(f"error: {_error_line(e, spool)}", file=stderr)
         return next(code for kinds, code in _EXIT_CODES if isinstance(e, kinds))
     finally:
         # A database queue holds connections; the spool folder has nothing to close.
         close = getattr(spool, "close", None)
         if close is not None:
             close()
+
+
+def _error_line(error: Exception, spool: IQueue | None) -> str:
+    """A system error names the spool and the reason, not ``[Errno 13] ...: 'a' -> 'b'``."""
+    path = getattr(spool, "path", None)
+    if not isinstance(error, OSError) or isinstance(error, SpoolError) or path is None:
+        return str(error)
+    if isinstance(error, PermissionError):
+        return f"cannot write to the spool at {path}: {error.strerror} (run as its owner)"
+    return f"cannot use the spool at {path}: {error.strerror or error}"
 
 
 def _open_queue(
