@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 
 from txsmtpclient import tap
 from txsmtpclient._listen import (
@@ -192,3 +195,55 @@ def test_embedded_daemon_raises_rather_than_exits(tmp_path: Path, held_port: int
     with pytest.raises(StartupError, match="already in use"):
         daemon.startService()
     assert not daemon.getServiceNamed("spool").running
+
+
+class _PendingEndpoint:
+    """An endpoint whose listen() the test settles."""
+
+    def __init__(self) -> None:
+        self.listening: Deferred[Any] = Deferred()
+
+    def listen(self, factory: object) -> Deferred[Any]:
+        return self.listening
+
+
+def _pending_service() -> tuple[ListeningService, _PendingEndpoint]:
+    endpoint = _PendingEndpoint()
+    service = ListeningService(
+        endpoint,  # type: ignore[arg-type]
+        Factory.forProtocol(Protocol),
+        option="--control-port",
+        description="tcp:8025:interface=127.0.0.1",
+    )
+    return service, endpoint
+
+
+def test_stop_while_listening_is_pending_fails_its_waiters() -> None:
+    """Stopped before the endpoint listened, when_listening() fails: none is left unfired."""
+    service, _ = _pending_service()
+    service.startService()
+    waiter = service.when_listening()
+    errors: list[Failure] = []
+    waiter.addErrback(errors.append)
+    assert not errors
+    service.stopService()
+    assert errors and errors[0].check(CancelledError)
+
+
+def test_a_later_failure_to_listen_is_logged_in_one_line() -> None:
+    """An endpoint that fails after start is logged as the same one line, and waiters fail."""
+    service, endpoint = _pending_service()
+    service.startService()
+    waiter = service.when_listening()
+    errors: list[Failure] = []
+    waiter.addErrback(errors.append)
+    with capturedLogs() as events:
+        endpoint.listening.errback(
+            CannotListenError("127.0.0.1", 8025, OSError(errno.EADDRINUSE, "in use"))
+        )
+    messages = [e["message"] for e in events if e.get("log_namespace") == "txsmtpclient.tap"]
+    assert messages == [
+        "--control-port 'tcp:8025:interface=127.0.0.1': port 8025 on 127.0.0.1 is already "
+        "in use: stop what listens there (another txsmtp?) or give another port"
+    ]
+    assert errors and errors[0].check(StartupError)

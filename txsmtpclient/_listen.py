@@ -270,21 +270,26 @@ class ListeningService(Service):
     def _listen(self) -> None:
         starting = True
         failed: list[Failure] = []
+        self._port = self._failure = None
 
         def listened(port: IListeningPort) -> None:
             self._port = port
             self._settle()
 
         def failed_to_listen(failure: Failure) -> None:
-            if failure.check(CancelledError):
-                return
             assert failure.value is not None
-            error = listen_error(self._option, self._description, failure.value)
+            cancelled = failure.check(CancelledError) is not None
+            error = (
+                None if cancelled else listen_error(self._option, self._description, failure.value)
+            )
             self._failure = Failure(error) if error is not None else failure
             if starting:
                 failed.append(self._failure)
-            else:
-                _log.error("{message}", message=str(self._failure.value))
+            elif error is not None:
+                _log.error("{message}", message=str(error))
+            elif not cancelled:
+                _log.failure("Listening on {endpoint} failed", failure, endpoint=self._description)
+            # Waiters hear of it, a stop's cancellation included.
             self._settle()
 
         self._listening = self._endpoint.listen(self._factory)
@@ -301,7 +306,6 @@ class ListeningService(Service):
         """
         super().stopService()  # type: ignore[no-untyped-call]
         listening, self._listening = self._listening, None
-        self._failure = None
         if listening is None:
             return None
         listening.cancel()
