@@ -166,6 +166,7 @@ SENDMAIL_FAULTS = [
     (["--spool", "{spool}"], 64, "sendmail: no recipients"),
     (["--spool", "{file}", "b@x"], 73, "sendmail: cannot open a spool at {file}: Not a directory"),
     (["--spool", "{spool}", "bad\x7faddress@x"], 65, "sendmail: "),
+    (["-B", "binary", "b@x"], 64, "sendmail: -B binary: expected 8BITMIME or 7BIT"),
 ]
 
 

@@ -236,6 +236,9 @@ def _sendmail_value(options: SendmailOptions, flag: str, value: str) -> None:
         options.full_name = value
     elif flag == "B":
         options.body = value.upper()
+        if options.body not in ("8BITMIME", "7BIT"):
+            # Postfix refuses it too ("-B option needs 8BITMIME or 7BIT").
+            raise UsageError(f"-B {value}: expected 8BITMIME or 7BIT")
     elif flag == "N":
         options.notify = tuple(w.strip().upper() for w in value.split(",") if w.strip())
     elif flag == "R":
