@@ -104,6 +104,12 @@ def _refused(port: object, code: int, interface: str = "127.0.0.1") -> CannotLis
             "the folder /run/missing does not exist",
         ),
         (
+            "unix:/etc/hostname/c.sock",
+            CannotListenError(None, b"/etc/hostname/c.sock", OSError(errno.ENOTDIR, "Not a dir")),
+            73,
+            "/etc/hostname is not a folder: give a path inside a folder",
+        ),
+        (
             "tcp:8025",
             _refused(8025, errno.EADDRINUSE, ""),
             69,

@@ -183,10 +183,11 @@ def listen_error(option: str, description: str, error: BaseException) -> Startup
         return StartupError(f"{prefix}not permitted to listen on {target}: {advice}", EX_NOPERM)
     if code in (errno.ENOENT, errno.ENOTDIR) and target.kind == "unix":
         folder = os.path.dirname(target.path) or "."
-        return StartupError(
-            f"{prefix}the folder {folder} does not exist: create it or give another path",
-            EX_CANTCREAT,
-        )
+        if code == errno.ENOENT:
+            problem = f"the folder {folder} does not exist: create it or give another path"
+        else:
+            problem = f"{folder} is not a folder: give a path inside a folder"
+        return StartupError(prefix + problem, EX_CANTCREAT)
     if code == errno.EADDRNOTAVAIL:
         return StartupError(
             f"{prefix}{target.interface or 'the address'} is not an address of this "
