@@ -213,7 +213,8 @@ class _PendingEndpoint:
         return self.listening
 
 
-def _pending_service() -> tuple[ListeningService, _PendingEndpoint]:
+def _pending_service() -> tuple[ListeningService, _PendingEndpoint, list[Failure]]:
+    """A started service whose endpoint has not listened yet, and its waiter's failures."""
     endpoint = _PendingEndpoint()
     service = ListeningService(
         endpoint,  # type: ignore[arg-type]
@@ -221,28 +222,23 @@ def _pending_service() -> tuple[ListeningService, _PendingEndpoint]:
         option="--control-port",
         description="tcp:8025:interface=127.0.0.1",
     )
-    return service, endpoint
+    service.startService()
+    errors: list[Failure] = []
+    service.when_listening().addErrback(errors.append)
+    assert not errors
+    return service, endpoint, errors
 
 
 def test_stop_while_listening_is_pending_fails_its_waiters() -> None:
     """Stopped before the endpoint listened, when_listening() fails: none is left unfired."""
-    service, _ = _pending_service()
-    service.startService()
-    waiter = service.when_listening()
-    errors: list[Failure] = []
-    waiter.addErrback(errors.append)
-    assert not errors
+    service, _, errors = _pending_service()
     service.stopService()
     assert errors and errors[0].check(CancelledError)
 
 
 def test_a_later_failure_to_listen_is_logged_in_one_line() -> None:
     """An endpoint that fails after start is logged as the same one line, and waiters fail."""
-    service, endpoint = _pending_service()
-    service.startService()
-    waiter = service.when_listening()
-    errors: list[Failure] = []
-    waiter.addErrback(errors.append)
+    _, endpoint, errors = _pending_service()
     with capturedLogs() as events:
         endpoint.listening.errback(
             CannotListenError("127.0.0.1", 8025, OSError(errno.EADDRINUSE, "in use"))
