@@ -439,8 +439,11 @@ def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None
     :param clock: the spool service's (and direct mode's backoff) clock;
         the reactor by default.
     :returns: a MultiService to run, or to embed in another application.
+        Its ``startService`` raises :class:`StartupError` for a control or
+        status port that cannot be listened on (run by ``twist txsmtp``, that
+        is one line on stderr and the error's exit code instead).
     :raises usage.UsageError: for an unreadable password or CA file, or a
-        control port Twisted cannot listen on as described.
+        control port description Twisted cannot read.
     """
     from twisted.internet import reactor
 
