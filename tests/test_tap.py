@@ -503,3 +503,26 @@ def test_whole_number_options_read_one_way(option: str) -> None:
         parse("--direct", option, "x")
     with pytest.raises(usage.UsageError, match=f"^{option} must be .*1.*, got 0$"):
         parse("--direct", option, "0")
+
+
+def test_twist_txsmtp_socket_another_process_holds_is_one_line(tmp_path: Path) -> None:
+    """
+    A Unix control socket whose lock a live process holds (Twisted's
+    ``PATH.lock``, here naming this test's process) is one line and 69, and
+    the other process's lock is left alone.
+    """
+    socket_path = tmp_path / "control.sock"
+    lock = tmp_path / "control.sock.lock"
+    os.symlink(str(os.getpid()), lock)
+    result = _twist(
+        "txsmtp", "--spool", str(tmp_path / "spool"), "--relay", "127.0.0.1:2525",
+        "--control-port", f"unix:{socket_path}",
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.splitlines() == [
+        f"twist txsmtp: error: --control-port 'unix:{socket_path}:mode=600': another "
+        f"process is listening on the socket {socket_path} (it holds {lock}): stop it or "
+        "give another path (see 'twist txsmtp --help')"
+    ]
+    assert result.returncode == 69
+    assert os.readlink(lock) == str(os.getpid())
