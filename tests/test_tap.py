@@ -526,3 +526,19 @@ def test_twist_txsmtp_socket_another_process_holds_is_one_line(tmp_path: Path) -
     ]
     assert result.returncode == 69
     assert os.readlink(lock) == str(os.getpid())
+
+
+def test_twist_txsmtp_help_into_a_closed_pipe_stops_quietly() -> None:
+    """``twist txsmtp --help | head -1``: the reader is gone; no traceback, exit 0."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "twisted", "txsmtp", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        cwd=REPO,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    # Closed before the child (still starting Python) writes: its write fails.
+    process.stdout.close()
+    assert process.wait(60) == 0
+    assert process.stderr.read() == b""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -272,6 +273,18 @@ class Options(DKIMOptions, usage.Options):
             if getattr(self, "parent", None) is None:
                 raise
             exit_for(e)
+
+    def opt_help(self) -> None:
+        """
+        Display this help and exit.
+        """
+        try:
+            print(self.__str__(), flush=True)
+        except BrokenPipeError:
+            # The reader went away ("--help | head"): stop quietly, as cat
+            # does, and keep Python's flush at exit from failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
 
     def opt_auth_password(self, value: str) -> None:
         """Refused (ps shows it): use --auth-password-file or --auth-password-env."""
