@@ -333,3 +333,19 @@ def test_a_system_error_in_the_spool_names_the_spool(tmp_path: Path) -> None:
     code, _, err = _main("show", "--spool", str(tmp_path / "s"), entry_id)
     assert err.splitlines() == [f"error: cannot use the spool at {tmp_path / 's'}: Is a directory"]
     assert code == 75
+
+
+def test_sendmail_help_into_a_closed_pipe_stops_quietly() -> None:
+    """``txsmtp-sendmail --help | head -1``: the reader is gone; no traceback, exit 0."""
+    process = subprocess.Popen(
+        [*_sendmail_command(), "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        cwd=REPO,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    # Closed before the child (still starting Python) writes: its write fails.
+    process.stdout.close()
+    assert process.wait(60) == 0
+    assert process.stderr.read() == b""

@@ -54,7 +54,7 @@ from txsmtpclient.client import SMTP
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.delivery import AMBIGUOUS_POLICIES, Sender
 from txsmtpclient.spool.postgres_tap import check_queue, queue_service
-from txsmtpclient.spool.sendmail import EX_NOINPUT
+from txsmtpclient.spool.sendmail import EX_NOINPUT, reader_gone
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
 
@@ -281,9 +281,7 @@ class Options(DKIMOptions, usage.Options):
         try:
             print(self.__str__(), flush=True)
         except BrokenPipeError:
-            # The reader went away ("--help | head"): stop quietly, as cat
-            # does, and keep Python's flush at exit from failing again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            reader_gone(sys.stdout)  # "--help | head"
         raise SystemExit(0)
 
     def opt_auth_password(self, value: str) -> None:

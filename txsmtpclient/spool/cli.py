@@ -61,6 +61,7 @@ from txsmtpclient.spool.sendmail import (
     parse_sendmail_args,
     prepare_sendmail_message,
     read_sendmail_input,
+    reader_gone,
     sendmail_main,
 )
 from txsmtpclient.spool.store import Spool
@@ -480,10 +481,8 @@ def main(
         print(f"error: {e}", file=stderr)
         return e.exit_code
     except BrokenPipeError:
-        # The reader went away ("list | head"): stop quietly, as cat does,
-        # and keep Python's own flush at exit from failing again.
-        if stdout is sys.stdout:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # The reader went away ("list | head").
+        reader_gone(stdout)
         return EX_OK
     except (SpoolError, EnvelopeError, ScheduleError, OSError) as e:
         print(f"error: {_error_line(e, spool)}", file=stderr)
