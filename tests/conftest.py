@@ -8,6 +8,7 @@ chosen with ``--reactor`` before the tests run, and the fixtures below do not ne
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,18 @@ ServerFactory = Callable[..., AiosmtpdServer]
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     """A self-signed certificate for localhost, 127.0.0.1 and the test host names."""
     return make_self_signed_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A loopback TCP port the test holds open (listening), so nothing else can listen on it."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    try:
+        yield holder.getsockname()[1]
+    finally:
+        holder.close()
 
 
 @pytest.fixture

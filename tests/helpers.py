@@ -8,6 +8,7 @@ Nothing here imports the reactor: the clock is a :class:`MemoryReactorClock`.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ __all__ = [
     "send_pipelined",
     "success_result_of",
     "wait_for",
+    "without_reader",
 ]
 
 T = TypeVar("T")
@@ -288,3 +290,20 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def without_reader(argv: list[str], env: dict[str, str], cwd: object) -> tuple[int, bytes]:
+    """
+    Run a command whose stdout's reader is already gone (``... | head``
+    after head left): the pipe is closed before the child, still starting
+    Python, writes, so its write fails.
+
+    :returns: the exit status and what it wrote on stderr.
+    """
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    code = process.wait(60)
+    return code, process.stderr.read()

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import without_reader
 
 from txsmtpclient.spool.cli import main
 from txsmtpclient.spool.envelope import Attempt, Outcome, OutcomeKind, ReplyRecord, State
@@ -27,6 +28,7 @@ ID = "6615ae2d8caa3-7967-af987231"
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TXSMTP_SPOOL", None)
+    env.pop("TXSMTP_QUEUE", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
@@ -103,6 +105,8 @@ CLI_FAULTS = [
     (["show", "--spool", "{spool}", ID], 1, f"error: no entry '{ID}'"),
     (["retry", "--spool", "{spool}", "../x"], 1, "error: not a spool id"),
     (["frobnicate"], 64, "python -m txsmtpclient: error: argument COMMAND: invalid choice"),
+    (["migrate"], 64, "error: migrate needs --queue URL (or $TXSMTP_QUEUE)"),
+    (["demo", "--bogus"], 64, "python -m txsmtpclient demo: error: unrecognized arguments"),
 ]
 
 
@@ -163,6 +167,7 @@ SENDMAIL_FAULTS = [
     (["--spool", "{spool}"], 64, "sendmail: no recipients"),
     (["--spool", "{file}", "b@x"], 73, "sendmail: cannot open a spool at {file}: Not a directory"),
     (["--spool", "{spool}", "bad\x7faddress@x"], 65, "sendmail: "),
+    (["-B", "binary", "b@x"], 64, "sendmail: -B binary: expected 8BITMIME or 7BIT"),
 ]
 
 
@@ -314,3 +319,23 @@ def test_list_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     process.stdout.close()
     assert process.wait(60) == 0
     assert process.stderr.read() == b""
+
+
+def test_a_system_error_in_the_spool_names_the_spool(tmp_path: Path) -> None:
+    """
+    A system error while using the spool (here the entry's file is a folder)
+    names the spool and the reason, not Python's ``[Errno 21] ...: 'path'``.
+    """
+    spool = Spool(tmp_path / "s", fsync=False)
+    entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x"])
+    (entry_file,) = (tmp_path / "s" / "queue").iterdir()
+    entry_file.unlink()
+    entry_file.mkdir()
+    code, _, err = _main("show", "--spool", str(tmp_path / "s"), entry_id)
+    assert err.splitlines() == [f"error: cannot use the spool at {tmp_path / 's'}: Is a directory"]
+    assert code == 75
+
+
+def test_sendmail_help_into_a_closed_pipe_stops_quietly() -> None:
+    """``txsmtp-sendmail --help | head -1``: the reader is gone; no traceback, exit 0."""
+    assert without_reader([*_sendmail_command(), "--help"], _env(), REPO) == (0, b"")

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hmac
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -486,7 +489,10 @@ def test_status_port_answers_404_off_its_root(spool: Spool, clock: Clock) -> Non
         ("unix:/run/c.sock:mode=660", False, "unix:/run/c.sock:mode=660", True),
         ("tcp:8025", True, "tcp:8025", False),
         ("tcp:8025:interface=0.0.0.0", True, "tcp:8025:interface=0.0.0.0", False),
-        ("systemd:domain=INET:index=0", True, "systemd:domain=INET:index=0", False),
+        # Read as Twisted reads them: keywords for positional arguments.
+        ("tcp:port=8025:interface=127.0.0.1", False, "tcp:port=8025:interface=127.0.0.1", True),
+        ("unix:address=/run/c.sock", False, "unix:address=/run/c.sock:mode=600", True),
+        ("unix:/run/c.sock:mode=0600", False, "unix:/run/c.sock:mode=0600", True),
     ],
 )
 def test_check_control_port_accepts(
@@ -504,12 +510,17 @@ def test_check_control_port_accepts(
         ("tcp:8025:interface=192.0.2.1", "reachable from other machines"),
         ("tcp6:8025", "reachable from other machines"),
         ("tcp:8025:interface=localhost", "reachable from other machines"),
-        ("systemd:domain=INET:index=0", "reachable from other machines"),
-        ("tcp:http", "port number"),
+        ("tcp:port=8025", "reachable from other machines"),
+        ("tcp:8025:bogus=1", ": got an unexpected keyword argument 'bogus'$"),
+        ("systemd:domain=INET:index=0", "systemd passed this process no socket"),
+        ("tcp:http", "invalid literal"),
         ("tcp:70000:interface=127.0.0.1", "port number"),
         ("unix:", "socket path"),
         ("tls:8025", "ssl:PORT:privateKey"),
-        ("ssl:8025:privateKey=/nonexistent/key.pem:interface=127.0.0.1", "cannot read the TLS"),
+        (
+            "ssl:8025:privateKey=/nonexistent/key.pem:interface=127.0.0.1",
+            "cannot read /nonexistent",
+        ),
     ],
 )
 def test_check_control_port_refuses(description: str, message: str) -> None:
@@ -517,6 +528,37 @@ def test_check_control_port_refuses(description: str, message: str) -> None:
     with pytest.raises(ControlPortError, match=message) as caught:
         check_control_port(description, has_token=False)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("has_token", "outcome"), [(True, "local=False"), (False, "reachable")])
+def test_systemd_control_port_needs_a_token(has_token: bool, outcome: str) -> None:
+    """
+    A socket systemd passes in (its type is not one whose interface can be
+    read) is taken as reachable from other machines: it needs a token.  Run
+    in a process given LISTEN_FDS, as systemd starts one.
+    """
+    code = (
+        "from txsmtpclient.control.server import ControlPortError, check_control_port\n"
+        "try:\n"
+        f"    plan = check_control_port('systemd:domain=INET:index=0', has_token={has_token})\n"
+        "    print(f'local={plan.local}')\n"
+        "except ControlPortError as e:\n"
+        "    print(e)\n"
+    )
+    result = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=control exec "$0" -c "$1"',
+            sys.executable,
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+    )
+    assert outcome in result.stdout, result.stdout + result.stderr
 
 
 def test_ssl_control_port_with_readable_files(tmp_path: Path, tls_files: Any) -> None:

@@ -294,7 +294,7 @@ async def test_http_status_endpoint(
     await smtp_server.when_messages(1, timeout=10, reactor=_reactor())
     await _until(lambda: daemon.spool.counts()["done"] == 1, what="done")
     status_service: Any = daemon.service.getServiceNamed("status")
-    port = await status_service._waitingForPort
+    port = await status_service.when_listening()
     url = f"http://127.0.0.1:{port.getHost().port}/"
     code, content_type, raw = await deferToThread(fetch, url)
     assert code == 200

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import without_reader
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -306,6 +307,8 @@ STARTUP_FAULTS = [
     (["--on-ambiguous", "drop"], 64, "--on-ambiguous must be one of resend, hold"),
     (["--no-such-option"], 64, "option --no-such-option not recognized"),
     (["--config", "/nonexistent.toml"], 66, "--config: cannot read /nonexistent.toml"),
+    (["--config", "{file}"], 64, "--config: {file} has no [txsmtp] section"),
+    (["--config", "{ini}"], 64, "--config: cannot parse {ini}: While reading from"),
 ]
 
 
@@ -324,14 +327,18 @@ def test_twist_txsmtp_refuses_bad_settings_in_one_line(
     """
     afile = tmp_path / "a-file"
     afile.write_text("not a folder")
-    args = [a.replace("{file}", str(afile)) for a in argv]
+    # configparser's message for a section given twice runs over lines.
+    ini = tmp_path / "twice.ini"
+    ini.write_text("[txsmtp]\nrelay = a\n[txsmtp]\n")
+    args = [a.replace("{file}", str(afile)).replace("{ini}", str(ini)) for a in argv]
     if "--spool" not in args:
         args += ["--spool", str(tmp_path / "spool")]
     result = _twist("txsmtp", *args)
     assert result.returncode == code, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("twist txsmtp: error: " + message.replace("{file}", str(afile)))
+    expected = message.replace("{file}", str(afile)).replace("{ini}", str(ini))
+    assert lines[0].startswith("twist txsmtp: error: " + expected)
     assert lines[0].endswith("(see 'twist txsmtp --help')")
     assert "Traceback" not in result.stderr + result.stdout
 
@@ -371,3 +378,159 @@ def test_control_port_twisted_cannot_read_is_one_line(tmp_path: Path) -> None:
             "--control-token-file",
             str(token),
         )
+
+
+#: Listening faults: arguments ({port} is the held one), the sysexits code,
+#: and what the one line says.
+LISTEN_FAULTS = [
+    (
+        ["--control-port", "{port}"],
+        69,
+        "--control-port 'tcp:{port}:interface=127.0.0.1': port {port} on 127.0.0.1 is "
+        "already in use: stop what listens there (another txsmtp?) or give another port",
+    ),
+    (
+        ["--status-port", "tcp:{port}:interface=127.0.0.1"],
+        69,
+        "--status-port 'tcp:{port}:interface=127.0.0.1': port {port} on 127.0.0.1 is "
+        "already in use",
+    ),
+    (
+        ["--control-port", "unix:{tmp}/missing/control.sock"],
+        73,
+        "--control-port 'unix:{tmp}/missing/control.sock:mode=600': the folder "
+        "{tmp}/missing does not exist: create it or give another path",
+    ),
+    (
+        ["--status-port", "tcp:0:interface=192.0.2.1"],
+        78,
+        "--status-port 'tcp:0:interface=192.0.2.1': 192.0.2.1 is not an address of this machine",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    LISTEN_FAULTS,
+    ids=["control port in use", "status port in use", "socket folder missing", "no such address"],
+)
+def test_twist_txsmtp_that_cannot_listen_says_so_in_one_line(
+    tmp_path: Path, held_port: int, argv: list[str], code: int, message: str
+) -> None:
+    """
+    ``twist txsmtp`` whose control or status port cannot be listened on (in
+    use, a socket in a missing folder, an address the machine lacks) exits
+    with a sysexits code and one line saying what is wrong and what to do,
+    not Twisted's traceback from ``startService``.
+    """
+
+    def fill(text: str) -> str:
+        return text.replace("{port}", str(held_port)).replace("{tmp}", str(tmp_path))
+
+    result = _twist(
+        "txsmtp", "--spool", str(tmp_path / "spool"), "--relay", "127.0.0.1:2525",
+        *map(fill, argv),
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("twist txsmtp: error: " + fill(message)), lines[0]
+    assert result.returncode == code, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1", ("127.0.0.1", 53)),
+        ("127.0.0.1:5353", ("127.0.0.1", 5353)),
+        ("::1", ("::1", 53)),
+        ("[::1]", ("::1", 53)),
+        ("[2001:db8::1]:5353", ("2001:db8::1", 5353)),
+    ],
+)
+def test_parse_address_reads_ip_and_port(text: str, expected: tuple[str, int]) -> None:
+    """A DNS server's address is read by the client's one host parser."""
+    from txsmtpclient._endpoints import parse_address
+
+    assert parse_address(text, 53) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "dns.example.test",
+        "dns.example.test:53",
+        "127.0.0.1:",
+        "127.0.0.1:+53",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "[127.0.0.1]:53",
+        "tcp:127.0.0.1:53",
+        "1.2.3.4:5:6",
+    ],
+)
+def test_direct_address_options_refuse_what_the_host_parser_refuses(text: str) -> None:
+    """
+    --dns-server and --dane-resolver refuse host names, descriptions and
+    every port spelling the relay parser refuses (an empty or signed port,
+    a bracketed IPv4 address), each as one line naming the option.
+    """
+    for option in ("--dns-server", "--dane-resolver"):
+        with pytest.raises(usage.UsageError, match=f"^{option}: expected IP") as caught:
+            parse("--direct", option, text)
+        assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("1m", "expected INITIAL,MAXIMUM[,FACTOR] such as 1m,1h,2"),
+        ("1m,1h,2,3", "expected INITIAL,MAXIMUM[,FACTOR] such as 1m,1h,2"),
+        ("1m,1h,fast", "bad factor 'fast'"),
+        ("1m,soon", "expected a duration such as '90s'"),
+    ],
+)
+def test_backoff_options_read_one_way(text: str, reason: str) -> None:
+    """--retry-schedule and --destination-backoff refuse the same text the same way."""
+    for option, extra in (("--retry-schedule", ()), ("--destination-backoff", ("--direct",))):
+        with pytest.raises(usage.UsageError) as caught:
+            parse(*extra, option, text)
+        assert str(caught.value).startswith(f"{option}: {reason}"), str(caught.value)
+
+
+@pytest.mark.parametrize("option", ["--concurrency", "--destination-concurrency", "--mx-port"])
+def test_whole_number_options_read_one_way(option: str) -> None:
+    """Whole-number options refuse text and numbers out of range, naming the option."""
+    with pytest.raises(usage.UsageError, match=f"^{option} must be a whole number, got 'x'$"):
+        parse("--direct", option, "x")
+    with pytest.raises(usage.UsageError, match=f"^{option} must be .*1.*, got 0$"):
+        parse("--direct", option, "0")
+
+
+def test_twist_txsmtp_socket_another_process_holds_is_one_line(tmp_path: Path) -> None:
+    """
+    A Unix control socket whose lock a live process holds (Twisted's
+    ``PATH.lock``, here naming this test's process) is one line and 69, and
+    the other process's lock is left alone.
+    """
+    socket_path = tmp_path / "control.sock"
+    lock = tmp_path / "control.sock.lock"
+    os.symlink(str(os.getpid()), lock)
+    result = _twist(
+        "txsmtp", "--spool", str(tmp_path / "spool"), "--relay", "127.0.0.1:2525",
+        "--control-port", f"unix:{socket_path}",
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.splitlines() == [
+        f"twist txsmtp: error: --control-port 'unix:{socket_path}:mode=600': another "
+        f"process is listening on the socket {socket_path} (it holds {lock}): stop it or "
+        "give another path (see 'twist txsmtp --help')"
+    ]
+    assert result.returncode == 69
+    assert os.readlink(lock) == str(os.getpid())
+
+
+def test_twist_txsmtp_help_into_a_closed_pipe_stops_quietly() -> None:
+    """``twist txsmtp --help | head -1``: the reader is gone; no traceback, exit 0."""
+    command = [sys.executable, "-m", "twisted", "txsmtp", "--help"]
+    assert without_reader(command, _env(), REPO) == (0, b"")

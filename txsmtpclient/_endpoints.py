@@ -41,7 +41,7 @@ from txsmtpclient.errors import (
     SMTPTimeoutError,
 )
 
-__all__ = ["Relay", "connect_error", "parse_relay", "resolve_endpoint"]
+__all__ = ["Relay", "connect_error", "parse_address", "parse_relay", "resolve_endpoint"]
 
 _BUILTIN_TYPES = frozenset({"tcp", "tcp6", "ssl", "tls", "unix"})
 
@@ -207,6 +207,31 @@ def parse_relay(host: str | IStreamClientEndpoint | Relay, port: int | None = No
     if not name or any(c.isspace() for c in name):
         raise SMTPArgumentError(f"bad host {host!r}: expected {_FORMS}")
     return Relay(name, port)
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """
+    An IP address and port, by :func:`parse_relay`'s rules for a host and
+    port, for a server that must be named by its address (a DNS server:
+    naming it by a host name would need a lookup first).
+
+    :param text: ``IP``, ``IP:PORT``, ``[IPv6]:PORT``, or a bare IPv6
+        literal.
+    :param default_port: the port when ``text`` names none.
+    :returns: the address (IPv6 without brackets) and the port.
+    :raises SMTPArgumentError: for a host name, an endpoint description, or
+        what :func:`parse_relay` refuses (a bad port, stray colons).
+    """
+    forms = "IP, IP:PORT or [IPv6]:PORT"
+    if ":" in text and _is_description(text):
+        raise SMTPArgumentError(f"expected {forms}, not an endpoint description: {text!r}")
+    try:
+        relay = parse_relay(text)
+    except SMTPArgumentError as e:
+        raise SMTPArgumentError(f"expected {forms}: {e}") from None
+    if not (isIPAddress(relay.host) or isIPv6Address(relay.host)):
+        raise SMTPArgumentError(f"expected {forms}, got {text!r}")
+    return relay.host, relay.port if relay.port is not None else default_port
 
 
 def _with_port(relay: Relay, port: int) -> Relay:

@@ -43,8 +43,17 @@ def logging_begun() -> bool:
     (``twist``, ``twistd`` and ``globalLogBeginner.beginLoggingTo`` do); until
     then events are only buffered, and a transcript nobody sees is no use.
     """
-    # Twisted offers no public way to ask: the beginner keeps its temporary
-    # buffer until logging begins.
+    # Twisted (26.10) offers no public way to ask.  LogBeginner's public
+    # members are beginLoggingTo() and showwarning(); LogPublisher lists no
+    # observers; beginLoggingTo()'s one other visible effect, setting
+    # warnings.showwarning to globalLogBeginner.showwarning, is undone by
+    # any warnings.catch_warnings() (pytest wraps each test in one) and by
+    # applications that set their own.  The beginner's documented ivar
+    # _temporaryObserver becomes None in beginLoggingTo() and nowhere else,
+    # so it is exact.  Were it renamed, getattr() would answer "begun" and
+    # the transcript would only reach the log's buffer; the README example's
+    # test in tests/test_smtplib_parity.py, which expects it on stderr while
+    # no observer runs, would then fail.
     return getattr(globalLogBeginner, "_temporaryObserver", None) is None
 
 

@@ -15,7 +15,8 @@ from typing import Any
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.python import usage
 
-from txsmtpclient.spool.schedule import ScheduleError, parse_duration
+from txsmtpclient._endpoints import parse_address
+from txsmtpclient.errors import SMTPArgumentError
 
 __all__ = [
     "DIRECT_DEFAULTS",
@@ -85,36 +86,15 @@ DIRECT_FLAGS: list[list[Any]] = [
 
 def _address(option: str, text: str, default_port: int) -> tuple[str, int]:
     """
-    ``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` as an address and a port.
+    ``IP``, ``IP:PORT`` or ``[IPv6]:PORT``, read by the client's one host
+    parser (:func:`~txsmtpclient._endpoints.parse_address`).
 
     :raises usage.UsageError: for anything else.
     """
-    host, port = text.strip(), ""
-    if host.startswith("["):
-        host, _, rest = host[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else rest
-    elif host.count(":") == 1:
-        host, _, port = host.partition(":")
     try:
-        address = str(ipaddress.ip_address(host))
-        number = int(port) if port else default_port
-    except ValueError:
-        raise usage.UsageError(
-            f"--{option}: expected IP[:PORT] or [IPv6]:PORT, got {text!r}"
-        ) from None
-    if not 0 < number < 65536:
-        raise usage.UsageError(f"--{option}: port out of range in {text!r}")
-    return address, number
-
-
-def _whole(option: str, text: str, least: int, most: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise usage.UsageError(f"--{option} must be a whole number, got {text!r}") from None
-    if not least <= value <= most:
-        raise usage.UsageError(f"--{option} must be from {least} to {most}, got {value}")
-    return value
+        return parse_address(text.strip(), default_port)
+    except SMTPArgumentError as e:
+        raise usage.UsageError(f"--{option}: {e}") from None
 
 
 def direct_settings(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,7 +108,7 @@ def direct_settings(given: Mapping[str, Any]) -> dict[str, Any]:
         options, or a bad value.
     """
     # Imported here: the options module imports this one.
-    from txsmtpclient._tapconfig import _flag
+    from txsmtpclient._tapconfig import _backoff, _flag, _whole
     from txsmtpclient.direct._gate import Backoff
 
     direct = _flag("direct", given.get("direct", False))
@@ -166,18 +146,10 @@ def direct_settings(given: Mapping[str, Any]) -> dict[str, Any]:
     settings["destination_concurrency"] = _whole(
         "destination-concurrency", text("destination-concurrency"), 1, 1000
     )
-    parts = [p.strip() for p in text("destination-backoff").split(",")]
-    if len(parts) not in (2, 3):
-        raise usage.UsageError(
-            "--destination-backoff: expected INITIAL,MAXIMUM[,FACTOR] such as 1m,30m,2"
-        )
+    initial, maximum, factor = _backoff("destination-backoff", text("destination-backoff"))
     try:
-        settings["destination_backoff"] = Backoff(
-            parse_duration(parts[0]),
-            parse_duration(parts[1]),
-            float(parts[2]) if len(parts) == 3 else 2.0,
-        )
-    except (ScheduleError, ValueError) as e:
+        settings["destination_backoff"] = Backoff(initial, maximum, factor)
+    except ValueError as e:
         raise usage.UsageError(f"--destination-backoff: {e}") from e
     return settings
 

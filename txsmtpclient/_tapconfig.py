@@ -8,8 +8,9 @@ each failing as one line with a sysexits code (:class:`StartupError`).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python import usage
@@ -42,6 +43,7 @@ __all__ = [
     "IN_FLIGHT_PER_CONNECTION",
     "StartupError",
     "check_startup",
+    "exit_for",
     "in_flight",
     "read_password",
 ]
@@ -96,11 +98,65 @@ class StartupError(usage.UsageError):
         self.exit_code = exit_code
 
 
+def exit_for(error: usage.UsageError) -> NoReturn:
+    """
+    The one way ``twist txsmtp`` reports a setting that cannot work, whether
+    found while reading the options or while starting (a port it cannot
+    listen on): one line on stderr, then the error's sysexits(3) code
+    (``exit_code``; 64, usage, when it has none).
+
+    :raises SystemExit: always.
+    """
+    print(f"twist txsmtp: error: {error} (see 'twist txsmtp --help')", file=sys.stderr)
+    raise SystemExit(getattr(error, "exit_code", EX_USAGE))
+
+
 def _seconds(name: str, text: str) -> float:
     try:
         return parse_duration(text)
     except ScheduleError as e:
         raise usage.UsageError(f"--{name}: {e}") from e
+
+
+def _whole(option: str, text: str, least: int, most: int | None = None) -> int:
+    """
+    A whole-number option value from ``least`` to ``most`` (no upper bound
+    when ``None``).
+
+    :raises usage.UsageError: naming the option, for anything else.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--{option} must be a whole number, got {text!r}") from None
+    if most is None and value < least:
+        raise usage.UsageError(f"--{option} must be at least {least}, got {value}")
+    if most is not None and not least <= value <= most:
+        raise usage.UsageError(f"--{option} must be from {least} to {most}, got {value}")
+    return value
+
+
+def _backoff(option: str, text: str) -> tuple[float, float, float]:
+    """
+    ``INITIAL,MAXIMUM[,FACTOR]``: two durations with units (``1m,1h``) and a
+    growth factor (2 when left out), as ``--retry-schedule`` and
+    ``--destination-backoff`` take them.  Their order and range are the
+    caller's value's to check.
+
+    :returns: initial and maximum seconds, and the factor.
+    :raises usage.UsageError: naming the option, for another shape, a bad
+        duration or a factor that is not a number.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3):
+        raise usage.UsageError(f"--{option}: expected INITIAL,MAXIMUM[,FACTOR] such as 1m,1h,2")
+    initial = _seconds(option, parts[0])
+    maximum = _seconds(option, parts[1])
+    try:
+        factor = float(parts[2]) if len(parts) == 3 else 2.0
+    except ValueError:
+        raise usage.UsageError(f"--{option}: bad factor {parts[2]!r}") from None
+    return initial, maximum, factor
 
 
 def check_startup(settings: Mapping[str, Any]) -> None:
@@ -210,26 +266,8 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     if len(sources) > 1:
         raise usage.UsageError("give one of --auth-password-file and --auth-password-env")
     settings["spool"] = text("spool") or default_spool(os.environ)
-    try:
-        concurrency = int(text("concurrency") or "")
-    except ValueError:
-        raise usage.UsageError(
-            f"--concurrency must be a whole number, got {text('concurrency')!r}"
-        ) from None
-    if concurrency < 1:
-        raise usage.UsageError(f"--concurrency must be at least 1, got {concurrency}")
-    settings["concurrency"] = concurrency
-    parts = [p.strip() for p in (text("retry-schedule") or "").split(",")]
-    if len(parts) not in (2, 3):
-        raise usage.UsageError(
-            "--retry-schedule: expected INITIAL,MAXIMUM[,FACTOR] such as 1m,1h,2"
-        )
-    initial = _seconds("retry-schedule", parts[0])
-    maximum = _seconds("retry-schedule", parts[1])
-    try:
-        factor = float(parts[2]) if len(parts) == 3 else 2.0
-    except ValueError:
-        raise usage.UsageError(f"--retry-schedule: bad factor {parts[2]!r}") from None
+    settings["concurrency"] = _whole("concurrency", text("concurrency") or "", 1)
+    initial, maximum, factor = _backoff("retry-schedule", text("retry-schedule") or "")
     lifetime = _seconds("max-lifetime", text("max-lifetime") or "")
     try:
         settings["policy"] = RetryPolicy(
@@ -280,26 +318,24 @@ def _control_settings(port: str | None, token_file: str | None) -> dict[str, Any
     try:
         plan = check_control_port(port, has_token=token is not None)
     except ControlPortError as e:
-        raise usage.UsageError(f"--control-port: {e}") from e
-    _parse_server(plan.description, "--control-port")
+        raise usage.UsageError(f"--control-port {e}") from e
     return {"control_port": plan, "control_token": token}
 
 
 def _parse_server(description: str, option: str) -> None:
     """
-    Have Twisted read a listening endpoint's description (nothing listens:
-    the reactor is not installed yet).
+    Have Twisted read a listening endpoint's description, the reading the
+    daemon will listen by (nothing listens: the reactor is not installed
+    yet).
 
     :raises usage.UsageError: naming ``option`` for one Twisted refuses (an
         unknown type, a bad parameter, an unreadable key).
     """
-    from OpenSSL import crypto
-    from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor
+    from txsmtpclient._listen import DescriptionError, read_description
 
     try:
-        serverFromString(MemoryReactor(), description)
-    except (ValueError, TypeError, KeyError, OSError, crypto.Error) as e:
+        read_description(description)
+    except DescriptionError as e:
         raise usage.UsageError(
             f"{option} {description!r}: {e}; give an endpoint description such as "
             "tcp:8025:interface=127.0.0.1"

@@ -11,7 +11,6 @@ arrived and the spool has recorded its delivery (1 on failure or timeout).
 
 from __future__ import annotations
 
-import argparse
 import email.utils
 import shutil
 import sys
@@ -249,21 +248,26 @@ def main(argv: list[str] | None = None) -> int:
     :param argv: the arguments after the program name (default
         ``sys.argv[1:]``): ``--in DURATION`` (default ``3s``) and
         ``--timeout SECONDS`` (default 30).
-    :returns: 0 once the message arrived, 1 on failure or timeout, 2 for a
-        bad command line.
+    :returns: 0 once the message arrived, 1 on failure or timeout, 64 for a
+        bad command line (one line on stderr, as the other commands).
     """
-    parser = argparse.ArgumentParser(
+    from txsmtpclient.spool.cli import CommandParser
+
+    parser = CommandParser(
         prog="python -m txsmtpclient demo",
         description="Queue a message in a temporary spool and watch the daemon "
         "deliver it to a local sink when it falls due.",
     )
     parser.add_argument("--in", dest="delay", default="3s", help="delay before due (3s)")
     parser.add_argument("--timeout", type=float, default=30.0, help="give up after (30)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        delay = parse_duration(args.delay)
-    except ScheduleError as e:
-        parser.error(str(e))
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        try:
+            delay = parse_duration(args.delay)
+        except ScheduleError as e:
+            parser.error(f"--in: {e}")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
     out = sys.stdout
     result: list[int] = []
 

@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import tomllib
-from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -32,6 +31,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from txsmtpclient._dkimtap import DKIMOptions, dkim_keys, signing_sender
+from txsmtpclient._listen import ListeningService
 from txsmtpclient._tap_direct import (
     DIRECT_FLAGS,
     DIRECT_PARAMETERS,
@@ -45,6 +45,7 @@ from txsmtpclient._tapconfig import (
     _relay,
     _tls_options,
     check_startup,
+    exit_for,
     in_flight,
 )
 from txsmtpclient._tapconfig import IN_FLIGHT_PER_CONNECTION as IN_FLIGHT_PER_CONNECTION
@@ -55,7 +56,7 @@ from txsmtpclient.client import SMTP
 from txsmtpclient.pool import SMTPConnectionPool
 from txsmtpclient.spool.delivery import AMBIGUOUS_POLICIES, Sender
 from txsmtpclient.spool.postgres_tap import check_queue, queue_service
-from txsmtpclient.spool.sendmail import EX_NOINPUT, EX_USAGE
+from txsmtpclient.spool.sendmail import EX_NOINPUT, reader_gone
 from txsmtpclient.spool.service import SetAsideReporter, SpoolService, StatusResource
 from txsmtpclient.spool.store import Spool
 
@@ -275,11 +276,17 @@ class Options(DKIMOptions, usage.Options):
         except usage.UsageError as e:
             if getattr(self, "parent", None) is None:
                 raise
-            print(
-                f"twist txsmtp: error: {e} (see 'twist txsmtp --help')",
-                file=sys.stderr,
-            )
-            raise SystemExit(getattr(e, "exit_code", EX_USAGE)) from None
+            exit_for(e)
+
+    def opt_help(self) -> None:
+        """
+        Display this help and exit.
+        """
+        try:
+            print(self.__str__(), flush=True)
+        except BrokenPipeError:
+            reader_gone(sys.stdout)  # "--help | head"
+        raise SystemExit(0)
 
     def opt_auth_password(self, value: str) -> None:
         """Refused (ps shows it): use --auth-password-file or --auth-password-env."""
@@ -354,8 +361,12 @@ def load_config(path: str) -> dict[str, Any]:
             if not parser.has_section("txsmtp"):
                 raise usage.UsageError(f"--config: {path} has no [txsmtp] section")
             data = dict(parser.items("txsmtp"))
+    except configparser.MissingSectionHeaderError:
+        raise usage.UsageError(f"--config: {path} has no [txsmtp] section") from None
     except (UnicodeDecodeError, ValueError, configparser.Error) as e:
-        raise usage.UsageError(f"--config: cannot parse {path}: {e}") from e
+        # configparser's messages run over several lines: keep one.
+        reason = " ".join(str(e).split())
+        raise usage.UsageError(f"--config: cannot parse {path}: {reason}") from e
     if not isinstance(data, dict):
         raise usage.UsageError(f"--config: {path} must hold a table of options")
     result: dict[str, Any] = {}
@@ -390,7 +401,7 @@ def _control(
     try:
         listening = control_service(plan, site)
     except ControlPortError as e:
-        raise usage.UsageError(f"--control-port: {e}") from e
+        raise usage.UsageError(f"--control-port {e}") from e
     _log.info(
         "Control plane on {endpoint}: /v1/ and /metrics, {auth}",
         endpoint=plan.description,
@@ -405,6 +416,32 @@ def _control(
     return listening
 
 
+class _Daemon(MultiService):
+    """
+    The daemon's top service: a :class:`StartupError` raised while its
+    services start (a port in use) ends ``twist txsmtp`` the way a bad
+    option does (:func:`exit_for`) when ``exit_on_error`` is set.
+    """
+
+    def __init__(self, *, exit_on_error: bool) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._exit_on_error = exit_on_error
+
+    def privilegedStartService(self) -> None:
+        self._starting(super().privilegedStartService)
+
+    def startService(self) -> None:
+        self._starting(super().startService)
+
+    def _starting(self, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except StartupError as e:
+            if not self._exit_on_error:
+                raise
+            exit_for(e)
+
+
 def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None) -> MultiService:
     """
     Build the daemon: the spool service (named ``"spool"``) sending through a
@@ -417,8 +454,11 @@ def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None
     :param clock: the spool service's (and direct mode's backoff) clock;
         the reactor by default.
     :returns: a MultiService to run, or to embed in another application.
+        Its ``startService`` raises :class:`StartupError` for a control or
+        status port that cannot be listened on (run by ``twist txsmtp``, that
+        is one line on stderr and the error's exit code instead).
     :raises usage.UsageError: for an unreadable password or CA file, or a
-        control port Twisted cannot listen on as described.
+        control port description Twisted cannot read.
     """
     from twisted.internet import reactor
 
@@ -468,7 +508,9 @@ def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None
             settings, reactor=reactor, clock=clock if clock is not None else reactor
         )
         sender = signing_sender(direct, settings)
-    top = MultiService()
+    # Run by twist, a port that cannot be listened on is one line and an
+    # exit code, like a bad option; embedded, it raises StartupError.
+    top = _Daemon(exit_on_error=getattr(options, "parent", None) is not None)
     spool, attach = queue_service(
         settings,
         top,
@@ -498,13 +540,21 @@ def makeService(options: Mapping[str, Any], *, clock: IReactorTime | None = None
             "--status-port is superseded by --control-port (GET /v1/stats, /metrics); "
             "it still serves the counts at /"
         )
+        from twisted.internet.endpoints import serverFromString
+
         site = Site(StatusResource(service))
         site.noisy = False
-        status: IService = strports.service(settings["status_port"], site)
-        status.setName("status")
+        description = settings["status_port"]
+        status = ListeningService(
+            serverFromString(reactor, description),
+            site,
+            option="--status-port",
+            description=description,
+        )
+        status.setName("status")  # type: ignore[no-untyped-call]
         # Added first so it stops last: the status stays readable while the
         # spool service drains.
-        status.setServiceParent(top)
+        status.setServiceParent(top)  # type: ignore[no-untyped-call]
     service.setName("spool")  # type: ignore[no-untyped-call]
     service.setServiceParent(top)  # type: ignore[no-untyped-call]
     attach(service)

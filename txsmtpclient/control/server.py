@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import IService
 
 from txsmtpclient.control._web import DEFAULT_MAX_BODY, ControlRoot, ControlSite, ExactPath
@@ -52,42 +52,11 @@ class ListenPlan:
     tls: bool
 
 
-def _split(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """
-    A server endpoint description's type, positional and keyword arguments,
-    with Twisted's backslash escapes undone.
-    """
-    parts: list[str] = []
-    current: list[str] = []
-    chars = iter(description)
-    for c in chars:
-        if c == "\\":
-            current.append(next(chars, ""))
-        elif c == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(c)
-    parts.append("".join(current))
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for part in parts[1:]:
-        name, equals, value = part.partition("=")
-        if equals:
-            kwargs[name] = value
-        else:
-            args.append(part)
-    return parts[0].lower(), args, kwargs
-
-
-# Where each type takes its interface among its positional arguments
-# (twisted.internet.endpoints' _parseTCP and _parseSSL).
-_INTERFACE_AT = {"tcp": 1, "tcp6": 1, "ssl": 4}
-
-
 def check_control_port(description: str, *, has_token: bool) -> ListenPlan:
     """
-    Check a ``--control-port`` value before the daemon starts.
+    Check a ``--control-port`` value before the daemon starts, as Twisted
+    reads it (:func:`~txsmtpclient._listen.read_description`, the reading
+    it will listen by).
 
     ``8025`` means ``tcp:8025:interface=127.0.0.1``.  A TCP or SSL port must
     name a loopback interface unless a token is set (Twisted's default, no
@@ -98,30 +67,40 @@ def check_control_port(description: str, *, has_token: bool) -> ListenPlan:
     :returns: the plan to listen by.
     :raises ControlPortError: with a one-line reason.
     """
+    from txsmtpclient._listen import DescriptionError, read_description
+
     text = description.strip()
     if text.isdigit():
         text = f"tcp:{text}:interface=127.0.0.1"
-    kind, args, kwargs = _split(text)
-    if kind in ("tcp", "tcp6", "ssl"):
-        if not args or not args[0].isdigit() or int(args[0]) > 65535:
-            raise ControlPortError(f"{description!r} needs a port number 0-65535 after {kind}:")
-        at = _INTERFACE_AT[kind]
-        interface = kwargs.get("interface", args[at] if len(args) > at else "")
-        try:
-            local = ipaddress.ip_address(interface.strip("[]")).is_loopback
-        except ValueError:
-            local = False
-    elif kind == "unix":
-        if not args or not args[0]:
-            raise ControlPortError(f"{description!r} needs a socket path after unix:")
-        local = True
-        if "mode" not in kwargs:
-            # Twisted's default is 666: any local user could steer the daemon.
-            text += ":mode=600"
-    elif kind == "tls":
+    kind = text.partition(":")[0].lower()
+    if kind == "tls":
+        # Twisted's tls: server reads a folder of PEM files and listens on
+        # port 443 of every interface unless told: "tls:8025" is a trap.
         raise ControlPortError(
             f"{description!r}: for TLS write ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem"
         )
+    try:
+        target = read_description(text)
+        if target.kind == "unix":
+            # A mode given anywhere in the description wins over this one.
+            default_mode = read_description(f"unix:mode=600:{text.partition(':')[2]}")
+    except DescriptionError as e:
+        raise ControlPortError(f"{description!r}: {e}") from None
+    if target.kind == "tcp":
+        if not 0 <= target.port <= 65535:
+            raise ControlPortError(f"{description!r} needs a port number 0-65535 after {kind}:")
+        try:
+            local = ipaddress.ip_address(target.interface).is_loopback
+        except ValueError:
+            local = False
+    elif target.kind == "unix":
+        if not target.path:
+            raise ControlPortError(f"{description!r} needs a socket path after unix:")
+        local = True
+        if default_mode.mode != target.mode:
+            # No mode given: Twisted's default is 666, and any local user
+            # could steer the daemon.
+            text += ":mode=600"
     else:
         local = False
     if not local and not has_token:
@@ -129,19 +108,7 @@ def check_control_port(description: str, *, has_token: bool) -> ListenPlan:
             f"{description!r} is reachable from other machines: give "
             "--control-token-file FILE, or listen on 127.0.0.1 or a Unix socket"
         )
-    tls = kind == "ssl"
-    if tls:
-        key = kwargs.get("privateKey", args[1] if len(args) > 1 else "server.pem")
-        cert = kwargs.get("certKey", args[2] if len(args) > 2 else key)
-        for what, path in (("privateKey", key), ("certKey", cert)):
-            try:
-                with open(path, "rb") as f:
-                    f.read(1)
-            except OSError as e:
-                raise ControlPortError(
-                    f"{description!r}: cannot read the TLS {what} {path}: {e.strerror}"
-                ) from e
-    return ListenPlan(text, local, tls)
+    return ListenPlan(text, local, target.tls)
 
 
 def read_token(path: str) -> bytes:
@@ -192,16 +159,29 @@ def make_site(
     return ControlSite(root, max_body=max_body)
 
 
-def control_service(plan: ListenPlan, site: ControlSite) -> IService:
+def control_service(plan: ListenPlan, site: ControlSite, *, reactor: Any = None) -> IService:
     """
-    The service listening on the plan's endpoint, named ``"control"``.
+    The service listening on the plan's endpoint, named ``"control"``: a
+    :class:`~txsmtpclient._listen.ListeningService`, so a port that cannot
+    be listened on (in use, not permitted, a socket in a missing folder)
+    raises a one-line ``StartupError`` when it starts.
 
+    :param reactor: where to listen; the global reactor by default.
     :raises ControlPortError: if Twisted cannot build the endpoint (an
         unknown type, a bad argument, an unloadable certificate).
     """
+    from twisted.internet.endpoints import serverFromString
+
+    from txsmtpclient._listen import ListeningService
+
+    if reactor is None:
+        from twisted.internet import reactor
     try:
-        listening: IService = strports.service(plan.description, site)
+        endpoint = serverFromString(reactor, plan.description)
     except Exception as e:
         raise ControlPortError(f"{plan.description!r}: {e}") from e
-    listening.setName("control")
+    listening = ListeningService(
+        endpoint, site, option="--control-port", description=plan.description
+    )
+    listening.setName("control")  # type: ignore[no-untyped-call]
     return listening

@@ -61,6 +61,7 @@ from txsmtpclient.spool.sendmail import (
     parse_sendmail_args,
     prepare_sendmail_message,
     read_sendmail_input,
+    reader_gone,
     sendmail_main,
 )
 from txsmtpclient.spool.store import Spool
@@ -69,6 +70,7 @@ __all__ = [
     "EX_DATAERR",
     "EX_TEMPFAIL",
     "EX_USAGE",
+    "CommandParser",
     "SendmailOptions",
     "UsageError",
     "build_parser",
@@ -101,9 +103,10 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
     """
-    argparse with one-line errors and the sysexits usage code (64).
+    argparse with one-line errors and the sysexits usage code (64), for
+    every ``python -m txsmtpclient`` command (``demo`` too).
     """
 
     def error(self, message: str) -> Any:
@@ -118,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     The argparse parser for ``python -m txsmtpclient``.
     """
-    common = _Parser(add_help=False)
+    common = CommandParser(add_help=False)
     common.add_argument(
         "--spool",
         metavar="DIR",
@@ -130,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a PostgreSQL queue (postgresql://user@host/db) instead of the spool folder; "
         "the password belongs in ~/.pgpass or $PGPASSWORD (default: $TXSMTP_QUEUE)",
     )
-    parser = _Parser(
+    parser = CommandParser(
         prog="python -m txsmtpclient",
         description="Queue mail in a txsmtp spool and inspect the queue; "
         "the `twist txsmtp` daemon sends it.",
@@ -478,19 +481,27 @@ def main(
         print(f"error: {e}", file=stderr)
         return e.exit_code
     except BrokenPipeError:
-        # The reader went away ("list | head"): stop quietly, as cat does,
-        # and keep Python's own flush at exit from failing again.
-        if stdout is sys.stdout:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # The reader went away ("list | head").
+        reader_gone(stdout)
         return EX_OK
     except (SpoolError, EnvelopeError, ScheduleError, OSError) as e:
-        print(f"error: {e}", file=stderr)
+        print(f"error: {_error_line(e, spool)}", file=stderr)
         return next(code for kinds, code in _EXIT_CODES if isinstance(e, kinds))
     finally:
         # A database queue holds connections; the spool folder has nothing to close.
         close = getattr(spool, "close", None)
         if close is not None:
             close()
+
+
+def _error_line(error: Exception, spool: IQueue | None) -> str:
+    """A system error names the spool and the reason, not ``[Errno 13] ...: 'a' -> 'b'``."""
+    path = getattr(spool, "path", None)
+    if not isinstance(error, OSError) or isinstance(error, SpoolError) or path is None:
+        return str(error)
+    if isinstance(error, PermissionError):
+        return f"cannot write to the spool at {path}: {error.strerror} (run as its owner)"
+    return f"cannot use the spool at {path}: {error.strerror or error}"
 
 
 def _open_queue(
@@ -507,7 +518,7 @@ def _open_queue(
     """
     url = args.queue or environ.get("TXSMTP_QUEUE")
     if args.command == "migrate" and not url:
-        raise SpoolError("migrate needs --queue URL (or $TXSMTP_QUEUE)")
+        raise CommandError("migrate needs --queue URL (or $TXSMTP_QUEUE)", EX_USAGE)
     if not url:
         path = args.spool or default_spool(environ)
         return _open_spool(path, create=args.command not in _NEEDS_SPOOL, clock=clock)

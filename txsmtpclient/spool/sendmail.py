@@ -39,6 +39,7 @@ __all__ = [
     "parse_sendmail_args",
     "prepare_sendmail_message",
     "read_sendmail_input",
+    "reader_gone",
     "sendmail_main",
 ]
 
@@ -47,11 +48,24 @@ EX_NOTFOUND = 1
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_OSERR = 71
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
+
+
+def reader_gone(stream: TextIO) -> None:
+    """
+    After a ``BrokenPipeError`` writing to ``stream`` (``... | head``): when
+    it is the process's stdout, point that at /dev/null so Python's own
+    flush at exit does not fail again.  Callers then stop quietly, as cat
+    does.
+    """
+    if stream is sys.stdout:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class UsageError(Exception):
@@ -234,6 +248,9 @@ def _sendmail_value(options: SendmailOptions, flag: str, value: str) -> None:
         options.full_name = value
     elif flag == "B":
         options.body = value.upper()
+        if options.body not in ("8BITMIME", "7BIT"):
+            # Postfix refuses it too ("-B option needs 8BITMIME or 7BIT").
+            raise UsageError(f"-B {value}: expected 8BITMIME or 7BIT")
     elif flag == "N":
         options.notify = tuple(w.strip().upper() for w in value.split(",") if w.strip())
     elif flag == "R":
@@ -391,7 +408,10 @@ def sendmail_main(
         print(f"sendmail: {e} (see --help)", file=stderr)
         return EX_USAGE
     if options.help:
-        print(SENDMAIL_USAGE, end="", file=stdout)
+        try:
+            print(SENDMAIL_USAGE, end="", file=stdout, flush=True)
+        except BrokenPipeError:
+            reader_gone(stdout)
         return EX_OK
     message = read_sendmail_input(stdin, ignore_dots=options.ignore_dots)
     hostname = socket.gethostname()
