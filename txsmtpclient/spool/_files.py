@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from txsmtpclient.spool._names import (
+    HELD_TAG,
     QueueIndex,
     parse_held_name,
     queue_name,
@@ -123,8 +124,9 @@ class SpoolFiles:
     def _msg_path(self, entry_id: str) -> str:
         return os.path.join(self.path, "msg", f"{entry_id}.eml")
 
-    def _held_path(self, entry_id: str) -> str:
-        return os.path.join(self._dir(State.SENDING), f"{entry_id}.{os.getpid()}.json")
+    def _held_path(self, entry_id: str, *, tag: str = "") -> str:
+        tagged = f".{tag}" if tag else ""
+        return os.path.join(self._dir(State.SENDING), f"{entry_id}.{os.getpid()}{tagged}.json")
 
     def _queued_path(self, due: float, entry_id: str) -> str:
         return os.path.join(self._dir(State.QUEUED), queue_name(due, entry_id))
@@ -513,6 +515,12 @@ class SpoolFiles:
                 continue
             entry_id, pid = parsed
             if not abandoned(pid):
+                continue
+            if name.endswith(f".{HELD_TAG}.json"):
+                # An operator's change to a held entry (set_due): held it
+                # stays, as it was before or after the change.
+                with contextlib.suppress(FileNotFoundError):
+                    self._move(path, self._final_path(State.HELD, entry_id))
                 continue
             if any(os.path.exists(self._final_path(st, entry_id)) for st in FINISHED):
                 # A finish that crashed after its rename (see _finish_held):
