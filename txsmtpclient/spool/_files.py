@@ -44,7 +44,7 @@ from txsmtpclient.spool.queue import (
     SpoolError,
 )
 
-__all__ = ["FINISHED", "ORPHAN_AGE", "SpoolFiles"]
+__all__ = ["DELIVERED_SUFFIX", "FINISHED", "ORPHAN_AGE", "SpoolFiles"]
 
 #: Files in ``tmp/`` and ``msg/`` whose writer is still alive are left alone
 #: by :meth:`SpoolFiles.recover` unless they are older than this (pid reuse).
@@ -53,6 +53,11 @@ ORPHAN_AGE = 24 * 3600.0
 # A folder whose mtime is this close to now may still change within the same
 # timestamp tick, so its cached listing is not trusted (git's "racy" rule).
 _RACY_SECONDS = 2.0
+
+#: A delivered entry's held copy, kept in ``sending/`` as
+#: ``{id}.{pid}.delivered`` until a checkpoint has made its finished file
+#: durable (see :mod:`._finish`).
+DELIVERED_SUFFIX = ".delivered"
 
 #: The states an entry ends in (until an operator retries it).
 FINISHED = (State.DONE, State.FAILED, State.CANCELLED)
@@ -113,6 +118,9 @@ class SpoolFiles:
         # (inode, mtime, size) then: finishing reuses them rather than
         # reading and decoding the file again.  Any rewrite makes a new file.
         self._claimed: dict[str, tuple[tuple[int, int, int], Entry]] = {}
+        # Deliveries finished without fsync, waiting for a checkpoint:
+        # (finished file, held copy, time.monotonic() when finished).
+        self._unsynced: builtins.list[tuple[str, str, float]] = []
         for sub in ("tmp", "msg", *(s.value for s in State)):
             os.makedirs(os.path.join(self.path, sub), exist_ok=True)
 
@@ -162,16 +170,22 @@ class SpoolFiles:
                 for path, inode in after:
                     self._drop_held(path, inode)
 
-    def _sync_files(self, paths: builtins.list[str]) -> None:
+    def _sync_files(self, paths: builtins.list[str], *, missing_ok: bool = False) -> None:
         """
         Fsync files written without it, several at once (a few threads), so
         that the file system can merge their journal commits.
+        ``missing_ok``: a file removed meanwhile is skipped.
         """
         if not self._fsync or not paths:
             return
 
         def sync(path: str) -> None:
-            fd = os.open(path, os.O_RDONLY)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                if missing_ok:
+                    return
+                raise
             try:
                 os.fsync(fd)
             finally:
@@ -184,10 +198,14 @@ class SpoolFiles:
             for _ in pool.map(sync, paths):
                 pass
 
-    def _sync_dir(self, *dirs: str) -> None:
+    def _sync_dir(self, *dirs: str, now: bool = False) -> None:
+        """
+        Fsync folders: at once, or inside :meth:`group_commit` at its end
+        (``now`` forces at once).
+        """
         if not self._fsync:
             return
-        group = getattr(self._group, "dirs", None)
+        group = None if now else getattr(self._group, "dirs", None)
         if group is not None:
             group.update(dict.fromkeys(dirs))
             return
@@ -247,34 +265,6 @@ class SpoolFiles:
             raise
         if sync_dir:
             self._sync_dir(os.path.dirname(path))
-
-    def _finish_held(self, entry: Entry, held: str, target: str) -> None:
-        """
-        Move a held entry to a finished state's ``target`` with its new
-        content in one write and one rename: tmp, fsync, rename to
-        ``target``, fsync the folders, then drop the held file.  A crash
-        before the drop leaves both; :meth:`recover` drops the held one,
-        since the finished file is the newer.  The queue folder is synced
-        too, so that the claim's rename out of it is as durable as the
-        finish (a claim itself is not fsynced).
-        """
-        try:
-            tmp, _ = self._write_tmp(encode_entry(entry))
-        except OSError as e:
-            raise_if_full(e, f"cannot update entry {entry.id}")
-            raise
-        inode = os.stat(held).st_ino
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            unlink_if_present(tmp)
-            raise
-        self._sync_dir(os.path.dirname(target), self._dir(State.QUEUED))
-        after = getattr(self._group, "after", None)
-        if after is not None:
-            after.append((held, inode))  # once the group's fsyncs are done
-        else:
-            self._drop_held(held, inode)
 
     def _drop_held(self, held: str, inode: int) -> None:
         """
@@ -437,6 +427,33 @@ class SpoolFiles:
 
     # --- setting aside and recovery ---------------------------------------
 
+    @staticmethod
+    def _abandoned(pid: int) -> bool:
+        """
+        Whether files held by ``pid`` are left over: it is gone, or it is
+        this process (recovering, before it claims anything).
+        """
+        return pid == os.getpid() or not _pid_alive(pid)
+
+    def _finished_readable(self, entry_id: str) -> bool:
+        """
+        Whether the entry has a finished file that reads whole.  One that
+        does not (a delivery's file a power cut caught before its
+        checkpoint: empty or torn) is removed: the held copy beside it is
+        the one to keep.
+        """
+        for state in FINISHED:
+            path = self._final_path(state, entry_id)
+            try:
+                self._read(path, entry_id, state)
+            except FileNotFoundError:
+                continue
+            except (OSError, EnvelopeError):
+                unlink_if_present(path)
+                return False
+            return True
+        return False
+
     def set_aside(self, entry_id_or_path: str, reason: str) -> None:
         """
         Move an entry (by id, or the path of any file in the spool) to
@@ -494,8 +511,7 @@ class SpoolFiles:
         now = time.time()
         self._claimed.clear()
 
-        def abandoned(pid: int) -> bool:
-            return pid == me or not _pid_alive(pid)
+        abandoned = self._abandoned
 
         def left_behind(pid: int, mtime: float) -> bool:
             # This process may be enqueueing right now (a daemon embedded in
@@ -508,6 +524,8 @@ class SpoolFiles:
         with os.scandir(self._dir(State.SENDING)) as it:
             held = [(d.path, d.name) for d in it]
         for path, name in held:
+            if name.endswith(DELIVERED_SUFFIX):
+                continue  # see Finishing.recover
             parsed = parse_held_name(name)
             if parsed is None:
                 self.set_aside(path, "file name is not {id}.{pid}.json")
@@ -522,7 +540,7 @@ class SpoolFiles:
                 with contextlib.suppress(FileNotFoundError):
                     self._move(path, self._final_path(State.HELD, entry_id))
                 continue
-            if any(os.path.exists(self._final_path(st, entry_id)) for st in FINISHED):
+            if self._finished_readable(entry_id):
                 # A finish that crashed after its rename (see _finish_held):
                 # the finished file is the newer copy.
                 unlink_if_present(path)

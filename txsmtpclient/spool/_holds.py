@@ -15,7 +15,7 @@ import os
 from dataclasses import replace
 from datetime import datetime
 
-from txsmtpclient.spool._files import SpoolFiles
+from txsmtpclient.spool._finish import Finishing
 from txsmtpclient.spool._names import HELD_TAG, raise_if_full
 from txsmtpclient.spool._submit import check_idempotency_key
 from txsmtpclient.spool.envelope import Entry, State, is_valid_id
@@ -25,7 +25,7 @@ from txsmtpclient.spool.schedule import to_epoch
 __all__ = ["Holds"]
 
 
-class Holds(SpoolFiles):
+class Holds(Finishing):
     """
     Holding, releasing and rescheduling entries, and idempotency keys.
     """

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
@@ -58,6 +58,9 @@ T = TypeVar("T")
 _BATCH = 1000
 #: Batches of spool calls run at once in the thread pool.
 _BATCHES = 4
+#: Seconds after the last batch before deliveries still waiting for a
+#: checkpoint are made durable (the spool checkpoints on its own while busy).
+_CHECKPOINT_IDLE = 1.0
 
 
 class SetAsideReporter:
@@ -185,6 +188,7 @@ class SpoolService(MultiService):
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
         self._batches_running = 0
         self._flush_call: IDelayedCall | None = None
+        self._checkpoint_call: IDelayedCall | None = None
         self._watch = watch
         self._unwatch: Callable[[], None] | None = None
         self._poke: IDelayedCall | None = None
@@ -283,6 +287,28 @@ class SpoolService(MultiService):
                 d.errback(value)
         if self._pending:
             self._flush()
+        self._schedule_checkpoint()
+
+    def _schedule_checkpoint(self) -> None:
+        """
+        If deliveries wait for the spool's checkpoint (see
+        :meth:`~txsmtpclient.spool.store.Spool.checkpoint`), run one a moment
+        after the last batch, so that an idle daemon makes them durable.
+        """
+        unsynced = getattr(self.queue, "unsynced", None)
+        if unsynced is None or self._checkpoint_call is not None or self.stopping:
+            return
+        if unsynced():
+            self._checkpoint_call = self.clock.callLater(_CHECKPOINT_IDLE, self._checkpoint)
+
+    def _checkpoint(self) -> Deferred[None]:
+        self._checkpoint_call = None
+        if self._blocking is None:
+            return succeed(None)
+        d = self._blocking(self.queue.checkpoint)  # type: ignore[attr-defined]
+        return d.addCallbacks(
+            lambda _: None, lambda f: self.log.failure("Spool checkpoint failed", f)
+        )
 
     # -- service ----------------------------------------------------------------------
 
@@ -388,6 +414,12 @@ class SpoolService(MultiService):
             await DeferredList(list(self.in_flight.values()), consumeErrors=True)
             if cutoff.active():
                 cutoff.cancel()
+        if self._checkpoint_call is not None and self._checkpoint_call.active():
+            self._checkpoint_call.cancel()
+        self._checkpoint_call = None
+        if getattr(self.queue, "checkpoint", None) is not None:
+            # Deliveries since the last checkpoint: durable before exit.
+            await self._checkpoint()
         if self._close_sender is not None:
             closing = self._close_sender()
             closing.addTimeout(max(self.grace, 1.0), self.clock)

@@ -444,7 +444,7 @@ class Spool(Operations):
             self._move(held, self._queued_path(entry.due, entry_id))
             return replace(entry, state=State.QUEUED)
         entry = replace(entry, outcome=outcome)
-        self._finish_held(entry, held, self._final_path(state, entry_id))
+        self._finish_held(entry, held, self._final_path(state, entry_id), lazy=state is State.DONE)
         return replace(entry, state=state)
 
     def complete(
