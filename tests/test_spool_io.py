@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from txsmtpclient.spool import _files, _finish
+from txsmtpclient.spool import _files, _finish, store
 from txsmtpclient.spool.codec import decode_entry
 from txsmtpclient.spool.envelope import Attempt, EnvelopeError, Outcome, OutcomeKind, State
 from txsmtpclient.spool.queue import Submission
@@ -75,6 +75,7 @@ class Counted:
         monkeypatch.setattr(os, "link", counting("link", real_link))
         monkeypatch.setattr(os, "open", open_)
         monkeypatch.setattr(_files, "decode_entry", counting("decode", real_decode))
+        monkeypatch.setattr(store, "decode_entry", counting("decode", real_decode))
 
     def take(self) -> dict[str, int]:
         """The counts since the last take, without zeros."""
@@ -135,6 +136,43 @@ def test_delivered_message_is_one_write_and_one_rename_to_finish(
     assert [a.queue_id for a in stored.attempts] == ["Q1"]
     assert stored.outcome is not None and stored.outcome.kind is OutcomeKind.DELIVERED
     assert files(spool, "sending") == files(spool, "queue") == files(spool, "tmp") == []
+
+
+def test_claim_with_message_reads_the_one_file_once(
+    spool: Spool, counted: Counted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    claim_with_message() of an entry enqueued as bytes is one rename and one
+    read: the held file is the message file too.  Once its envelope has been
+    rewritten (a retry), the message is not in that file: None, and
+    read_message() reads it.
+    """
+    entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x", "c@x"])
+    assert spool.due(T0, 10) == [entry_id]
+    counted.take()
+    opened: list[str] = []
+    real_open = open
+
+    def recording_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(os.path.basename(os.fspath(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", recording_open)
+    taken = spool.claim_with_message(entry_id)
+    assert taken is not None
+    entry, message = taken
+    assert (entry.id, entry.pending, message) == (entry_id, ("b@x", "c@x"), MESSAGE)
+    assert counted.take() == {"rename": 1, "decode": 1}
+    assert opened == [f"{entry_id}.{os.getpid()}.json"]
+    later = Attempt(T0, 0.1, "relay", 451, "later", temporary=True, delivered=("b@x",))
+    spool.reschedule(entry_id, T0, later)
+    assert spool.due(T0, 10) == [entry_id]
+    retaken = spool.claim_with_message(entry_id)
+    assert retaken is not None and retaken[1] is None
+    assert retaken[0].pending == ("c@x",)
+    assert spool.read_message(entry_id) == MESSAGE
+    assert spool.complete(entry_id, attempt=delivered()).state is State.DONE
+    assert spool.claim_with_message(entry_id) is None
 
 
 def test_failed_message_is_one_write_and_one_rename(spool: Spool, counted: Counted) -> None:

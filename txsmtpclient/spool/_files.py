@@ -372,13 +372,15 @@ class SpoolFiles:
         """
         path = self._held_path(entry_id)
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                key = (st.st_ino, st.st_mtime_ns, st.st_size)
-                cached = self._claimed.get(entry_id)
-                if cached is not None and cached[0] == key:
-                    entry = cached[1]
-                else:
+            # A stat, not an open, when the copy in memory is current.  Only
+            # this process changes a file held under its pid.
+            st = os.stat(path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._claimed.get(entry_id)
+            if cached is not None and cached[0] == key:
+                entry = cached[1]
+            else:
+                with open(path, "rb") as f:
                     entry = decode_entry(f.readline(), id=entry_id, state=State.SENDING)
         except FileNotFoundError:
             self._claimed.pop(entry_id, None)
@@ -397,6 +399,16 @@ class SpoolFiles:
 
         :returns: whether it was moved; ``False`` if it is not queued.
         """
+        with self._lock:
+            recent = self._recent.pop(entry_id, None)
+        if recent is not None:
+            # Where due() saw it: one rename, no lookup, in the usual case.
+            try:
+                self._move(recent, target, sync=sync)
+            except FileNotFoundError:
+                pass
+            else:
+                return True
         for _ in range(2):
             path = self._find_queued(entry_id)
             if path is None:

@@ -10,9 +10,11 @@ claimed entry as it was (its content fsynced when it was written), stays in
 ``sending/`` renamed ``{id}.{pid}.delivered``.  A checkpoint then fsyncs the
 finished files of many deliveries at once, from a few threads so that the
 file system merges their journal commits, fsyncs ``done/`` and ``queue/``,
-and only then removes the held copies.  It runs at the end of a group commit
+and only then removes the held copies.  The daemon runs one about every
+second while deliveries wait (in a thread of its own, so that no
+acknowledgement waits for it) and at stop; a group commit also ends with one
 once :data:`CHECKPOINT_COUNT` deliveries wait or the oldest has waited
-:data:`CHECKPOINT_AGE` seconds, and when the daemon goes idle or stops.
+:data:`CHECKPOINT_AGE` seconds.
 
 So the record of a delivery survives SIGKILL as soon as ``complete``
 returns (the page cache survives a killed process; :meth:`Finishing.recover`
@@ -41,9 +43,10 @@ from txsmtpclient.spool.envelope import Entry, EnvelopeError, State
 __all__ = ["CHECKPOINT_AGE", "CHECKPOINT_COUNT", "Finishing"]
 
 #: A group commit ends with a checkpoint once this many deliveries wait...
-CHECKPOINT_COUNT = 256
-#: ...or once the oldest has waited this many seconds.
-CHECKPOINT_AGE = 1.0
+CHECKPOINT_COUNT = 1000
+#: ...or once the oldest has waited this many seconds (a bound: the daemon
+#: runs one about every second, in a thread of its own).
+CHECKPOINT_AGE = 5.0
 
 
 class Finishing(SpoolFiles):

@@ -58,9 +58,10 @@ T = TypeVar("T")
 _BATCH = 1000
 #: Batches of spool calls run at once in the thread pool.
 _BATCHES = 4
-#: Seconds after the last batch before deliveries still waiting for a
-#: checkpoint are made durable (the spool checkpoints on its own while busy).
-_CHECKPOINT_IDLE = 1.0
+#: Seconds from a batch that left deliveries waiting for the spool's
+#: checkpoint until the daemon runs one: about once a second while busy, and
+#: a second after the last delivery when idle.
+_CHECKPOINT_DELAY = 1.0
 
 
 class SetAsideReporter:
@@ -292,20 +293,26 @@ class SpoolService(MultiService):
     def _schedule_checkpoint(self) -> None:
         """
         If deliveries wait for the spool's checkpoint (see
-        :meth:`~txsmtpclient.spool.store.Spool.checkpoint`), run one a moment
-        after the last batch, so that an idle daemon makes them durable.
+        :meth:`~txsmtpclient.spool.store.Spool.checkpoint`), run one within
+        :data:`_CHECKPOINT_DELAY`, busy or idle.
         """
         unsynced = getattr(self.queue, "unsynced", None)
         if unsynced is None or self._checkpoint_call is not None or self.stopping:
             return
         if unsynced():
-            self._checkpoint_call = self.clock.callLater(_CHECKPOINT_IDLE, self._checkpoint)
+            self._checkpoint_call = self.clock.callLater(_CHECKPOINT_DELAY, self._checkpoint)
 
     def _checkpoint(self) -> Deferred[None]:
         self._checkpoint_call = None
-        if self._blocking is None:
+        checkpoint = self.queue.checkpoint  # type: ignore[attr-defined]
+        if self._threadpool is not None:
+            # A thread of its own, not a batch: acknowledgements and claims
+            # never wait for its fsyncs.
+            d = deferToThreadPool(self._reactor, self._threadpool, checkpoint)
+        elif self._blocking is not None:
+            d = self._blocking(checkpoint)
+        else:
             return succeed(None)
-        d = self._blocking(self.queue.checkpoint)  # type: ignore[attr-defined]
         return d.addCallbacks(
             lambda _: None, lambda f: self.log.failure("Spool checkpoint failed", f)
         )
@@ -511,6 +518,8 @@ class SpoolService(MultiService):
             # each message from it.
             return [(entry, None) for entry in self.queue.claim_due(now, free)]
         claimed: list[tuple[Entry, bytes | None]] = []
+        # A spool folder reads an entry and its message in one read.
+        claim_with_message = getattr(self.queue, "claim_with_message", None)
         scanned = False
         while len(claimed) < free:
             if not self._ready:
@@ -519,14 +528,20 @@ class SpoolService(MultiService):
                 self._ready.extend(self.queue.due(now, max(free, _BATCH)))
                 scanned = True
                 continue
-            entry = self.queue.claim(self._ready.popleft())
+            entry_id = self._ready.popleft()
+            message: bytes | None = None
+            if claim_with_message is not None:
+                taken = claim_with_message(entry_id)
+                entry, message = taken if taken is not None else (None, None)
+            else:
+                entry = self.queue.claim(entry_id)
             if entry is None:
                 continue  # another process took it, or it was cancelled
-            message: bytes | None
-            try:
-                message = self.queue.read_message(entry.id)
-            except Exception:
-                message = None  # the deliverer reads again, and sets it aside
+            if message is None:
+                try:
+                    message = self.queue.read_message(entry.id)
+                except Exception:
+                    message = None  # the deliverer reads again, and sets it aside
             claimed.append((entry, message))
         return claimed
 

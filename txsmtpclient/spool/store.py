@@ -73,7 +73,7 @@ from txsmtpclient.spool._names import (
 )
 from txsmtpclient.spool._operations import Operations
 from txsmtpclient.spool._submit import message_start, new_entry
-from txsmtpclient.spool.codec import encode_entry
+from txsmtpclient.spool.codec import decode_entry, encode_entry
 from txsmtpclient.spool.envelope import (
     Attempt,
     Dsn,
@@ -372,6 +372,30 @@ class Spool(Operations):
         except (OSError, EnvelopeError, EntryStateError) as e:
             self.set_aside(held, str(e))
             return None
+
+    def claim_with_message(self, entry_id: str) -> tuple[Entry, bytes | None] | None:
+        """
+        :meth:`claim`, and the message read in the same read when it is
+        stored with its envelope (enqueued as bytes, so the held file is the
+        message file too).
+
+        :returns: the entry and its message (``None``: not in the same file,
+            call :meth:`read_message`), or ``None`` as :meth:`claim` does.
+        """
+        held = self._held_path(entry_id)
+        if not self._take_queued(entry_id, held, sync=False):
+            return None
+        try:
+            with open(held, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+            start = message_start(data, entry_id)
+            entry = decode_entry(data[:start] if start else data, id=entry_id, state=State.SENDING)
+        except (OSError, EnvelopeError) as e:
+            self.set_aside(held, str(e))
+            return None
+        self._claimed[entry_id] = ((st.st_ino, st.st_mtime_ns, st.st_size), entry)
+        return entry, data[start:] if start else None
 
     def read_message(self, entry_id: str) -> bytes:
         """
