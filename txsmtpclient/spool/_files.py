@@ -597,11 +597,17 @@ class SpoolFiles:
                 unlink_if_present(path)
                 report["tmp_removed"] += 1
 
+        # The ids named in every state, by where each kind of name has it
+        # (a queue of thousands: no id check for each part of each name).
         known: set[str] = set()
         for st in State:
-            with os.scandir(self._dir(st)) as it:
-                for d in it:
-                    known.update(p for p in d.name.split(".") if is_valid_id(p))
+            names = os.listdir(self._dir(st))
+            if st is State.QUEUED:
+                known.update(n.split(".", 2)[1] for n in names if n.count(".") >= 2)
+            elif st is State.CORRUPT:
+                known.update(p for n in names for p in n.split(".") if is_valid_id(p))
+            else:
+                known.update(n.partition(".")[0] for n in names)
         with os.scandir(os.path.join(self.path, "msg")) as it:
             messages = [(d.path, d.name, d.stat().st_mtime) for d in it]
         for path, name, mtime in messages:

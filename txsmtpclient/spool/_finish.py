@@ -94,7 +94,7 @@ class Finishing(SpoolFiles):
         except OSError as e:
             raise_if_full(e, f"cannot update entry {entry.id}")
             raise
-        inode = os.stat(held).st_ino
+        inode = 0 if lazy else os.stat(held).st_ino
         try:
             os.rename(tmp, target)
         except BaseException:
