@@ -7,7 +7,9 @@ Layout (Maildir-like; every state is a folder, every state change a rename)::
       tmp/        files being written: {pid}.{random}.tmp
       msg/        message bytes, written once: {id}.eml (see below)
       queue/      waiting entries, due time first: {due_ms:015d}.{id}.json
-      sending/    entries claimed by process pid: {id}.{pid}.json
+      sending/    entries claimed by process pid: {id}.{pid}.json; a held
+                  entry being changed: {id}.{pid}.held.json; a delivery's
+                  claimed copy until a checkpoint: {id}.{pid}.delivered
       done/       {id}.json
       failed/     {id}.json
       cancelled/  {id}.json
@@ -40,7 +42,11 @@ nothing is read until an entry is claimed.
 Every method of :class:`Spool` does blocking file I/O: a change fsyncs the
 file it writes and the folders it renames into before returning (inside
 :meth:`Spool.group_commit`, at the end of the block), except a claim, whose
-loss in a power cut only leaves the entry queued.  A Twisted daemon calls them through
+loss in a power cut only leaves the entry queued, and a delivery finished
+inside a group commit, whose loss in a power cut only sends the message
+again: it is made durable by a later :meth:`Spool.checkpoint`, many at once
+(see :mod:`._finish` and "Durability" in ``docs/spool-format.rst``).  All
+of them survive a killed process as soon as they return.  A Twisted daemon calls them through
 ``twisted.internet.threads.deferToThread``; methods on different ids may run
 in different threads at once.  The spool assumes one host: a held entry's
 owner is recognised by pid.  For several machines, implement :class:`IQueue`
