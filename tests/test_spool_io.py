@@ -443,8 +443,10 @@ def test_power_cut_before_a_checkpoint_loses_no_message(spool: Spool, left: str)
     else:
         assert (report["requeued"], entry.state, entry.pending) == (3, State.QUEUED, ("r0@x",))
         assert files(spool, "done") == []
+    # A torn record is kept aside for the operator, without the message.
+    assert len(spool.corrupt()) == (1 if left in ("empty", "torn") else 0)
     assert spool.read_message(entry_id) == MESSAGE
-    assert files(spool, "sending") == [] and spool.corrupt() == []
+    assert files(spool, "sending") == []
 
 
 def test_retry_waits_for_a_finish_to_be_committed(spool: Spool) -> None:

@@ -451,8 +451,8 @@ class SpoolFiles:
         """
         Whether the entry has a finished file that reads whole.  One that
         does not (a delivery's file a power cut caught before its
-        checkpoint: empty or torn) is removed: the held copy beside it is
-        the one to keep.
+        checkpoint: empty or torn) goes to ``corrupt/`` with its reason,
+        without the message: the held copy beside it is the one to keep.
         """
         for state in FINISHED:
             path = self._final_path(state, entry_id)
@@ -460,8 +460,13 @@ class SpoolFiles:
                 self._read(path, entry_id, state)
             except FileNotFoundError:
                 continue
-            except (OSError, EnvelopeError):
-                unlink_if_present(path)
+            except (OSError, EnvelopeError) as e:
+                target = os.path.join(
+                    self._dir(State.CORRUPT), f"{state.value}.{entry_id}.{os.urandom(4).hex()}"
+                )
+                os.rename(path, target)
+                with open(target + ".reason", "w", encoding="utf-8") as f:
+                    f.write(f"unreadable, its held copy requeued: {e}\n")
                 return False
             return True
         return False

@@ -22,8 +22,9 @@ keeps the finished file and drops the copy), and a power cut before its
 checkpoint loses at most that record: the held copy is still there, or the
 entry is still in ``queue/``, and the message is sent again.  A duplicate,
 never a loss; Postfix removes a delivered queue file without an fsync for
-the same reason.  A finished file the power cut left empty or torn is
-removed by recovery, which requeues the copy.  This relies on the file
+the same reason.  A finished file the power cut left empty or torn is set
+aside in ``corrupt/`` by recovery (without the message), which requeues
+the copy.  This relies on the file
 system keeping renames in the order they were made (ext4 and XFS journal
 them in order), as the claim's unsynced rename already does.
 """
