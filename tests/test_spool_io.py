@@ -403,6 +403,32 @@ def test_checkpoint_drops_a_copy_only_once_its_delivery_is_durable(
         assert journal.index(("fsync", os.path.join(spool.path, "queue"))) < removed
 
 
+def test_failing_backstop_checkpoint_fails_no_change_of_its_group(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    When the checkpoint a group commit ends with fails, the group's own
+    (durable) changes are not reported failed; the deliveries keep waiting,
+    copies kept, until a checkpoint succeeds.
+    """
+    monkeypatch.setattr(_finish, "CHECKPOINT_COUNT", 1)
+    [entry_id, *_] = claimed_three(spool)
+    real_sync = spool._sync_files
+
+    def failing(paths: list[str], **kwargs: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool, "_sync_files", failing)
+    with spool.group_commit():
+        done = spool.complete(entry_id, attempt=delivered())
+    assert done.state is State.DONE
+    assert spool.unsynced() == 1
+    assert f"{entry_id}.{os.getpid()}.delivered" in files(spool, "sending")
+    monkeypatch.setattr(spool, "_sync_files", real_sync)
+    assert spool.checkpoint() == 1
+    assert f"{entry_id}.{os.getpid()}.delivered" not in files(spool, "sending")
+
+
 def as_dead_process(spool: Spool) -> None:
     """Rename this process's files in sending/ as a dead process's."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

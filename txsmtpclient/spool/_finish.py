@@ -74,7 +74,11 @@ class Finishing(SpoolFiles):
         with super().group_commit():
             yield
         if outermost and self._checkpoint_due():
-            self.checkpoint()
+            # A backstop: if it fails, the deliveries stay waiting (copies
+            # kept) for the next checkpoint, and this block's own changes,
+            # durable already, are not reported failed.
+            with contextlib.suppress(OSError):
+                self.checkpoint()
 
     def _finish_held(self, entry: Entry, held: str, target: str, *, lazy: bool = False) -> None:
         """
