@@ -1,11 +1,12 @@
 """
 The spool folder's files: names, atomic writes and renames, the queue index,
-and recovery after a crash.
+and setting entries aside.
 
 :class:`SpoolFiles` is the base of :class:`~txsmtpclient.spool.store.Spool`
 (whose module docstring describes the layout): it knows where each state's
 files are and how to change them safely (write to ``tmp/``, fsync, rename),
-and nothing about when to.  Every method does blocking file I/O.
+and nothing about when to (recovery after a crash is in :mod:`._finish`).
+Every method does blocking file I/O.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from txsmtpclient.spool._names import (
-    HELD_TAG,
     QueueIndex,
     parse_held_name,
     queue_name,
@@ -31,11 +31,8 @@ from txsmtpclient.spool.codec import decode_entry, encode_entry
 from txsmtpclient.spool.envelope import (
     Entry,
     EnvelopeError,
-    Outcome,
-    OutcomeKind,
     State,
     is_valid_id,
-    start_next_occurrence,
 )
 from txsmtpclient.spool.queue import (
     EntryBusy,
@@ -47,7 +44,7 @@ from txsmtpclient.spool.queue import (
 __all__ = ["DELIVERED_SUFFIX", "FINISHED", "ORPHAN_AGE", "SpoolFiles"]
 
 #: Files in ``tmp/`` and ``msg/`` whose writer is still alive are left alone
-#: by :meth:`SpoolFiles.recover` unless they are older than this (pid reuse).
+#: by :meth:`._finish.Finishing.recover` unless they are older than this (pid reuse).
 ORPHAN_AGE = 24 * 3600.0
 
 # A folder whose mtime is this close to now may still change within the same
@@ -447,6 +444,23 @@ class SpoolFiles:
         """
         return pid == os.getpid() or not _pid_alive(pid)
 
+    @staticmethod
+    def _left_behind(pid: int, mtime: float) -> bool:
+        """
+        Whether a file in ``tmp/`` or ``msg/`` written by ``pid`` at
+        ``mtime`` is left over.  This process may be enqueueing right now
+        (a daemon embedded in an application): only its files from before
+        it loaded this module can be an earlier process's with a reused pid.
+        """
+        if pid == os.getpid():
+            return mtime < _LOADED_AT
+        return not _pid_alive(pid)
+
+    @staticmethod
+    def _pid_of_id(entry_id: str) -> int:
+        """The pid of the process that made an id."""
+        return _pid_of_id(entry_id)
+
     def _finished_readable(self, entry_id: str) -> bool:
         """
         Whether the entry has a finished file that reads whole.  One that
@@ -507,127 +521,3 @@ class SpoolFiles:
             self._index = None
         if self._on_set_aside is not None:
             self._on_set_aside(target, reason)
-
-    def recover(self, *, orphan_age: float = ORPHAN_AGE) -> dict[str, int]:
-        """
-        Call once when the daemon starts, before claiming anything.  Entries
-        left in ``sending/`` by a process that is gone (or by an earlier
-        process with this pid) go back to the queue to be sent again, or on
-        to ``done/`` / ``failed/`` if the server had already answered the
-        final dot for every recipient; unreadable ones are set aside.  Files
-        in ``tmp/``, and messages in ``msg/`` with no envelope, left by dead
-        processes (or older than ``orphan_age``) are removed.
-
-        :returns: counts: ``requeued``, ``finished``, ``set_aside``,
-            ``tmp_removed``, ``orphans_removed``.
-        """
-        report = dict.fromkeys(
-            ("requeued", "finished", "set_aside", "tmp_removed", "orphans_removed"), 0
-        )
-        me = os.getpid()
-        now = time.time()
-        self._claimed.clear()
-
-        abandoned = self._abandoned
-
-        def left_behind(pid: int, mtime: float) -> bool:
-            # This process may be enqueueing right now (a daemon embedded in
-            # an application): only its files from before it loaded this
-            # module can be an earlier process's with a reused pid.
-            if pid == me:
-                return mtime < _LOADED_AT
-            return not _pid_alive(pid)
-
-        with os.scandir(self._dir(State.SENDING)) as it:
-            held = [(d.path, d.name) for d in it]
-        for path, name in held:
-            if name.endswith(DELIVERED_SUFFIX):
-                continue  # see Finishing.recover
-            parsed = parse_held_name(name)
-            if parsed is None:
-                self.set_aside(path, "file name is not {id}.{pid}.json")
-                report["set_aside"] += 1
-                continue
-            entry_id, pid = parsed
-            if not abandoned(pid):
-                continue
-            if name.endswith(f".{HELD_TAG}.json"):
-                # An operator's change to a held entry (set_due): held it
-                # stays, as it was before or after the change.
-                with contextlib.suppress(FileNotFoundError):
-                    self._move(path, self._final_path(State.HELD, entry_id))
-                continue
-            if self._finished_readable(entry_id):
-                # A finish that crashed after its rename (see _finish_held):
-                # the finished file is the newer copy.
-                unlink_if_present(path)
-                report["finished"] += 1
-                continue
-            try:
-                entry = self._read(path, entry_id, State.SENDING)
-            except FileNotFoundError:
-                continue
-            except (OSError, EnvelopeError) as e:
-                self.set_aside(path, str(e))
-                report["set_aside"] += 1
-                continue
-            if not entry.pending and entry.recurrence is not None:
-                # Every recipient answered but complete() never ran: this
-                # occurrence is over, queue the next.
-                last = entry.attempts[-1] if entry.attempts else None
-                kind = OutcomeKind.DELIVERED if entry.delivered else OutcomeKind.FAILED
-                outcome = (
-                    Outcome.from_attempt(last, kind) if last else Outcome(self._clock(), kind)
-                )
-                entry = start_next_occurrence(entry, outcome, self._clock())
-                self._write_entry(entry, path)
-            if entry.pending:
-                target = self._queued_path(entry.due, entry_id)
-                report["requeued"] += 1
-            else:
-                state = State.DONE if entry.delivered else State.FAILED
-                target = self._final_path(state, entry_id)
-                report["finished"] += 1
-            try:
-                self._move(path, target)
-            except FileNotFoundError:
-                continue
-
-        with os.scandir(self._dir("tmp")) as it:
-            tmps = [(d.path, d.name, d.stat().st_mtime) for d in it]
-        for path, name, mtime in tmps:
-            head = name.split(".")[0]
-            pid = int(head) if head.isdigit() else me
-            if left_behind(pid, mtime) or now - mtime > orphan_age:
-                unlink_if_present(path)
-                report["tmp_removed"] += 1
-
-        # The ids named in every state, by where each kind of name has it
-        # (a queue of thousands: no id check for each part of each name).
-        known: set[str] = set()
-        for st in State:
-            names = os.listdir(self._dir(st))
-            if st is State.QUEUED:
-                known.update(n.split(".", 2)[1] for n in names if n.count(".") >= 2)
-            elif st is State.CORRUPT:
-                known.update(p for n in names for p in n.split(".") if is_valid_id(p))
-            else:
-                known.update(n.partition(".")[0] for n in names)
-        with os.scandir(os.path.join(self.path, "msg")) as it:
-            messages = [(d.path, d.name, d.stat().st_mtime) for d in it]
-        for path, name, mtime in messages:
-            entry_id = name.removesuffix(".eml")
-            if entry_id in known or not is_valid_id(entry_id):
-                continue
-            # A live writer may be between renaming the message and the
-            # envelope into place: leave its files alone.
-            # Look once more: the envelope may have landed meanwhile.
-            if (
-                left_behind(_pid_of_id(entry_id), mtime) or now - mtime > orphan_age
-            ) and self._locate(entry_id) is None:
-                unlink_if_present(path)
-                report["orphans_removed"] += 1
-        self._sync_dir(*(self._dir(s) for s in State), self._dir("tmp"))
-        with self._lock:
-            self._index = None
-        return report

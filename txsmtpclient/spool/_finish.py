@@ -1,7 +1,8 @@
 """
 Finishing claimed entries: the one write and one rename that move a held
-entry to ``done/`` or ``failed/``, and checkpoints, which make deliveries
-finished inside a group commit durable in bulk.
+entry to ``done/`` or ``failed/``; checkpoints, which make deliveries
+finished inside a group commit durable in bulk; and recovery after a crash
+(:meth:`Finishing.recover`).
 
 A delivery finished inside :meth:`~._files.SpoolFiles.group_commit` (the
 daemon's way) is not fsynced at once.  Its final envelope is written to
@@ -37,9 +38,22 @@ import time
 from collections.abc import Iterator
 
 from txsmtpclient.spool._files import DELIVERED_SUFFIX, ORPHAN_AGE, SpoolFiles
-from txsmtpclient.spool._names import parse_held_name, raise_if_full, unlink_if_present
+from txsmtpclient.spool._names import (
+    HELD_TAG,
+    parse_held_name,
+    raise_if_full,
+    unlink_if_present,
+)
 from txsmtpclient.spool.codec import encode_entry
-from txsmtpclient.spool.envelope import Entry, EnvelopeError, State
+from txsmtpclient.spool.envelope import (
+    Entry,
+    EnvelopeError,
+    Outcome,
+    OutcomeKind,
+    State,
+    is_valid_id,
+    start_next_occurrence,
+)
 
 __all__ = ["CHECKPOINT_AGE", "CHECKPOINT_COUNT", "Finishing"]
 
@@ -52,7 +66,7 @@ CHECKPOINT_AGE = 5.0
 
 class Finishing(SpoolFiles):
     """
-    Finishing held entries, and checkpoints of deliveries.
+    Finishing held entries, checkpoints of deliveries, and recovery.
     """
 
     @contextlib.contextmanager
@@ -199,8 +213,116 @@ class Finishing(SpoolFiles):
                 set_aside += 1
                 continue
             requeued += 1
-        report = super().recover(orphan_age=orphan_age)
+        report = self._recover_files(orphan_age)
         report["requeued"] += requeued
         report["finished"] += finished
         report["set_aside"] += set_aside
+        return report
+
+    def _recover_files(self, orphan_age: float) -> dict[str, int]:
+        """
+        :meth:`recover` but for deliveries' held copies: held entries,
+        temporary files and orphan messages.
+        """
+        report = dict.fromkeys(
+            ("requeued", "finished", "set_aside", "tmp_removed", "orphans_removed"), 0
+        )
+        me = os.getpid()
+        now = time.time()
+        self._claimed.clear()
+
+        abandoned, left_behind = self._abandoned, self._left_behind
+
+        with os.scandir(self._dir(State.SENDING)) as it:
+            held = [(d.path, d.name) for d in it]
+        for path, name in held:
+            if name.endswith(DELIVERED_SUFFIX):
+                continue  # see recover()
+            parsed = parse_held_name(name)
+            if parsed is None:
+                self.set_aside(path, "file name is not {id}.{pid}.json")
+                report["set_aside"] += 1
+                continue
+            entry_id, pid = parsed
+            if not abandoned(pid):
+                continue
+            if name.endswith(f".{HELD_TAG}.json"):
+                # An operator's change to a held entry (set_due): held it
+                # stays, as it was before or after the change.
+                with contextlib.suppress(FileNotFoundError):
+                    self._move(path, self._final_path(State.HELD, entry_id))
+                continue
+            if self._finished_readable(entry_id):
+                # A finish that crashed after its rename (see _finish_held):
+                # the finished file is the newer copy.
+                unlink_if_present(path)
+                report["finished"] += 1
+                continue
+            try:
+                entry = self._read(path, entry_id, State.SENDING)
+            except FileNotFoundError:
+                continue
+            except (OSError, EnvelopeError) as e:
+                self.set_aside(path, str(e))
+                report["set_aside"] += 1
+                continue
+            if not entry.pending and entry.recurrence is not None:
+                # Every recipient answered but complete() never ran: this
+                # occurrence is over, queue the next.
+                last = entry.attempts[-1] if entry.attempts else None
+                kind = OutcomeKind.DELIVERED if entry.delivered else OutcomeKind.FAILED
+                outcome = (
+                    Outcome.from_attempt(last, kind) if last else Outcome(self._clock(), kind)
+                )
+                entry = start_next_occurrence(entry, outcome, self._clock())
+                self._write_entry(entry, path)
+            if entry.pending:
+                target = self._queued_path(entry.due, entry_id)
+                report["requeued"] += 1
+            else:
+                state = State.DONE if entry.delivered else State.FAILED
+                target = self._final_path(state, entry_id)
+                report["finished"] += 1
+            try:
+                self._move(path, target)
+            except FileNotFoundError:
+                continue
+
+        with os.scandir(self._dir("tmp")) as it:
+            tmps = [(d.path, d.name, d.stat().st_mtime) for d in it]
+        for path, name, mtime in tmps:
+            head = name.split(".")[0]
+            pid = int(head) if head.isdigit() else me
+            if left_behind(pid, mtime) or now - mtime > orphan_age:
+                unlink_if_present(path)
+                report["tmp_removed"] += 1
+
+        # The ids named in every state, by where each kind of name has it
+        # (a queue of thousands: no id check for each part of each name).
+        known: set[str] = set()
+        for st in State:
+            names = os.listdir(self._dir(st))
+            if st is State.QUEUED:
+                known.update(n.split(".", 2)[1] for n in names if n.count(".") >= 2)
+            elif st is State.CORRUPT:
+                known.update(p for n in names for p in n.split(".") if is_valid_id(p))
+            else:
+                known.update(n.partition(".")[0] for n in names)
+        with os.scandir(os.path.join(self.path, "msg")) as it:
+            messages = [(d.path, d.name, d.stat().st_mtime) for d in it]
+        for path, name, mtime in messages:
+            entry_id = name.removesuffix(".eml")
+            if entry_id in known or not is_valid_id(entry_id):
+                continue
+            # A live writer may be between renaming the message and the
+            # envelope into place: leave its files alone.
+            # Look once more: the envelope may have landed meanwhile.
+            if (
+                left_behind(self._pid_of_id(entry_id), mtime) or now - mtime > orphan_age
+            ) and self._locate(entry_id) is None:
+                unlink_if_present(path)
+                report["orphans_removed"] += 1
+        self._sync_dir(*(self._dir(s) for s in State), self._dir("tmp"))
+        with self._lock:
+            self._index = None
         return report

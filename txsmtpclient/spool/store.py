@@ -57,8 +57,8 @@ with the setgid bit and run writers with ``umask 002``; files get the mode
 the umask allows.
 
 The interface and its errors are in :mod:`.queue` (and importable from here
-too); the file mechanics (names, atomic writes and renames, the queue index,
-crash recovery) in :mod:`._files`.
+too); the file mechanics (names, atomic writes and renames, the queue index)
+in :mod:`._files`; finishing, checkpoints and crash recovery in :mod:`._finish`.
 """
 
 from __future__ import annotations
