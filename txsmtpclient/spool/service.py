@@ -15,14 +15,13 @@ On stop it takes no new work and lets the sends in flight finish within a
 grace period; those still running after it are cancelled and go back to the
 queue unchanged, to be sent again at the next start.
 
-:class:`StatusResource` is a small ``twisted.web`` resource answering
-``GET`` with the queue's counts by state as JSON.
+:class:`StatusResource` (in :mod:`._status`) is a small ``twisted.web``
+resource answering ``GET`` with the queue's counts by state as JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -34,9 +33,8 @@ from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 
+from txsmtpclient.spool._status import StatusResource
 from txsmtpclient.spool._wakeup import watch_queue
 from txsmtpclient.spool.delivery import (
     Blocking,
@@ -598,50 +596,3 @@ class SpoolService(MultiService):
             }
 
         return self.run_blocking(self.queue.counts).addCallback(build)
-
-
-class StatusResource(Resource):
-    """
-    ``GET /`` answers with :meth:`SpoolService.status` as JSON
-    (``application/json``); other paths get 404, other methods 405.  The
-    control plane's ``GET /v1/stats`` (:mod:`txsmtpclient.control`)
-    supersedes it.
-    """
-
-    isLeaf = True
-
-    def __init__(self, service: SpoolService) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.service = service
-
-    def render_GET(self, request: Request) -> int | bytes:
-        """
-        Start building the status; the response is written when it is ready.
-        """
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        if request.postpath not in ([], [b""]):
-            request.setResponseCode(404)
-            return b'{"error": "not found"}\n'
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def respond(code: int, body: dict[str, Any]) -> None:
-            if gone:
-                return  # the client hung up meanwhile
-            request.setResponseCode(code)
-            data = json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-            # Sized, not chunked: Twisted's chunked path trips a BytesWarning
-            # under python -bb once an HTTP client ran in the process.
-            request.setHeader(b"content-length", b"%d" % len(data))
-            request.write(data)
-            request.finish()
-
-        def write(status: dict[str, Any]) -> None:
-            respond(200, status)
-
-        def failed(failure: Failure) -> None:
-            respond(500, {"error": str(failure.value)})
-
-        self.service.status().addCallbacks(write, failed)
-        return NOT_DONE_YET
