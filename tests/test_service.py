@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 from collections import Counter
@@ -512,3 +513,64 @@ async def test_spool_calls_made_together_share_one_group_commit(tmp_path: Path) 
     assert sorted(Counter(answered).values()) == [1, 2]
     assert Counter(b for kind, b in events if kind == "call") == Counter(answered)
     await service.stopService()
+
+
+class AcceptingSender:
+    """Accepts every message at once."""
+
+    def sendmail(self, *, msg: Any, envelope: Envelope) -> Deferred[Refused]:
+        return succeed(Refused.with_replies({}, [Reply(250, b"2.0.0 Ok: queued as X")]))
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    """Poll ``check`` on the reactor, every 10 ms, for at most 30 s."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(3000):
+        if check():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_daemon_checkpoints_deliveries_when_idle_and_at_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The daemon's deliveries wait for a checkpoint (held copies in sending/);
+    a moment after the last batch it runs one, and a stop runs one before
+    the service has stopped, so none is left waiting.
+    """
+    from twisted.internet import reactor
+
+    from txsmtpclient.spool import _finish
+
+    monkeypatch.setattr(_finish, "CHECKPOINT_AGE", 3600.0)  # only the daemon's
+    spool = Spool(tmp_path / "spool")  # fsync on: deliveries are lazy
+    clock = Clock()
+    clock.advance(spool._clock() + 60)
+
+    def copies() -> list[str]:
+        return [n for n in os.listdir(os.path.join(spool.path, "sending")) if "delivered" in n]
+
+    for _ in range(5):
+        spool.enqueue(MESSAGE, "f@example.test", ["a@example.test"])
+    service = SpoolService(
+        spool, AcceptingSender(), relay="r", clock=clock, reactor=reactor, watch=False
+    )
+    service.startService()
+    await _until(lambda: spool.counts()["done"] == 5, "five deliveries")
+    await _until(lambda: service._checkpoint_call is not None, "a checkpoint scheduled")
+    assert len(copies()) == spool.unsynced() == 5
+    clock.advance(1.0)
+    await _until(lambda: spool.unsynced() == 0 and not copies(), "the idle checkpoint")
+    for _ in range(3):
+        spool.enqueue(MESSAGE, "f@example.test", ["a@example.test"])
+    service.wake()
+    await _until(lambda: spool.counts()["done"] == 8, "three more deliveries")
+    assert len(copies()) == 3
+    await service.stopService()
+    assert copies() == [] and spool.unsynced() == 0
+    assert spool.counts() == {**spool.counts(), "done": 8, "sending": 0, "queue": 0}

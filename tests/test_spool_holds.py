@@ -109,6 +109,53 @@ def test_set_due_reschedules_queued_and_held(spool: Spool) -> None:
         spool.set_due(done, T0)
 
 
+SET_DUE_DIES = """
+import os, sys
+from txsmtpclient.spool.store import Spool
+spool = Spool(sys.argv[1], fsync=False)
+moves = []
+real_move = spool._move
+
+def move(src, dst, **kw):
+    moves.append(dst)
+    if sys.argv[3] == str(len(moves)):
+        os._exit(9)  # killed before this rename
+    real_move(src, dst, **kw)
+
+def die(*args, **kw):
+    os._exit(9)  # killed before the new envelope is written
+
+spool._move = move
+if sys.argv[3] == "write":
+    spool._write_entry = die
+spool.set_due(sys.argv[2], 1_900_000_600.0)
+"""
+
+
+@pytest.mark.parametrize("dies_at", ["2", "write"])
+def test_set_due_on_held_entry_stays_held_across_a_crash(tmp_path: Path, dies_at: str) -> None:
+    """
+    A process killed in the middle of set_due() on a held entry (before its
+    new envelope is written, or before it is renamed back) leaves it held
+    after recover(), never queued.
+    """
+    spool = Spool(tmp_path / "spool", clock=clock, fsync=False)
+    entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x"])
+    spool.hold(entry_id)
+    done = subprocess.run(
+        [sys.executable, "-c", SET_DUE_DIES, spool.path, entry_id, dies_at],
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 9
+    assert files(spool, "held") == []  # it was mid-change when killed
+    Spool(spool.path, clock=clock, fsync=False).recover()
+    assert files(spool, "held") == [f"{entry_id}.json"]
+    assert files(spool, "queue") == files(spool, "sending") == []
+    assert spool.get(entry_id).state is State.HELD
+    assert spool.due(T0 + 10**6, 10) == []
+
+
 def test_set_due_keeps_lifetime_of_attempted_entry(spool: Spool) -> None:
     """An entry already attempted keeps its queue lifetime's start when rescheduled."""
     entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x"])

@@ -11,6 +11,8 @@ import errno
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from txsmtpclient.spool import _files
+from txsmtpclient.spool import _files, _finish, store
 from txsmtpclient.spool.codec import decode_entry
 from txsmtpclient.spool.envelope import Attempt, EnvelopeError, Outcome, OutcomeKind, State
 from txsmtpclient.spool.queue import Submission
@@ -73,6 +75,7 @@ class Counted:
         monkeypatch.setattr(os, "link", counting("link", real_link))
         monkeypatch.setattr(os, "open", open_)
         monkeypatch.setattr(_files, "decode_entry", counting("decode", real_decode))
+        monkeypatch.setattr(store, "decode_entry", counting("decode", real_decode))
 
     def take(self) -> dict[str, int]:
         """The counts since the last take, without zeros."""
@@ -133,6 +136,43 @@ def test_delivered_message_is_one_write_and_one_rename_to_finish(
     assert [a.queue_id for a in stored.attempts] == ["Q1"]
     assert stored.outcome is not None and stored.outcome.kind is OutcomeKind.DELIVERED
     assert files(spool, "sending") == files(spool, "queue") == files(spool, "tmp") == []
+
+
+def test_claim_with_message_reads_the_one_file_once(
+    spool: Spool, counted: Counted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    claim_with_message() of an entry enqueued as bytes is one rename and one
+    read: the held file is the message file too.  Once its envelope has been
+    rewritten (a retry), the message is not in that file: None, and
+    read_message() reads it.
+    """
+    entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x", "c@x"])
+    assert spool.due(T0, 10) == [entry_id]
+    counted.take()
+    opened: list[str] = []
+    real_open = open
+
+    def recording_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(os.path.basename(os.fspath(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", recording_open)
+    taken = spool.claim_with_message(entry_id)
+    assert taken is not None
+    entry, message = taken
+    assert (entry.id, entry.pending, message) == (entry_id, ("b@x", "c@x"), MESSAGE)
+    assert counted.take() == {"rename": 1, "decode": 1}
+    assert opened == [f"{entry_id}.{os.getpid()}.json"]
+    later = Attempt(T0, 0.1, "relay", 451, "later", temporary=True, delivered=("b@x",))
+    spool.reschedule(entry_id, T0, later)
+    assert spool.due(T0, 10) == [entry_id]
+    retaken = spool.claim_with_message(entry_id)
+    assert retaken is not None and retaken[1] is None
+    assert retaken[0].pending == ("c@x",)
+    assert spool.read_message(entry_id) == MESSAGE
+    assert spool.complete(entry_id, attempt=delivered()).state is State.DONE
+    assert spool.claim_with_message(entry_id) is None
 
 
 def test_failed_message_is_one_write_and_one_rename(spool: Spool, counted: Counted) -> None:
@@ -227,21 +267,212 @@ def test_message_path_splits_a_message_stored_with_its_envelope(spool: Spool) ->
 
 def test_group_commit_shares_folder_fsyncs(spool: Spool, counted: Counted) -> None:
     """
-    Three finishes in one group_commit(): three file fsyncs, each folder
-    fsynced once at the end, and the held files removed only after that.
+    Three failures finished in one group_commit(): three file fsyncs, each
+    folder fsynced once at the end, and the held files removed only after that.
     """
     ids = spool.enqueue_many([Submission(MESSAGE, "a@x", [f"r{i}@x"]) for i in range(3)])
     for entry_id in ids:
         spool.claim(entry_id)
     counted.take()
+    refused = Attempt(T0, 0.1, "relay", 550, "5.1.1 no such user")
     with spool.group_commit():
         for entry_id in ids:
-            spool.complete(entry_id, attempt=delivered())
+            spool.fail(entry_id, Outcome(T0, OutcomeKind.FAILED, 550, "no"), attempt=refused)
         assert counted.calls["dir_fsync"] == 0
         assert len(files(spool, "sending")) == 3
     assert counted.take() == {"file_created": 3, "file_fsync": 3, "rename": 3, "dir_fsync": 2}
     assert files(spool, "sending") == []
+    assert [spool.get(i).state for i in ids] == [State.FAILED] * 3
+
+
+def claimed_three(spool: Spool) -> list[str]:
+    ids = spool.enqueue_many([Submission(MESSAGE, "a@x", [f"r{i}@x"]) for i in range(3)])
+    for entry_id in ids:
+        assert spool.claim(entry_id) is not None
+    return ids
+
+
+def test_deliveries_in_a_group_wait_for_a_checkpoint(spool: Spool, counted: Counted) -> None:
+    """
+    Deliveries finished in a group_commit() fsync nothing: each is one new
+    file and two renames (into done/, and the held file to its copy).  They
+    read as done at once; checkpoint() then fsyncs the three files and done/
+    and queue/ once, and removes the copies.
+    """
+    ids = claimed_three(spool)
+    counted.take()
+    with spool.group_commit():
+        for entry_id in ids:
+            spool.complete(entry_id, attempt=delivered())
+    assert counted.take() == {"file_created": 3, "rename": 6}
+    assert files(spool, "sending") == sorted(f"{i}.{os.getpid()}.delivered" for i in ids)
+    assert spool.unsynced() == 3
     assert [spool.get(i).state for i in ids] == [State.DONE] * 3
+    assert spool.counts()["sending"] == 0
+    counted.take()
+    assert spool.checkpoint() == 3
+    assert counted.take() == {"file_fsync": 3, "dir_fsync": 2}
+    assert files(spool, "sending") == [] and spool.unsynced() == 0
+    assert spool.checkpoint() == 0
+
+
+def test_group_commit_ends_with_a_due_checkpoint(
+    spool: Spool, counted: Counted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once enough deliveries wait, the group commit that ends makes them durable."""
+    monkeypatch.setattr(_finish, "CHECKPOINT_COUNT", 3)
+    ids = claimed_three(spool)
+    counted.take()
+    with spool.group_commit():
+        for entry_id in ids[:2]:
+            spool.complete(entry_id, attempt=delivered())
+    assert counted.take().get("file_fsync", 0) == 0
+    with spool.group_commit():
+        spool.complete(ids[2], attempt=delivered())
+    assert counted.take()["file_fsync"] == 3
+    assert files(spool, "sending") == []
+
+
+def test_delivery_outside_a_group_is_durable_on_return(spool: Spool, counted: Counted) -> None:
+    """A complete() on its own keeps the strict path: fsynced before it returns."""
+    [entry_id, *_] = claimed_three(spool)
+    counted.take()
+    spool.complete(entry_id, attempt=delivered())
+    assert counted.take()["file_fsync"] == 1
+    assert spool.unsynced() == 0
+    assert f"{entry_id}.{os.getpid()}.delivered" not in files(spool, "sending")
+
+
+class Journal:
+    """Records fsyncs (by path) and removals, in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.fail_on: str | None = None
+        lock = threading.Lock()
+        real_fsync, real_unlink = os.fsync, os.unlink
+
+        def fsync(fd: int) -> None:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if self.fail_on is not None and path.endswith(self.fail_on):
+                raise OSError(errno.EIO, "Input/output error")
+            real_fsync(fd)
+            with lock:
+                self.events.append(("fsync", path))
+
+        def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+            real_unlink(path, *args, **kwargs)
+            with lock:
+                self.events.append(("unlink", os.fspath(path)))
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "unlink", unlink)
+
+    def index(self, event: tuple[str, str]) -> int:
+        return self.events.index(event)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_checkpoint_drops_a_copy_only_once_its_delivery_is_durable(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A delivery's held copy is removed only after its finished file and the
+    done/ and queue/ folders were fsynced; if an fsync fails, checkpoint()
+    raises, every copy stays, and the next checkpoint makes them durable.
+    """
+    ids = claimed_three(spool)
+    with spool.group_commit():
+        for entry_id in ids:
+            spool.complete(entry_id, attempt=delivered())
+    journal = Journal(monkeypatch)
+    journal.fail_on = f"{ids[1]}.json"
+    with pytest.raises(OSError, match="Input/output"):
+        spool.checkpoint()
+    assert not [e for e in journal.events if e[0] == "unlink"]
+    assert len(files(spool, "sending")) == 3 and spool.unsynced() == 3
+    journal.fail_on = None
+    journal.events.clear()
+    assert spool.checkpoint() == 3
+    sending = os.path.join(spool.path, "sending")
+    for entry_id in ids:
+        removed = journal.index(("unlink", f"{sending}/{entry_id}.{os.getpid()}.delivered"))
+        done = os.path.join(spool.path, "done")
+        assert journal.index(("fsync", f"{done}/{entry_id}.json")) < removed
+        assert journal.index(("fsync", done)) < removed
+        assert journal.index(("fsync", os.path.join(spool.path, "queue"))) < removed
+
+
+def test_failing_backstop_checkpoint_fails_no_change_of_its_group(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    When the checkpoint a group commit ends with fails, the group's own
+    (durable) changes are not reported failed; the deliveries keep waiting,
+    copies kept, until a checkpoint succeeds.
+    """
+    monkeypatch.setattr(_finish, "CHECKPOINT_COUNT", 1)
+    [entry_id, *_] = claimed_three(spool)
+    real_sync = spool._sync_files
+
+    def failing(paths: list[str], **kwargs: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool, "_sync_files", failing)
+    with spool.group_commit():
+        done = spool.complete(entry_id, attempt=delivered())
+    assert done.state is State.DONE
+    assert spool.unsynced() == 1
+    assert f"{entry_id}.{os.getpid()}.delivered" in files(spool, "sending")
+    monkeypatch.setattr(spool, "_sync_files", real_sync)
+    assert spool.checkpoint() == 1
+    assert f"{entry_id}.{os.getpid()}.delivered" not in files(spool, "sending")
+
+
+def as_dead_process(spool: Spool) -> None:
+    """Rename this process's files in sending/ as a dead process's."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sending = os.path.join(spool.path, "sending")
+    for name in os.listdir(sending):
+        os.rename(
+            os.path.join(sending, name),
+            os.path.join(sending, name.replace(f".{os.getpid()}.", f".{dead.pid}.")),
+        )
+
+
+@pytest.mark.parametrize("left", ["intact", "empty", "torn", "missing"])
+def test_power_cut_before_a_checkpoint_loses_no_message(spool: Spool, left: str) -> None:
+    """
+    Whatever a power cut before the checkpoint left of a delivery's finished
+    file, recover() keeps the entry in one well-formed place: done if the
+    file reads whole, else queued again from the held copy (sent twice,
+    never lost).
+    """
+    [entry_id, *_] = claimed_three(spool)
+    with spool.group_commit():
+        spool.complete(entry_id, attempt=delivered())
+    done = Path(spool.path, "done", f"{entry_id}.json")
+    if left == "empty":
+        done.write_bytes(b"")
+    elif left == "torn":
+        done.write_bytes(done.read_bytes()[:20])
+    elif left == "missing":
+        done.unlink()
+    as_dead_process(spool)
+    spool._unsynced.clear()  # the power cut took this process's memory too
+    report = Spool(spool.path, clock=lambda: T0).recover()
+    entry = spool.get(entry_id)
+    if left == "intact":
+        assert (report["finished"], entry.state) == (1, State.DONE)
+        assert entry.outcome is not None and entry.outcome.queue_id == "Q1"
+    else:
+        assert (report["requeued"], entry.state, entry.pending) == (3, State.QUEUED, ("r0@x",))
+        assert files(spool, "done") == []
+    # A torn record is kept aside for the operator, without the message.
+    assert len(spool.corrupt()) == (1 if left in ("empty", "torn") else 0)
+    assert spool.read_message(entry_id) == MESSAGE
+    assert files(spool, "sending") == []
 
 
 def test_retry_waits_for_a_finish_to_be_committed(spool: Spool) -> None:

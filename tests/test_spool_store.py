@@ -665,14 +665,18 @@ while True:
         if n % 2:
             spool.record_attempt(entry_id, attempt)
             spool.reschedule(entry_id, time.time())
-        else:
+        elif n % 4:
             spool.complete(entry_id, attempt=attempt)
+        else:
+            with spool.group_commit():  # the daemon's way: a checkpoint later
+                spool.complete(entry_id, attempt=attempt)
 """
 
 
 def test_sigkill_at_any_moment_loses_nothing(tmp_path: Path) -> None:
     """
-    A process enqueueing, claiming, recording and completing is SIGKILLed at
+    A process enqueueing, claiming, recording and completing (alone, or in a
+    group commit that leaves deliveries to a checkpoint) is SIGKILLed at
     random moments; after recover() every id it reported is in exactly one
     well-formed place with its message, and no temporary file is left.
     """
@@ -694,6 +698,8 @@ def test_sigkill_at_any_moment_loses_nothing(tmp_path: Path) -> None:
         reported.update(line.strip() for line in proc.stdout if line.strip())
         proc.stdout.close()
 
+    left = os.listdir(os.path.join(path, "sending"))
+    assert any(name.endswith(".delivered") for name in left), left  # a checkpoint's work left
     spool = Spool(path)
     spool.recover()
     assert os.listdir(os.path.join(path, "tmp")) == []

@@ -1,11 +1,12 @@
 """
 The spool folder's files: names, atomic writes and renames, the queue index,
-and recovery after a crash.
+and setting entries aside.
 
 :class:`SpoolFiles` is the base of :class:`~txsmtpclient.spool.store.Spool`
 (whose module docstring describes the layout): it knows where each state's
 files are and how to change them safely (write to ``tmp/``, fsync, rename),
-and nothing about when to.  Every method does blocking file I/O.
+and nothing about when to (recovery after a crash is in :mod:`._finish`).
+Every method does blocking file I/O.
 """
 
 from __future__ import annotations
@@ -30,11 +31,8 @@ from txsmtpclient.spool.codec import decode_entry, encode_entry
 from txsmtpclient.spool.envelope import (
     Entry,
     EnvelopeError,
-    Outcome,
-    OutcomeKind,
     State,
     is_valid_id,
-    start_next_occurrence,
 )
 from txsmtpclient.spool.queue import (
     EntryBusy,
@@ -43,15 +41,20 @@ from txsmtpclient.spool.queue import (
     SpoolError,
 )
 
-__all__ = ["FINISHED", "ORPHAN_AGE", "SpoolFiles"]
+__all__ = ["DELIVERED_SUFFIX", "FINISHED", "ORPHAN_AGE", "SpoolFiles"]
 
 #: Files in ``tmp/`` and ``msg/`` whose writer is still alive are left alone
-#: by :meth:`SpoolFiles.recover` unless they are older than this (pid reuse).
+#: by :meth:`._finish.Finishing.recover` unless they are older than this (pid reuse).
 ORPHAN_AGE = 24 * 3600.0
 
 # A folder whose mtime is this close to now may still change within the same
 # timestamp tick, so its cached listing is not trusted (git's "racy" rule).
 _RACY_SECONDS = 2.0
+
+#: A delivered entry's held copy, kept in ``sending/`` as
+#: ``{id}.{pid}.delivered`` until a checkpoint has made its finished file
+#: durable (see :mod:`._finish`).
+DELIVERED_SUFFIX = ".delivered"
 
 #: The states an entry ends in (until an operator retries it).
 FINISHED = (State.DONE, State.FAILED, State.CANCELLED)
@@ -112,6 +115,9 @@ class SpoolFiles:
         # (inode, mtime, size) then: finishing reuses them rather than
         # reading and decoding the file again.  Any rewrite makes a new file.
         self._claimed: dict[str, tuple[tuple[int, int, int], Entry]] = {}
+        # Deliveries finished without fsync, waiting for a checkpoint:
+        # (finished file, held copy, time.monotonic() when finished).
+        self._unsynced: builtins.list[tuple[str, str, float]] = []
         for sub in ("tmp", "msg", *(s.value for s in State)):
             os.makedirs(os.path.join(self.path, sub), exist_ok=True)
 
@@ -123,8 +129,9 @@ class SpoolFiles:
     def _msg_path(self, entry_id: str) -> str:
         return os.path.join(self.path, "msg", f"{entry_id}.eml")
 
-    def _held_path(self, entry_id: str) -> str:
-        return os.path.join(self._dir(State.SENDING), f"{entry_id}.{os.getpid()}.json")
+    def _held_path(self, entry_id: str, *, tag: str = "") -> str:
+        tagged = f".{tag}" if tag else ""
+        return os.path.join(self._dir(State.SENDING), f"{entry_id}.{os.getpid()}{tagged}.json")
 
     def _queued_path(self, due: float, entry_id: str) -> str:
         return os.path.join(self._dir(State.QUEUED), queue_name(due, entry_id))
@@ -160,16 +167,22 @@ class SpoolFiles:
                 for path, inode in after:
                     self._drop_held(path, inode)
 
-    def _sync_files(self, paths: builtins.list[str]) -> None:
+    def _sync_files(self, paths: builtins.list[str], *, missing_ok: bool = False) -> None:
         """
         Fsync files written without it, several at once (a few threads), so
         that the file system can merge their journal commits.
+        ``missing_ok``: a file removed meanwhile is skipped.
         """
         if not self._fsync or not paths:
             return
 
         def sync(path: str) -> None:
-            fd = os.open(path, os.O_RDONLY)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                if missing_ok:
+                    return
+                raise
             try:
                 os.fsync(fd)
             finally:
@@ -182,10 +195,14 @@ class SpoolFiles:
             for _ in pool.map(sync, paths):
                 pass
 
-    def _sync_dir(self, *dirs: str) -> None:
+    def _sync_dir(self, *dirs: str, now: bool = False) -> None:
+        """
+        Fsync folders: at once, or inside :meth:`group_commit` at its end
+        (``now`` forces at once).
+        """
         if not self._fsync:
             return
-        group = getattr(self._group, "dirs", None)
+        group = None if now else getattr(self._group, "dirs", None)
         if group is not None:
             group.update(dict.fromkeys(dirs))
             return
@@ -245,34 +262,6 @@ class SpoolFiles:
             raise
         if sync_dir:
             self._sync_dir(os.path.dirname(path))
-
-    def _finish_held(self, entry: Entry, held: str, target: str) -> None:
-        """
-        Move a held entry to a finished state's ``target`` with its new
-        content in one write and one rename: tmp, fsync, rename to
-        ``target``, fsync the folders, then drop the held file.  A crash
-        before the drop leaves both; :meth:`recover` drops the held one,
-        since the finished file is the newer.  The queue folder is synced
-        too, so that the claim's rename out of it is as durable as the
-        finish (a claim itself is not fsynced).
-        """
-        try:
-            tmp, _ = self._write_tmp(encode_entry(entry))
-        except OSError as e:
-            raise_if_full(e, f"cannot update entry {entry.id}")
-            raise
-        inode = os.stat(held).st_ino
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            unlink_if_present(tmp)
-            raise
-        self._sync_dir(os.path.dirname(target), self._dir(State.QUEUED))
-        after = getattr(self._group, "after", None)
-        if after is not None:
-            after.append((held, inode))  # once the group's fsyncs are done
-        else:
-            self._drop_held(held, inode)
 
     def _drop_held(self, held: str, inode: int) -> None:
         """
@@ -380,13 +369,15 @@ class SpoolFiles:
         """
         path = self._held_path(entry_id)
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                key = (st.st_ino, st.st_mtime_ns, st.st_size)
-                cached = self._claimed.get(entry_id)
-                if cached is not None and cached[0] == key:
-                    entry = cached[1]
-                else:
+            # A stat, not an open, when the copy in memory is current.  Only
+            # this process changes a file held under its pid.
+            st = os.stat(path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._claimed.get(entry_id)
+            if cached is not None and cached[0] == key:
+                entry = cached[1]
+            else:
+                with open(path, "rb") as f:
                     entry = decode_entry(f.readline(), id=entry_id, state=State.SENDING)
         except FileNotFoundError:
             self._claimed.pop(entry_id, None)
@@ -405,6 +396,16 @@ class SpoolFiles:
 
         :returns: whether it was moved; ``False`` if it is not queued.
         """
+        with self._lock:
+            recent = self._recent.pop(entry_id, None)
+        if recent is not None:
+            # Where due() saw it: one rename, no lookup, in the usual case.
+            try:
+                self._move(recent, target, sync=sync)
+            except FileNotFoundError:
+                pass
+            else:
+                return True
         for _ in range(2):
             path = self._find_queued(entry_id)
             if path is None:
@@ -434,6 +435,55 @@ class SpoolFiles:
         return EntryStateError(f"entry {entry_id} is {where[0].value}, not queued")
 
     # --- setting aside and recovery ---------------------------------------
+
+    @staticmethod
+    def _abandoned(pid: int) -> bool:
+        """
+        Whether files held by ``pid`` are left over: it is gone, or it is
+        this process (recovering, before it claims anything).
+        """
+        return pid == os.getpid() or not _pid_alive(pid)
+
+    @staticmethod
+    def _left_behind(pid: int, mtime: float) -> bool:
+        """
+        Whether a file in ``tmp/`` or ``msg/`` written by ``pid`` at
+        ``mtime`` is left over.  This process may be enqueueing right now
+        (a daemon embedded in an application): only its files from before
+        it loaded this module can be an earlier process's with a reused pid.
+        """
+        if pid == os.getpid():
+            return mtime < _LOADED_AT
+        return not _pid_alive(pid)
+
+    @staticmethod
+    def _pid_of_id(entry_id: str) -> int:
+        """The pid of the process that made an id."""
+        return _pid_of_id(entry_id)
+
+    def _finished_readable(self, entry_id: str) -> bool:
+        """
+        Whether the entry has a finished file that reads whole.  One that
+        does not (a delivery's file a power cut caught before its
+        checkpoint: empty or torn) goes to ``corrupt/`` with its reason,
+        without the message: the held copy beside it is the one to keep.
+        """
+        for state in FINISHED:
+            path = self._final_path(state, entry_id)
+            try:
+                self._read(path, entry_id, state)
+            except FileNotFoundError:
+                continue
+            except (OSError, EnvelopeError) as e:
+                target = os.path.join(
+                    self._dir(State.CORRUPT), f"{state.value}.{entry_id}.{os.urandom(4).hex()}"
+                )
+                os.rename(path, target)
+                with open(target + ".reason", "w", encoding="utf-8") as f:
+                    f.write(f"unreadable, its held copy requeued: {e}\n")
+                return False
+            return True
+        return False
 
     def set_aside(self, entry_id_or_path: str, reason: str) -> None:
         """
@@ -471,114 +521,3 @@ class SpoolFiles:
             self._index = None
         if self._on_set_aside is not None:
             self._on_set_aside(target, reason)
-
-    def recover(self, *, orphan_age: float = ORPHAN_AGE) -> dict[str, int]:
-        """
-        Call once when the daemon starts, before claiming anything.  Entries
-        left in ``sending/`` by a process that is gone (or by an earlier
-        process with this pid) go back to the queue to be sent again, or on
-        to ``done/`` / ``failed/`` if the server had already answered the
-        final dot for every recipient; unreadable ones are set aside.  Files
-        in ``tmp/``, and messages in ``msg/`` with no envelope, left by dead
-        processes (or older than ``orphan_age``) are removed.
-
-        :returns: counts: ``requeued``, ``finished``, ``set_aside``,
-            ``tmp_removed``, ``orphans_removed``.
-        """
-        report = dict.fromkeys(
-            ("requeued", "finished", "set_aside", "tmp_removed", "orphans_removed"), 0
-        )
-        me = os.getpid()
-        now = time.time()
-        self._claimed.clear()
-
-        def abandoned(pid: int) -> bool:
-            return pid == me or not _pid_alive(pid)
-
-        def left_behind(pid: int, mtime: float) -> bool:
-            # This process may be enqueueing right now (a daemon embedded in
-            # an application): only its files from before it loaded this
-            # module can be an earlier process's with a reused pid.
-            if pid == me:
-                return mtime < _LOADED_AT
-            return not _pid_alive(pid)
-
-        with os.scandir(self._dir(State.SENDING)) as it:
-            held = [(d.path, d.name) for d in it]
-        for path, name in held:
-            parsed = parse_held_name(name)
-            if parsed is None:
-                self.set_aside(path, "file name is not {id}.{pid}.json")
-                report["set_aside"] += 1
-                continue
-            entry_id, pid = parsed
-            if not abandoned(pid):
-                continue
-            if any(os.path.exists(self._final_path(st, entry_id)) for st in FINISHED):
-                # A finish that crashed after its rename (see _finish_held):
-                # the finished file is the newer copy.
-                unlink_if_present(path)
-                report["finished"] += 1
-                continue
-            try:
-                entry = self._read(path, entry_id, State.SENDING)
-            except FileNotFoundError:
-                continue
-            except (OSError, EnvelopeError) as e:
-                self.set_aside(path, str(e))
-                report["set_aside"] += 1
-                continue
-            if not entry.pending and entry.recurrence is not None:
-                # Every recipient answered but complete() never ran: this
-                # occurrence is over, queue the next.
-                last = entry.attempts[-1] if entry.attempts else None
-                kind = OutcomeKind.DELIVERED if entry.delivered else OutcomeKind.FAILED
-                outcome = (
-                    Outcome.from_attempt(last, kind) if last else Outcome(self._clock(), kind)
-                )
-                entry = start_next_occurrence(entry, outcome, self._clock())
-                self._write_entry(entry, path)
-            if entry.pending:
-                target = self._queued_path(entry.due, entry_id)
-                report["requeued"] += 1
-            else:
-                state = State.DONE if entry.delivered else State.FAILED
-                target = self._final_path(state, entry_id)
-                report["finished"] += 1
-            try:
-                self._move(path, target)
-            except FileNotFoundError:
-                continue
-
-        with os.scandir(self._dir("tmp")) as it:
-            tmps = [(d.path, d.name, d.stat().st_mtime) for d in it]
-        for path, name, mtime in tmps:
-            head = name.split(".")[0]
-            pid = int(head) if head.isdigit() else me
-            if left_behind(pid, mtime) or now - mtime > orphan_age:
-                unlink_if_present(path)
-                report["tmp_removed"] += 1
-
-        known: set[str] = set()
-        for st in State:
-            with os.scandir(self._dir(st)) as it:
-                for d in it:
-                    known.update(p for p in d.name.split(".") if is_valid_id(p))
-        with os.scandir(os.path.join(self.path, "msg")) as it:
-            messages = [(d.path, d.name, d.stat().st_mtime) for d in it]
-        for path, name, mtime in messages:
-            entry_id = name.removesuffix(".eml")
-            if entry_id in known or not is_valid_id(entry_id):
-                continue
-            # A live writer may be between renaming the message and the
-            # envelope into place: leave its files alone.
-            # Look once more: the envelope may have landed meanwhile.
-            if (
-                left_behind(_pid_of_id(entry_id), mtime) or now - mtime > orphan_age
-            ) and self._locate(entry_id) is None:
-                unlink_if_present(path)
-                report["orphans_removed"] += 1
-        self._sync_dir(*(self._dir(s) for s in State), self._dir("tmp"))
-        with self._lock:
-            self._index = None
-        return report

@@ -15,8 +15,8 @@ import os
 from dataclasses import replace
 from datetime import datetime
 
-from txsmtpclient.spool._files import SpoolFiles
-from txsmtpclient.spool._names import raise_if_full
+from txsmtpclient.spool._finish import Finishing
+from txsmtpclient.spool._names import HELD_TAG, raise_if_full
 from txsmtpclient.spool._submit import check_idempotency_key
 from txsmtpclient.spool.envelope import Entry, State, is_valid_id
 from txsmtpclient.spool.queue import EntryBusy, EntryNotFound, EntryStateError
@@ -25,7 +25,7 @@ from txsmtpclient.spool.schedule import to_epoch
 __all__ = ["Holds"]
 
 
-class Holds(SpoolFiles):
+class Holds(Finishing):
     """
     Holding, releasing and rescheduling entries, and idempotency keys.
     """
@@ -76,7 +76,8 @@ class Holds(SpoolFiles):
 
     def set_due(self, entry_id: str, when: datetime | float) -> Entry:
         """
-        Reschedule a queued or held entry (a held one stays held).  An entry
+        Reschedule a queued or held entry (a held one stays held, even if
+        the process dies half-way: :meth:`recover` returns it to ``held/``).  An entry
         not yet attempted in its current occurrence also has its maximum
         queue lifetime counted from the new time.
 
@@ -94,6 +95,9 @@ class Holds(SpoolFiles):
         if self._take_queued(entry_id, held):
             state, back = State.QUEUED, self._queued_path(due, entry_id)
         else:
+            # Tagged as held: a crash before it is back leaves it to
+            # recover() to return to held/, never to the queue.
+            held = self._held_path(entry_id, tag=HELD_TAG)
             back = self._final_path(State.HELD, entry_id)
             try:
                 self._move(back, held)

@@ -17,6 +17,7 @@ from txsmtpclient.spool.envelope import is_valid_id
 from txsmtpclient.spool.queue import SpoolFull
 
 __all__ = [
+    "HELD_TAG",
     "QueueIndex",
     "new_id",
     "parse_held_name",
@@ -26,6 +27,11 @@ __all__ = [
     "unlink_if_present",
     "write_all",
 ]
+
+
+#: Marks a file in ``sending/`` that came from ``held/`` and returns there,
+#: even after a crash: ``{id}.{pid}.held.json``.
+HELD_TAG = "held"
 
 
 def new_id(now: float) -> str:
@@ -62,9 +68,12 @@ def parse_queue_name(name: str) -> tuple[int, str] | None:
 def parse_held_name(name: str) -> tuple[str, int] | None:
     """
     ``(id, holder pid)`` from a file name in ``sending/``, or ``None`` if it
-    is not one.
+    is not one: ``{id}.{pid}.json``, or ``{id}.{pid}.held.json`` for an
+    operator-held entry being changed (it goes back to ``held/``).
     """
     parts = name.split(".")
+    if len(parts) == 4 and parts[2] == HELD_TAG:
+        del parts[2]
     if len(parts) != 3 or parts[2] != "json" or not parts[1].isdigit():
         return None
     if not is_valid_id(parts[0]):

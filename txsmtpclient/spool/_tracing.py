@@ -20,7 +20,7 @@ try:  # The otel extra is optional.
 except ImportError:  # pragma: no cover - exercised where it is not installed
     _otel_trace = None  # type: ignore[assignment, unused-ignore]
 
-__all__ = ["AttemptSpan", "attempt_span", "available"]
+__all__ = ["AttemptSpan", "attempt_span", "available", "global_tracer"]
 
 #: The instrumentation scope's name.
 SCOPE = "txsmtpclient.spool"
@@ -103,6 +103,15 @@ class AttemptSpan:
 _NO_SPAN = AttemptSpan()
 
 
+def global_tracer() -> Any:
+    """
+    The global provider's tracer for :data:`SCOPE`, to look up once and
+    keep (it follows a provider configured later), or ``None`` when
+    OpenTelemetry is not installed.
+    """
+    return None if _otel_trace is None else _otel_trace.get_tracer(SCOPE)
+
+
 def attempt_span(tracer: Any, entry: Entry, relay: str, now: float) -> AttemptSpan:
     """
     Start the span of one delivery attempt.
@@ -117,7 +126,7 @@ def attempt_span(tracer: Any, entry: Entry, relay: str, now: float) -> AttemptSp
     if _otel_trace is None:
         return _NO_SPAN
     if tracer is None:
-        tracer = _otel_trace.get_tracer(SCOPE)
+        tracer = global_tracer()
     span = tracer.start_span(
         "txsmtp.delivery",
         kind=_otel_trace.SpanKind.CLIENT,

@@ -15,28 +15,26 @@ On stop it takes no new work and lets the sends in flight finish within a
 grace period; those still running after it are cancelled and go back to the
 queue unchanged, to be sent again at the next start.
 
-:class:`StatusResource` is a small ``twisted.web`` resource answering
-``GET`` with the queue's counts by state as JSON.
+:class:`StatusResource` (in :mod:`._status`) is a small ``twisted.web``
+resource answering ``GET`` with the queue's counts by state as JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 
+from txsmtpclient.spool._status import StatusResource
 from txsmtpclient.spool._wakeup import watch_queue
 from txsmtpclient.spool.delivery import (
     Blocking,
@@ -58,6 +56,10 @@ T = TypeVar("T")
 _BATCH = 1000
 #: Batches of spool calls run at once in the thread pool.
 _BATCHES = 4
+#: Seconds from a batch that left deliveries waiting for the spool's
+#: checkpoint until the daemon runs one: about once a second while busy, and
+#: a second after the last delivery when idle.
+_CHECKPOINT_DELAY = 1.0
 
 
 class SetAsideReporter:
@@ -185,6 +187,7 @@ class SpoolService(MultiService):
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
         self._batches_running = 0
         self._flush_call: IDelayedCall | None = None
+        self._checkpoint_call: IDelayedCall | None = None
         self._watch = watch
         self._unwatch: Callable[[], None] | None = None
         self._poke: IDelayedCall | None = None
@@ -283,6 +286,34 @@ class SpoolService(MultiService):
                 d.errback(value)
         if self._pending:
             self._flush()
+        self._schedule_checkpoint()
+
+    def _schedule_checkpoint(self) -> None:
+        """
+        If deliveries wait for the spool's checkpoint (see
+        :meth:`~txsmtpclient.spool.store.Spool.checkpoint`), run one within
+        :data:`_CHECKPOINT_DELAY`, busy or idle.
+        """
+        unsynced = getattr(self.queue, "unsynced", None)
+        if unsynced is None or self._checkpoint_call is not None or self.stopping:
+            return
+        if unsynced():
+            self._checkpoint_call = self.clock.callLater(_CHECKPOINT_DELAY, self._checkpoint)
+
+    def _checkpoint(self) -> Deferred[None]:
+        self._checkpoint_call = None
+        checkpoint = self.queue.checkpoint  # type: ignore[attr-defined]
+        if self._threadpool is not None:
+            # A thread of its own, not a batch: acknowledgements and claims
+            # never wait for its fsyncs.
+            d = deferToThreadPool(self._reactor, self._threadpool, checkpoint)
+        elif self._blocking is not None:
+            d = self._blocking(checkpoint)
+        else:
+            return succeed(None)
+        return d.addCallbacks(
+            lambda _: None, lambda f: self.log.failure("Spool checkpoint failed", f)
+        )
 
     # -- service ----------------------------------------------------------------------
 
@@ -388,6 +419,12 @@ class SpoolService(MultiService):
             await DeferredList(list(self.in_flight.values()), consumeErrors=True)
             if cutoff.active():
                 cutoff.cancel()
+        if self._checkpoint_call is not None and self._checkpoint_call.active():
+            self._checkpoint_call.cancel()
+        self._checkpoint_call = None
+        if getattr(self.queue, "checkpoint", None) is not None:
+            # Deliveries since the last checkpoint: durable before exit.
+            await self._checkpoint()
         if self._close_sender is not None:
             closing = self._close_sender()
             closing.addTimeout(max(self.grace, 1.0), self.clock)
@@ -479,6 +516,8 @@ class SpoolService(MultiService):
             # each message from it.
             return [(entry, None) for entry in self.queue.claim_due(now, free)]
         claimed: list[tuple[Entry, bytes | None]] = []
+        # A spool folder reads an entry and its message in one read.
+        claim_with_message = getattr(self.queue, "claim_with_message", None)
         scanned = False
         while len(claimed) < free:
             if not self._ready:
@@ -487,14 +526,20 @@ class SpoolService(MultiService):
                 self._ready.extend(self.queue.due(now, max(free, _BATCH)))
                 scanned = True
                 continue
-            entry = self.queue.claim(self._ready.popleft())
+            entry_id = self._ready.popleft()
+            message: bytes | None = None
+            if claim_with_message is not None:
+                taken = claim_with_message(entry_id)
+                entry, message = taken if taken is not None else (None, None)
+            else:
+                entry = self.queue.claim(entry_id)
             if entry is None:
                 continue  # another process took it, or it was cancelled
-            message: bytes | None
-            try:
-                message = self.queue.read_message(entry.id)
-            except Exception:
-                message = None  # the deliverer reads again, and sets it aside
+            if message is None:
+                try:
+                    message = self.queue.read_message(entry.id)
+                except Exception:
+                    message = None  # the deliverer reads again, and sets it aside
             claimed.append((entry, message))
         return claimed
 
@@ -551,50 +596,3 @@ class SpoolService(MultiService):
             }
 
         return self.run_blocking(self.queue.counts).addCallback(build)
-
-
-class StatusResource(Resource):
-    """
-    ``GET /`` answers with :meth:`SpoolService.status` as JSON
-    (``application/json``); other paths get 404, other methods 405.  The
-    control plane's ``GET /v1/stats`` (:mod:`txsmtpclient.control`)
-    supersedes it.
-    """
-
-    isLeaf = True
-
-    def __init__(self, service: SpoolService) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.service = service
-
-    def render_GET(self, request: Request) -> int | bytes:
-        """
-        Start building the status; the response is written when it is ready.
-        """
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        if request.postpath not in ([], [b""]):
-            request.setResponseCode(404)
-            return b'{"error": "not found"}\n'
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def respond(code: int, body: dict[str, Any]) -> None:
-            if gone:
-                return  # the client hung up meanwhile
-            request.setResponseCode(code)
-            data = json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-            # Sized, not chunked: Twisted's chunked path trips a BytesWarning
-            # under python -bb once an HTTP client ran in the process.
-            request.setHeader(b"content-length", b"%d" % len(data))
-            request.write(data)
-            request.finish()
-
-        def write(status: dict[str, Any]) -> None:
-            respond(200, status)
-
-        def failed(failure: Failure) -> None:
-            respond(500, {"error": str(failure.value)})
-
-        self.service.status().addCallbacks(write, failed)
-        return NOT_DONE_YET

@@ -7,7 +7,9 @@ Layout (Maildir-like; every state is a folder, every state change a rename)::
       tmp/        files being written: {pid}.{random}.tmp
       msg/        message bytes, written once: {id}.eml (see below)
       queue/      waiting entries, due time first: {due_ms:015d}.{id}.json
-      sending/    entries claimed by process pid: {id}.{pid}.json
+      sending/    entries claimed by process pid: {id}.{pid}.json; a held
+                  entry being changed: {id}.{pid}.held.json; a delivery's
+                  claimed copy until a checkpoint: {id}.{pid}.delivered
       done/       {id}.json
       failed/     {id}.json
       cancelled/  {id}.json
@@ -40,7 +42,11 @@ nothing is read until an entry is claimed.
 Every method of :class:`Spool` does blocking file I/O: a change fsyncs the
 file it writes and the folders it renames into before returning (inside
 :meth:`Spool.group_commit`, at the end of the block), except a claim, whose
-loss in a power cut only leaves the entry queued.  A Twisted daemon calls them through
+loss in a power cut only leaves the entry queued, and a delivery finished
+inside a group commit, whose loss in a power cut only sends the message
+again: it is made durable by a later :meth:`Spool.checkpoint`, many at once
+(see :mod:`._finish` and "Durability" in ``docs/spool-format.rst``).  All
+of them survive a killed process as soon as they return.  A Twisted daemon calls them through
 ``twisted.internet.threads.deferToThread``; methods on different ids may run
 in different threads at once.  The spool assumes one host: a held entry's
 owner is recognised by pid.  For several machines, implement :class:`IQueue`
@@ -51,8 +57,8 @@ with the setgid bit and run writers with ``umask 002``; files get the mode
 the umask allows.
 
 The interface and its errors are in :mod:`.queue` (and importable from here
-too); the file mechanics (names, atomic writes and renames, the queue index,
-crash recovery) in :mod:`._files`.
+too); the file mechanics (names, atomic writes and renames, the queue index)
+in :mod:`._files`; finishing, checkpoints and crash recovery in :mod:`._finish`.
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ from txsmtpclient.spool._names import (
 )
 from txsmtpclient.spool._operations import Operations
 from txsmtpclient.spool._submit import message_start, new_entry
-from txsmtpclient.spool.codec import encode_entry
+from txsmtpclient.spool.codec import decode_entry, encode_entry
 from txsmtpclient.spool.envelope import (
     Attempt,
     Dsn,
@@ -373,6 +379,30 @@ class Spool(Operations):
             self.set_aside(held, str(e))
             return None
 
+    def claim_with_message(self, entry_id: str) -> tuple[Entry, bytes | None] | None:
+        """
+        :meth:`claim`, and the message read in the same read when it is
+        stored with its envelope (enqueued as bytes, so the held file is the
+        message file too).
+
+        :returns: the entry and its message (``None``: not in the same file,
+            call :meth:`read_message`), or ``None`` as :meth:`claim` does.
+        """
+        held = self._held_path(entry_id)
+        if not self._take_queued(entry_id, held, sync=False):
+            return None
+        try:
+            with open(held, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+            start = message_start(data, entry_id)
+            entry = decode_entry(data[:start] if start else data, id=entry_id, state=State.SENDING)
+        except (OSError, EnvelopeError) as e:
+            self.set_aside(held, str(e))
+            return None
+        self._claimed[entry_id] = ((st.st_ino, st.st_mtime_ns, st.st_size), entry)
+        return entry, data[start:] if start else None
+
     def read_message(self, entry_id: str) -> bytes:
         """
         The message's bytes, as enqueued.
@@ -444,7 +474,7 @@ class Spool(Operations):
             self._move(held, self._queued_path(entry.due, entry_id))
             return replace(entry, state=State.QUEUED)
         entry = replace(entry, outcome=outcome)
-        self._finish_held(entry, held, self._final_path(state, entry_id))
+        self._finish_held(entry, held, self._final_path(state, entry_id), lazy=state is State.DONE)
         return replace(entry, state=state)
 
     def complete(
