@@ -351,6 +351,41 @@ def test_cancelled_send_is_released_unchanged(spool: Spool, clock: Clock) -> Non
     assert queued.attempts == ()
 
 
+def test_stop_with_two_sends_pipelined_on_one_connection(spool: Spool, clock: Clock) -> None:
+    """
+    Stopping while one connection carries two messages (the first's final
+    dot written with no reply yet, the second's envelope pipelined behind
+    it): the first is recorded as ambiguous (it may have been delivered),
+    the second goes back to the queue unchanged, without a failed attempt.
+    """
+    from txsmtpclient import SMTP
+    from txsmtpclient.pool import SMTPConnectionPool
+    from txsmtpclient.testing import DATA_END, MemoryServer, Script
+
+    script = Script()
+    script.on(DATA_END, delay=1000, times=1)
+    server = MemoryServer(script)
+    pool = SMTPConnectionPool(
+        server.endpoint(),
+        make_client=lambda: SMTP(local_hostname="c.test", reactor=server.clock, tls="never"),
+        reactor=server.clock,
+        max_connections=1,
+    )
+    deliverer, _ = make(spool, clock, pool)  # type: ignore[arg-type]
+    first, second = claim(spool, "a@example.test"), claim(spool, "b@example.test")
+    sends = [deliverer.deliver(first), deliverer.deliver(second)]
+    server.flush()
+    [session] = server.sessions
+    assert b".\r\nMAIL FROM:<from@example.test>" in bytes(session.received)
+    deliverer.cancel_all()
+    server.flush()
+    reports = [success_result_of(d) for d in sends]
+    assert reports[1].action is DeliveryAction.RELEASED
+    assert spool.get(second.id).attempts == ()
+    [attempt] = spool.get(first.id).attempts
+    assert attempt.ambiguous
+
+
 def test_missing_message_is_set_aside(spool: Spool, clock: Clock) -> None:
     """An entry whose message file is gone is set aside, not retried for ever."""
     deliverer, _ = make(spool, clock, ScriptedSender())

@@ -189,9 +189,13 @@ class Deliverer(Notices):
     def cancel_all(self) -> None:
         """
         Cancel every send in progress (the connections are aborted); each
-        entry goes back to the queue unchanged, to be sent again.
+        entry goes back to the queue unchanged, to be sent again, except one
+        whose final dot was written, recorded as ambiguous.
+
+        Newest first: a send pipelined behind another on one connection is
+        cancelled before the connection's abort could fail it as lost.
         """
-        for d in list(self.sending.values()):
+        for d in reversed(list(self.sending.values())):
             d.cancel()
 
     def deliver(self, entry: Entry, message: Body | None = None) -> Deferred[DeliveryReport]:
