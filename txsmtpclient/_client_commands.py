@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
 
-from txsmtpclient._body import Body, body_source, send_data
+from txsmtpclient._body import Body, body_source
 from txsmtpclient._client_security import Security
+from txsmtpclient._data import send_data
 from txsmtpclient.commands import (
     check_argument,
     check_options,

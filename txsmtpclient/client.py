@@ -24,8 +24,9 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 
-from txsmtpclient._body import Body, BodySource, body_source, send_bdat, send_data
+from txsmtpclient._body import Body, BodySource, body_source
 from txsmtpclient._client_commands import Commands
+from txsmtpclient._data import send_bdat, send_data
 from txsmtpclient._exchange import (
     reset_after_failure,
     send_envelope,
