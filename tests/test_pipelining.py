@@ -112,34 +112,39 @@ def test_first_message_refused_second_sent(code: bytes) -> None:
     assert success_result_of(d2) == {}
 
 
-def test_second_sender_refused_first_sent() -> None:
-    """MAIL of message 2 refused: message 1 sent, message 2 SMTPSenderRefused, then RSET."""
+@pytest.mark.parametrize(
+    ("replies", "error", "code"),
+    [
+        # MAIL refused; its RCPT and DATA then 503.
+        (
+            b"550 5.7.1 sender\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n",
+            SMTPSenderRefused,
+            550,
+        ),
+        # Every RCPT refused; DATA 503.
+        (b"250 ok\r\n550 5.1.1 no user\r\n503 5.5.1 no RCPT\r\n", SMTPRecipientsRefused, 550),
+        # DATA refused.
+        (b"250 ok\r\n250 ok\r\n451 4.3.0 no\r\n", SMTPDataError, 451),
+    ],
+    ids=["MAIL", "RCPT", "DATA"],
+)
+def test_second_envelope_refused_first_sent(
+    replies: bytes, error: type[Exception], code: int
+) -> None:
+    """
+    Message 2's MAIL, RCPT or DATA refused: message 1 is sent, message 2
+    fails with that refusal, and RSET ends message 2's transaction.
+    """
     s, d1, d2 = _pair()
-    s.feed(b"250 ok\r\n550 5.7.1 sender\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n")
+    s.feed(b"250 ok\r\n" + replies)
     assert success_result_of(d1) == {}
     assert _writes(s) == [b"RSET\r\n"]
     s.feed(b"250 ok\r\n")
-    assert failure_result_of(d2, SMTPSenderRefused).smtp_code == 550
-
-
-def test_second_recipient_refused_first_sent() -> None:
-    """Every RCPT of message 2 refused (its DATA 503): message 1 is unaffected."""
-    s, d1, d2 = _pair()
-    s.feed(b"250 ok\r\n250 ok\r\n550 5.1.1 no user\r\n503 5.5.1 no RCPT\r\n")
-    assert success_result_of(d1) == {}
-    assert _writes(s) == [b"RSET\r\n"]
-    s.feed(b"250 ok\r\n")
-    assert failure_result_of(d2, SMTPRecipientsRefused).recipients["d@x"][0] == 550
-
-
-def test_second_data_refused_first_sent() -> None:
-    """DATA of message 2 refused: message 2 SMTPDataError, message 1 sent."""
-    s, d1, d2 = _pair()
-    s.feed(b"250 ok\r\n250 ok\r\n250 ok\r\n451 4.3.0 no\r\n")
-    assert success_result_of(d1) == {}
-    assert _writes(s) == [b"RSET\r\n"]
-    s.feed(b"250 ok\r\n")
-    assert failure_result_of(d2, SMTPDataError).smtp_code == 451
+    refusal = failure_result_of(d2, error)
+    if isinstance(refusal, SMTPRecipientsRefused):
+        assert refusal.recipients["d@x"][0] == code
+    else:
+        assert getattr(refusal, "smtp_code", None) == code
 
 
 def test_second_message_refused_first_sent() -> None:
