@@ -386,6 +386,28 @@ def test_stop_with_two_sends_pipelined_on_one_connection(spool: Spool, clock: Cl
     assert attempt.ambiguous
 
 
+def test_requiretls_refusal_bounces_as_5_7_30(spool: Spool, clock: Clock) -> None:
+    """
+    A REQUIRETLS message the relay cannot take (it lacks the extension) fails
+    for good, and its failure notice says 5.7.30 (RFC 8689 section 5).
+    """
+    from txsmtpclient.errors import SMTPNotSupportedError
+    from txsmtpclient.mailparams import Travel, travel_options
+
+    with pytest.raises(SMTPNotSupportedError) as refusal:
+        travel_options(Travel(require_tls=True), None, tls=True)
+    sender = ScriptedSender(refusal.value)
+    deliverer, _ = make(spool, clock, sender, notify_sender=True)
+    entry = claim(spool, "b@example.test", mail_options=["REQUIRETLS"])
+    report = success_result_of(deliverer.deliver(entry))
+    assert report.action is DeliveryAction.FAILED
+    [record] = spool.get(entry.id).recipients
+    assert record.reply is not None and record.reply.text.startswith("5.7.30 ")
+    [bounce] = spool.list(State.QUEUED)
+    notice = Path(spool.message_path(bounce.id)).read_bytes()
+    assert b"Status: 5.7.30" in notice
+
+
 def test_missing_message_is_set_aside(spool: Spool, clock: Clock) -> None:
     """An entry whose message file is gone is set aside, not retried for ever."""
     deliverer, _ = make(spool, clock, ScriptedSender())

@@ -399,6 +399,8 @@ async def test_dsn_and_requiretls_through_the_daemon_to_postfix(
     [refused] = failed.recipients
     assert refused.reply is not None and refused.reply.code >= 500
     assert "REQUIRETLS" in refused.reply.text
+    # RFC 8689 section 5: "REQUIRETLS support required".
+    assert refused.reply.text.startswith("5.7.30 ")
     messages = await postfix.when_messages(2)
     by_rcpt = {m.delivered_to: m for m in messages}
     assert set(by_rcpt) == {f"dsn@{TEST_DOMAIN}", sender}

@@ -88,7 +88,13 @@ class SMTPNotSupportedError(SMTPException, smtplib.SMTPNotSupportedError):
     The command or option asked for is not supported by the server (or is
     refused by policy, such as ``tls="required"`` against a server without
     STARTTLS).
+
+    :ivar enhanced_code: the RFC 3463 status a bounce for it should carry,
+        when a standard names one (RFC 8689's ``"5.7.30"``, REQUIRETLS
+        support required); ``None`` otherwise.
     """
+
+    enhanced_code: str | None = None
 
 
 class SMTPServerDisconnected(SMTPException, smtplib.SMTPServerDisconnected, ConnectionError):

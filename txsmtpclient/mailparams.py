@@ -178,6 +178,13 @@ def _refuse(what: str, extension: str) -> SMTPNotSupportedError:
     )
 
 
+def _requiretls_refused(error: SMTPNotSupportedError) -> SMTPNotSupportedError:
+    # RFC 8689 section 5: such a message is bounced as 5.7.30, "REQUIRETLS
+    # support required".
+    error.enhanced_code = "5.7.30"
+    return error
+
+
 def travel_options(travel: Travel, features: Extensions | None, tls: bool) -> list[str]:
     """
     The MAIL parameters for ``travel``, checked against what the server
@@ -191,11 +198,13 @@ def travel_options(travel: Travel, features: Extensions | None, tls: bool) -> li
     options: list[str] = []
     if travel.require_tls:
         if features is None or not features.has("requiretls"):
-            raise _refuse("REQUIRETLS", "REQUIRETLS")
+            raise _requiretls_refused(_refuse("REQUIRETLS", "REQUIRETLS"))
         if not tls:
             # RFC 8689 section 4.1: only over verified TLS, never in the clear.
-            raise SMTPNotSupportedError(
-                'REQUIRETLS needs a TLS session; use tls="required" (nothing was sent)'
+            raise _requiretls_refused(
+                SMTPNotSupportedError(
+                    'REQUIRETLS needs a TLS session; use tls="required" (nothing was sent)'
+                )
             )
         options.append("REQUIRETLS")
     if travel.hold_for is not None or travel.hold_until is not None:

@@ -65,7 +65,9 @@ def refusal_for(result: DirectResult) -> Reply:
         text = f"4.4.2 outcome unknown (lost after the end of the message): {text}"
         return Reply(451, text.encode("utf-8", "replace"))
     if result.final:
-        return Reply(554, f"5.4.0 {text}".encode("utf-8", "replace"))
+        # The status a standard gives the refusal (REQUIRETLS: 5.7.30).
+        enhanced = getattr(error, "enhanced_code", None) or "5.4.0"
+        return Reply(554, f"{enhanced} {text}".encode("utf-8", "replace"))
     return Reply(451, f"4.4.0 {text}".encode("utf-8", "replace"))
 
 

@@ -342,6 +342,10 @@ class Deliverer(Notices):
                 )
                 temporary = True
             if not temporary:
+                # The status a standard gives the refusal, for the bounce.
+                enhanced = getattr(e, "enhanced_code", None)
+                if enhanced:
+                    text = f"{enhanced} {text}"
                 refused = {a: ReplyRecord(550, text) for a in pending}
         else:
             refused = {a: _record(r) for a, r in result.items()}
