@@ -91,8 +91,8 @@ class SpoolService(MultiService):
         Unused when ``blocking`` is given.
     :param blocking: runs blocking spool calls off the reactor thread; by
         default a dedicated thread pool of ``concurrency + 1`` threads.
-    :param concurrency: the most entries sent at once (and the pool's
-        connections).
+    :param concurrency: the most entries sent at once (``twist txsmtp``
+        gives twice its relay connections: see ``_tapconfig.in_flight``).
     :param poll_interval: seconds between looks at the queue when idle.
     :param grace: seconds a stop waits for sends in flight before
         cancelling them.
