@@ -265,6 +265,21 @@ def test_claim_is_exclusive(spool: Spool) -> None:
     assert spool.get(entry_id).state is State.SENDING
 
 
+def test_claim_of_an_id_rescheduled_since_due_saw_it(
+    spool: Spool, clock: FakeClock, tmp_path: Path
+) -> None:
+    """
+    An id due() returned, rescheduled later by another process before the
+    claim (an operator's set_due, another daemon's retry), is not claimed:
+    it is sent when its new time comes, not at once.
+    """
+    entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x"])
+    assert spool.due(clock(), 10) == [entry_id]
+    Spool(tmp_path / "spool", clock=clock).set_due(entry_id, clock() + 86400)
+    assert spool.claim_with_message(entry_id) is None
+    assert spool.claim(entry_id) is not None  # a claim by id alone still takes it
+
+
 CLAIMER = """
 import sys
 from txsmtpclient.spool.store import Spool

@@ -388,12 +388,18 @@ class SpoolFiles:
             self._claimed.pop(entry_id, None)
         return entry
 
-    def _take_queued(self, entry_id: str, target: str, *, sync: bool = True) -> bool:
+    def _take_queued(
+        self, entry_id: str, target: str, *, sync: bool = True, claim: bool = False
+    ) -> bool:
         """
         Move a queued entry to ``target`` in one rename (fsynced unless
         ``sync`` is false).  Looks twice, since another process may move it
         between finding and renaming.
 
+        :param claim: a claim of an id :meth:`due` returned: if the entry
+            is no longer where ``due()`` saw it (rescheduled, held or
+            claimed since), it is not taken; its new name says when it is
+            due, and the next ``due()`` finds it then.
         :returns: whether it was moved; ``False`` if it is not queued.
         """
         with self._lock:
@@ -403,7 +409,8 @@ class SpoolFiles:
             try:
                 self._move(recent, target, sync=sync)
             except FileNotFoundError:
-                pass
+                if claim:
+                    return False
             else:
                 return True
         for _ in range(2):

@@ -371,7 +371,7 @@ class Spool(Operations):
             cancelled) or was unreadable (it is then set aside).
         """
         held = self._held_path(entry_id)
-        if not self._take_queued(entry_id, held, sync=False):
+        if not self._take_queued(entry_id, held, sync=False, claim=True):
             return None
         try:
             return self._read_held(entry_id, keep=True)
@@ -389,7 +389,7 @@ class Spool(Operations):
             call :meth:`read_message`), or ``None`` as :meth:`claim` does.
         """
         held = self._held_path(entry_id)
-        if not self._take_queued(entry_id, held, sync=False):
+        if not self._take_queued(entry_id, held, sync=False, claim=True):
             return None
         try:
             with open(held, "rb") as f:
