@@ -223,6 +223,9 @@ def test_lines_after_a_closing_421_are_not_read() -> None:
     assert isinstance(error, SMTPServerDisconnected)
     assert not isinstance(error, SMTPProtocolError)
     assert "421 4.3.2 shutting down" in str(error)
+    # The session itself stopped at the 421: the junk after it in the same
+    # segment made no second failure (a broken server's protocol error).
+    assert proto.session.error is error
     assert proto.session.receive_data(b"250 more\r\n") == []
 
 
