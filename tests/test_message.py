@@ -427,3 +427,20 @@ def test_prepared_message_is_frozen() -> None:
     assert isinstance(prepared, PreparedMessage)
     with pytest.raises(AttributeError):
         prepared.sender = "x"  # type: ignore[misc]
+
+
+def test_header_block_stops_at_the_blank_line() -> None:
+    """The header section with its last line end; no body, whichever line ends."""
+    from txsmtpclient.message import header_block
+
+    assert header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore") == b"A: 1\r\nB: 2\r\n"
+    assert header_block(b"A: 1\n\nbody") == b"A: 1\n"
+    assert header_block(b"A: 1\r\n") == b"A: 1\r\n"
+
+
+def test_tls_required_no_counts_only_in_the_header() -> None:
+    """RFC 8689's ``TLS-Required: No`` is a header field: the same in the body means nothing."""
+    from txsmtpclient.direct._deliver import _tls_not_required
+
+    assert _tls_not_required(b"Subject: x\r\nTLS-Required: No\r\n\r\nbody\r\n")
+    assert not _tls_not_required(b"Subject: x\r\n\r\nTLS-Required: No\r\n")

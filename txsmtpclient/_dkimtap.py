@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from txsmtpclient._body import Body
+from txsmtpclient.message import header_block
 from txsmtpclient.reply import Reply
 from txsmtpclient.transaction import Envelope
 
@@ -153,11 +154,7 @@ def from_domains(message: bytes) -> list[str]:
     The domains of a message's From addresses (A-labels, lower case), in
     order, each once.
     """
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        end = message.find(b"\n\n")
-    header = message if end < 0 else message[: end + 2]
-    parsed = BytesHeaderParser(policy=SMTPUTF8).parsebytes(header)
+    parsed = BytesHeaderParser(policy=SMTPUTF8).parsebytes(header_block(message))
     domains: list[str] = []
     for _name, address in getaddresses([str(v) for v in parsed.get_all("From", [])]):
         domain = address.rpartition("@")[2].strip().rstrip(".")

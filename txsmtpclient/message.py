@@ -26,9 +26,23 @@ __all__ = [
     "envelope_from_message",
     "flatten_message",
     "has_8bit",
+    "header_block",
     "needs_smtputf8",
     "prepare_message",
 ]
+
+
+def header_block(message: bytes) -> bytes:
+    """
+    A message's header section with its last line end, without the blank
+    line and body after it (the whole message when it has no body), so that
+    a header parser never decodes a body that may be megabytes long.
+    """
+    end = message.find(b"\r\n\r\n")
+    if end >= 0:
+        return message[: end + 2]
+    end = message.find(b"\n\n")
+    return message if end < 0 else message[: end + 1]
 
 
 def _resent_prefix(msg: Message) -> str:

@@ -41,6 +41,7 @@ from txsmtpclient.errors import (
     SMTPServerDisconnected,
     SMTPTLSError,
 )
+from txsmtpclient.message import header_block
 from txsmtpclient.protocol import DEFAULT_TIMEOUTS, Timeouts
 from txsmtpclient.reply import Reply
 
@@ -222,7 +223,7 @@ def _tls_not_required(data: bytes) -> bool:
     """
     if b"tls-required" not in data[:65536].lower():
         return False
-    headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(data)
+    headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(header_block(data))
     return any(str(v).strip().lower() == "no" for v in headers.get_all("TLS-Required", []))
 
 
