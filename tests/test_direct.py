@@ -22,7 +22,12 @@ from twisted.names import dns
 from txsmtpclient.direct import DirectResult, send_direct
 from txsmtpclient.direct._results import Stop, gather
 from txsmtpclient.direct._route import group_by_domain, lookup_name, order_mx
-from txsmtpclient.errors import SMTPAmbiguousDelivery, SMTPNotSupportedError, SMTPRoutingError
+from txsmtpclient.errors import (
+    SMTPAmbiguousDelivery,
+    SMTPArgumentError,
+    SMTPNotSupportedError,
+    SMTPRoutingError,
+)
 from txsmtpclient.reply import Reply
 from txsmtpclient.testing import CONNECT, DATA_END, Script
 
@@ -85,6 +90,15 @@ def test_bad_recipient_domains_fail_before_anything(address: str) -> None:
     with pytest.raises(SMTPRoutingError) as info:
         send_direct("s@example.test", [address], MSG, resolver=object())  # type: ignore[arg-type]
     assert not info.value.temporary
+
+
+@pytest.mark.parametrize(
+    ("sender", "options"), [("bad\r\nRSET@example.test", ()), ("s@example.test", ("BAD OPTION",))]
+)
+def test_bad_envelope_fails_before_any_lookup(sender: str, options: tuple[str, ...]) -> None:
+    """A CR/LF in the sender or a malformed option is SMTPArgumentError at once, not per host."""
+    with pytest.raises(SMTPArgumentError):
+        send_direct(sender, ["r@example.test"], MSG, options, resolver=object())  # type: ignore[arg-type]
 
 
 def test_lookup_name_refuses_overlong_labels() -> None:

@@ -18,6 +18,7 @@ from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IResolver
 from twisted.names import dns
 
+from txsmtpclient._sendargs import envelope_for_call
 from txsmtpclient._tls import TLSPolicy, check_policy
 from txsmtpclient.client import SMTP
 from txsmtpclient.commands import message_bytes
@@ -183,6 +184,20 @@ def send_direct(
     """
     if isinstance(to_addrs, str):
         to_addrs = [to_addrs]
+    # The one check of a send's arguments, before any lookup or connection
+    # (each host's session checks the same again, cheaply).
+    envelope_for_call(
+        from_addr,
+        to_addrs,
+        mail_options,
+        rcpt_options,
+        dsn_ret,
+        dsn_envid,
+        dsn_notify,
+        False,
+        None,
+        None,
+    )
     destinations = group_by_domain(to_addrs)
     if reactor is None:
         from twisted.internet import reactor as global_reactor
