@@ -232,6 +232,28 @@ def test_malformed_relay_is_a_usage_error(tmp_path: Path, relay: str) -> None:
         parse("--spool", str(tmp_path / "s"), "--relay", relay)
 
 
+@pytest.mark.parametrize(
+    ("relay", "said"),
+    [
+        ("unix:", "no socket path"),
+        ("unix:path=", "no socket path"),
+        ("tcp:localhost", "missing 1 required positional argument: 'port'"),
+        ("tls:host:465:bogus=1", "unrecognized keyword arguments present: bogus"),
+    ],
+)
+def test_bad_relay_description_says_what_is_wrong(tmp_path: Path, relay: str, said: str) -> None:
+    """
+    A description with no socket path is refused (it used to start a daemon
+    whose every send failed); Twisted's own function names and tuples stay
+    out of the message.
+    """
+    with pytest.raises(usage.UsageError) as info:
+        parse("--spool", str(tmp_path / "s"), "--relay", relay)
+    message = str(info.value)
+    assert said in message
+    assert "__init__" not in message and "_parse" not in message and "(" + "'" not in message
+
+
 def test_make_service_builds_spool_and_status(tmp_path: Path) -> None:
     """makeService returns a MultiService with the spool service and the status port."""
     options = parse(

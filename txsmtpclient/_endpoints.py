@@ -16,6 +16,7 @@ pool, the one-shot helpers and ``twist txsmtp`` all go through here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
@@ -140,12 +141,22 @@ class Relay:
         if self.endpoint is not None:
             return self.endpoint
         if self.description is not None:
+            kind, _, rest = self.description.partition(":")
+            if kind.lower() == "unix" and not rest.split(":")[0].removeprefix("path="):
+                raise SMTPArgumentError(
+                    f"bad endpoint description {self.description!r}: no socket path "
+                    "(unix:/run/mail.sock)"
+                )
             try:
                 endpoint: IStreamClientEndpoint = clientFromString(reactor, self.description)
                 return endpoint
             except (ValueError, TypeError, KeyError, IndexError) as e:
+                # "TCP4ClientEndpoint.__init__() missing 1 required positional
+                # argument: 'port'": Twisted's own names mean nothing to a user.
+                reason = re.sub(r"^[\w.]+\(\) ", "", _one_reason(e)) or type(e).__name__
                 raise SMTPArgumentError(
-                    f"bad endpoint description {self.description!r}: {e}"
+                    f"bad endpoint description {self.description!r}: {reason} "
+                    "(a description reads like tcp:mail.example.com:587)"
                 ) from e
         host = self.host
         port = self.port if self.port is not None else default_port
@@ -158,6 +169,16 @@ class Relay:
         if isIPv6Address(host):
             return TCP6ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
         return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
+
+
+def _one_reason(error: Exception) -> str:
+    """
+    An exception's arguments as one line (Twisted raises some with a
+    message and a list: "unrecognized keyword arguments present: bogus").
+    """
+    if len(error.args) == 2 and isinstance(error.args[1], (list, tuple)):
+        return f"{error.args[0]}: {', '.join(map(str, error.args[1]))}"
+    return str(error)
 
 
 _FORMS = (

@@ -176,14 +176,9 @@ def check_startup(settings: Mapping[str, Any]) -> None:
     relay = settings["relay"]
     try:
         resolve_endpoint(parse_only, relay, None, 25, None)
-    except (ValueError, TypeError, SMTPArgumentError) as e:
-        # A TypeError is a description missing a part ("tcp:host", no port).
-        reason = "an endpoint description missing a part" if isinstance(e, TypeError) else e
-        raise StartupError(
-            f"--relay {relay!r}: {reason}; expected host, host:port or an endpoint "
-            "description such as tcp:mail.example.com:587",
-            EX_USAGE,
-        ) from None
+    except (ValueError, SMTPArgumentError) as e:
+        # The parser's message names what was expected.
+        raise StartupError(f"--relay {relay!r}: {e}", EX_USAGE) from None
     try:
         read_password(settings, os.environ)
         _tls_options(settings)
