@@ -463,11 +463,6 @@ class SpoolFiles:
             return mtime < _LOADED_AT
         return not _pid_alive(pid)
 
-    @staticmethod
-    def _pid_of_id(entry_id: str) -> int:
-        """The pid of the process that made an id."""
-        return _pid_of_id(entry_id)
-
     def _finished_readable(self, entry_id: str) -> bool:
         """
         Whether the entry has a finished file that reads whole.  One that

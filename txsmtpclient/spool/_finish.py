@@ -37,7 +37,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from txsmtpclient.spool._files import DELIVERED_SUFFIX, ORPHAN_AGE, SpoolFiles
+from txsmtpclient.spool._files import DELIVERED_SUFFIX, ORPHAN_AGE, SpoolFiles, _pid_of_id
 from txsmtpclient.spool._names import (
     HELD_TAG,
     parse_held_name,
@@ -318,7 +318,7 @@ class Finishing(SpoolFiles):
             # envelope into place: leave its files alone.
             # Look once more: the envelope may have landed meanwhile.
             if (
-                left_behind(self._pid_of_id(entry_id), mtime) or now - mtime > orphan_age
+                left_behind(_pid_of_id(entry_id), mtime) or now - mtime > orphan_age
             ) and self._locate(entry_id) is None:
                 unlink_if_present(path)
                 report["orphans_removed"] += 1

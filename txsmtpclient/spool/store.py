@@ -546,5 +546,3 @@ class Spool(Operations):
         entry = self._read_held(entry_id)
         self._move(held, self._queued_path(entry.due, entry.id))
         return replace(entry, state=State.QUEUED)
-
-    # --- operator commands ----------------------------------------------------
