@@ -794,3 +794,13 @@ def test_recover_keeps_this_process_s_enqueue_in_progress(spool: Spool) -> None:
         os.utime(path, (old, old))
     report = spool.recover()
     assert report["orphans_removed"] == 1 and report["tmp_removed"] == 1
+
+
+def test_set_aside_forgets_the_claimed_entry(spool: Spool) -> None:
+    """A claimed entry set aside leaves nothing in the claim cache, which grew before."""
+    entry_id = spool.enqueue(MESSAGE, "a@x", ["b@x"])
+    assert spool.claim(entry_id) is not None
+    assert entry_id in spool._claimed
+    spool.set_aside(entry_id, "test")
+    assert entry_id not in spool._claimed
+    assert spool.counts()["corrupt"] == 1

@@ -514,9 +514,12 @@ class SpoolFiles:
         with open(target + ".reason", "w", encoding="utf-8") as f:
             f.write(reason.rstrip("\n") + "\n")
         for part in name.split("."):
-            if is_valid_id(part) and os.path.exists(self._msg_path(part)):
-                with contextlib.suppress(OSError):
-                    os.rename(self._msg_path(part), os.path.join(corrupt, f"{part}.eml"))
+            if is_valid_id(part):
+                # No longer claimed: its cached entry would only take memory.
+                self._claimed.pop(part, None)
+                if os.path.exists(self._msg_path(part)):
+                    with contextlib.suppress(OSError):
+                        os.rename(self._msg_path(part), os.path.join(corrupt, f"{part}.eml"))
                 break
         self._sync_dir(corrupt)
         with self._lock:
